@@ -1,0 +1,1 @@
+"""The study: statistics collection over a corpus and the paper's analyses (to come)."""

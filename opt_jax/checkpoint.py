@@ -1,0 +1,108 @@
+"""The converted checkpoint: one zarr3 array per parameter, layer-stacked and chunked one layer per chunk.
+
+Layout of a converted directory (format version 1):
+
+    opt_jax.json          manifest, written last: format, version, config, dtype, shapes, source
+    params/<path>/        zarr3 array per parameter, e.g. params/layers/ffn/fc1/weight [L, ffn, hidden]
+    config.json, tokenizer files   copied from the HF checkpoint
+    conversion.json       only while a conversion is unfinished (the resume record)
+
+A directory without `opt_jax.json` is never loaded: an interrupted conversion cannot pass for a
+complete one. Layer l of any stacked array is its own chunk, so reading layers [a, b) reads
+only those chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_dtypes
+import numpy as np
+import tensorstore as ts
+
+from opt_jax.config import OPTConfig
+from opt_jax.hf_checkpoint import CheckpointError
+
+FORMAT = "opt_jax.checkpoint"
+VERSION = 1
+MANIFEST = "opt_jax.json"
+PROGRESS = "conversion.json"  # present only while a conversion is unfinished
+PARAMS_DIR = "params"
+DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
+          "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+
+def dtype_name(dtype) -> str:
+    """Canonical name ('float32', 'bfloat16', 'float16') of a supported parameter dtype."""
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return name
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    """Write JSON so that readers see either the old file or the whole new one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _spec(root: str, path: str) -> dict:
+    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(root, PARAMS_DIR, path)}}
+
+
+def create_array(root: str, path: str, shape: tuple[int, ...], dtype: str, stacked: bool) -> ts.TensorStore:
+    """Create (replacing) the zarr3 array of one parameter; stacked arrays get one chunk per layer."""
+    chunk = (1, *shape[1:]) if stacked else shape
+    spec = _spec(root, path) | {
+        "metadata": {"shape": list(shape), "data_type": dtype,
+                     "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}}},
+        "create": True, "delete_existing": True,
+    }
+    return ts.open(spec).result()
+
+
+def open_array(root: str, path: str) -> ts.TensorStore:
+    """Open one parameter's array for reading or writing."""
+    try:
+        return ts.open(_spec(root, path), open=True).result()
+    except ValueError as e:
+        raise CheckpointError(f"{os.path.join(root, PARAMS_DIR, path)}: cannot open parameter array ({e})") from None
+
+
+def read_manifest(root: str) -> dict:
+    """The manifest of a complete converted checkpoint; a clear error for anything else."""
+    path = os.path.join(root, MANIFEST)
+    if not os.path.isfile(path):
+        hint = (" (a conversion was interrupted: rerun it to finish)"
+                if os.path.exists(os.path.join(root, PROGRESS)) else "")
+        raise CheckpointError(f"{root}: not a complete opt_jax checkpoint, {MANIFEST} is missing{hint}")
+    with open(path) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {manifest.get('format')!r} "
+                              f"version {manifest.get('version')!r} (expected {FORMAT} v{VERSION})")
+    return manifest
+
+
+def read_config(root: str) -> OPTConfig:
+    """The config of a converted checkpoint."""
+    return OPTConfig.from_dict(read_manifest(root)["config"])
+
+
+def read_params(root: str, dtype: str | None = None, layers: slice | None = None) -> dict[str, np.ndarray]:
+    """Host-memory parameters by '/'-joined path; `layers` selects a range of the stacked layers."""
+    manifest = read_manifest(root)
+    target = DTYPES[dtype_name(dtype)] if dtype else None
+    out = {}
+    for path in manifest["params"]:
+        store = open_array(root, path)
+        if layers is not None and path.startswith("layers/"):
+            store = store[layers]
+        value = store.read().result()
+        out[path] = value.astype(target, copy=False) if target is not None else value
+    return out

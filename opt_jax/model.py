@@ -1,0 +1,245 @@
+"""OPT in Flax, top-down: Linear -> LayerNorm -> Attention -> FFN -> DecoderLayer -> Embed -> Head.
+
+Weights keep Hugging Face's layout ([out, in], heads split out), so a neuron's update is
+`layers/fc2/weight[layer, :, neuron]` exactly as in the paper. The decoder layers are
+stacked on a leading axis and run under one `jax.lax.scan`; `decoder_layer` is a pure
+function of (one layer's params, hidden state, token mask), so the layers can also be
+streamed from host memory a group at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from opt_jax.bits import pack_masks
+from opt_jax.config import OPTConfig
+
+Params = Any
+_NEG = float(jnp.finfo(jnp.float32).min)
+
+
+class Linear(nn.Module):
+    """An einsum against a weight in HF layout, plus an optional bias."""
+
+    equation: str  # e.g. "bsd,hkd->bshk"
+    weight_shape: tuple[int, ...]
+    bias_shape: tuple[int, ...] | None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        weight = self.param("weight", nn.initializers.normal(0.02), self.weight_shape, self.param_dtype)
+        y = jnp.einsum(self.equation, x, weight.astype(x.dtype))
+        if self.bias_shape is not None:
+            y = y + self.param("bias", nn.initializers.zeros, self.bias_shape, self.param_dtype).astype(x.dtype)
+        return y
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in float32, optionally without learned scale and shift."""
+
+    affine: bool
+    eps: float
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # [b, s, d]
+        x32 = x.astype(jnp.float32)  # [b, s, d]
+        mean = x32.mean(-1, keepdims=True)  # [b, s, 1]
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)  # [b, s, 1]
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)  # [b, s, d]
+        if self.affine:
+            d = x.shape[-1]
+            y = y * self.param("weight", nn.initializers.ones, (d,), self.param_dtype).astype(jnp.float32)
+            y = y + self.param("bias", nn.initializers.zeros, (d,), self.param_dtype).astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+def attention_allowed(token_mask: jax.Array) -> jax.Array:
+    """Causal attention restricted to real tokens: bool [batch, 1, query, key]."""
+    s = token_mask.shape[1]
+    causal = jnp.tril(jnp.ones((s, s), bool))  # [q, t]
+    return causal[None, None] & token_mask[:, None, None, :]  # [b, 1, q, t]
+
+
+class Attention(nn.Module):
+    config: OPTConfig
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, allowed):  # [b, s, d], [b, 1, q, t]
+        c = self.config
+        h, k, d = c.num_attention_heads, c.head_dim, c.hidden_size
+        bias = (h, k) if c.enable_bias else None
+
+        def project(name):
+            return Linear("bsd,hkd->bshk", (h, k, d), bias, self.param_dtype, name=name)(x)
+
+        q = project("q_proj") * (k ** -0.5)  # [b, q, h, k]
+        key = project("k_proj")  # [b, t, h, k]
+        value = project("v_proj")  # [b, t, h, k]
+        scores = jnp.einsum("bqhk,bthk->bhqt", q, key, preferred_element_type=jnp.float32)  # [b, h, q, t]
+        scores = jnp.where(allowed, scores, _NEG)  # [b, h, q, t]
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)  # [b, h, q, t]
+        context = jnp.einsum("bhqt,bthk->bqhk", probs, value)  # [b, q, h, k]
+        out_bias = (d,) if c.enable_bias else None
+        return Linear("bqhk,dhk->bqd", (d, h, k), out_bias, self.param_dtype, name="o_proj")(context)
+
+
+class FFN(nn.Module):
+    """fc1 -> ReLU -> fc2; also returns which neurons fired (fc1 output > 0)."""
+
+    config: OPTConfig
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # [b, s, d]
+        c = self.config
+        f, d = c.ffn_dim, c.hidden_size
+        pre = Linear("bsd,fd->bsf", (f, d), (f,) if c.enable_bias else None, self.param_dtype, name="fc1")(x)
+        active = pre > 0  # [b, s, f]
+        hidden = jnp.maximum(pre, 0)  # [b, s, f]
+        out = Linear("bsf,df->bsd", (d, f), (d,) if c.enable_bias else None, self.param_dtype, name="fc2")(hidden)
+        return out, active  # [b, s, d], [b, s, f]
+
+
+class DecoderLayer(nn.Module):
+    """One OPT decoder layer, pre-LN or post-LN; returns the new hidden state and the packed FFN mask."""
+
+    config: OPTConfig
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, token_mask):  # [b, s, d], [b, s]
+        c = self.config
+        pre_ln = c.do_layer_norm_before
+        attn_norm = LayerNorm(c.layer_norm_elementwise_affine, c.layer_norm_eps, self.param_dtype, name="attn_norm")
+        ffn_norm = LayerNorm(c.layer_norm_elementwise_affine, c.layer_norm_eps, self.param_dtype, name="ffn_norm")
+
+        attn_in = attn_norm(x) if pre_ln else x  # [b, s, d]
+        x = x + Attention(c, self.param_dtype, name="attn")(attn_in, attention_allowed(token_mask))  # [b, s, d]
+        if not pre_ln:
+            x = attn_norm(x)
+        ffn_out, active = FFN(c, self.param_dtype, name="ffn")(ffn_norm(x) if pre_ln else x)
+        x = x + ffn_out  # [b, s, d]
+        if not pre_ln:
+            x = ffn_norm(x)
+        masks = pack_masks(active & token_mask[:, :, None])  # [b, s, f / 8]
+        return x, masks
+
+
+class Embed(nn.Module):
+    """Token embeddings (through project_in where present) plus learned positions (offset 2)."""
+
+    config: OPTConfig
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, token_mask):  # [b, s], [b, s]
+        c = self.config
+        init = nn.initializers.normal(0.02)
+        tokens = self.param("tokens", init, (c.vocab_size, c.word_embed_proj_dim), self.param_dtype)
+        positions = self.param("positions", init, (c.max_position_embeddings + 2, c.hidden_size),
+                               self.param_dtype)
+        x = jnp.take(tokens, input_ids, axis=0)  # [b, s, e]
+        if c.has_projections:
+            x = Linear("bse,de->bsd", (c.hidden_size, c.word_embed_proj_dim), None, self.param_dtype,
+                       name="project_in")(x)  # [b, s, d]
+        mask = token_mask.astype(jnp.int32)  # [b, s]
+        position_ids = jnp.cumsum(mask, axis=1) * mask - 1 + 2  # [b, s]
+        return x + jnp.take(positions, position_ids, axis=0).astype(x.dtype)  # [b, s, d]
+
+
+class Head(nn.Module):
+    """Final LayerNorm (pre-LN models), project_out (350m-style), logits tied to the token embeddings."""
+
+    config: OPTConfig
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, embedding):  # [b, s, d], [v, e]
+        c = self.config
+        if c.has_final_layer_norm:
+            x = LayerNorm(c.layer_norm_elementwise_affine, c.layer_norm_eps, self.param_dtype, name="final_norm")(x)
+        if c.has_projections:
+            x = Linear("bsd,ed->bse", (c.word_embed_proj_dim, c.hidden_size), None, self.param_dtype,
+                       name="project_out")(x)  # [b, s, e]
+        return jnp.einsum("bse,ve->bsv", x, embedding.astype(x.dtype),
+                          preferred_element_type=jnp.float32)  # [b, s, v]
+
+
+# Pure functions over parameter trees {"embed": ..., "layers": (stacked on axis 0), "head": ...}.
+
+def embed(config: OPTConfig, params: Params, input_ids, token_mask):
+    """Hidden states entering layer 0: [batch, seq, hidden]."""
+    return Embed(config).apply({"params": params["embed"]}, input_ids, token_mask)
+
+
+def decoder_layer(config: OPTConfig, layer_params: Params, x, token_mask):
+    """Apply one decoder layer: returns (hidden [batch, seq, hidden], packed mask [batch, seq, ffn / 8])."""
+    return DecoderLayer(config).apply({"params": layer_params}, x, token_mask)
+
+
+def decoder_layers(config: OPTConfig, stacked_params: Params, x, token_mask):
+    """Scan the stacked layers (leading axis) over x: returns (hidden, masks [layers, batch, seq, ffn / 8])."""
+
+    def step(h, layer_params):
+        return decoder_layer(config, layer_params, h, token_mask)
+
+    return jax.lax.scan(step, x, stacked_params)
+
+
+def head(config: OPTConfig, params: Params, x):
+    """Logits in float32: [batch, seq, vocab]."""
+    return Head(config).apply({"params": params["head"]}, x, params["embed"]["tokens"])
+
+
+def forward(config: OPTConfig, params: Params, input_ids, token_mask):
+    """The whole model: (logits [batch, seq, vocab], masks [layers, batch, seq, ffn / 8])."""
+    token_mask = token_mask.astype(bool)
+    x = embed(config, params, input_ids, token_mask)  # [b, s, d]
+    x, masks = decoder_layers(config, params["layers"], x, token_mask)  # [b, s, d], [l, b, s, f / 8]
+    return head(config, params, x), masks
+
+
+def init_params(config: OPTConfig, seed: int = 0, dtype=jnp.float32) -> Params:
+    """Random parameters in HF's initialisation (normal 0.02 weights, zero biases, unit norms)."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), config.num_hidden_layers + 2)
+    ids = jnp.zeros((1, 2), jnp.int32)  # [b, s]
+    mask = jnp.ones((1, 2), bool)  # [b, s]
+    x = jnp.zeros((1, 2, config.hidden_size), dtype)  # [b, s, d]
+    emb = Embed(config, dtype).init(keys[0], ids, mask)["params"]
+    layers = jax.vmap(lambda k: DecoderLayer(config, dtype).init(k, x, mask)["params"])(keys[2:])
+    head_params = Head(config, dtype).init(keys[1], x, emb["tokens"]).get("params", {})
+    return {"embed": emb, "layers": layers, "head": head_params}
+
+
+def param_shapes(config: OPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape by its '/'-joined path (layers stacked on axis 0), without allocating."""
+    shapes = jax.eval_shape(lambda: init_params(config))
+    return {path: tuple(leaf.shape) for path, leaf in flatten(shapes).items()}
+
+
+def flatten(tree: Params) -> dict[str, Any]:
+    """{'a/b/c': leaf} from a nested dict."""
+    flat = {}
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        flat["/".join(k.key for k in keys)] = leaf
+    return flat
+
+
+def unflatten(flat: dict[str, Any]) -> Params:
+    """The nested dict of `flatten`'s output."""
+    tree: dict = {}
+    for path, leaf in flat.items():
+        node = tree
+        *parents, last = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = leaf
+    tree.setdefault("head", {})
+    return tree

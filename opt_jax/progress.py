@@ -1,0 +1,44 @@
+"""Progress lines for long work: items done, rate, time left."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """Prints `label: done/total unit (pct), rate unit/s, elapsed, left` at most every `every` seconds."""
+
+    def __init__(self, label: str, total: float, unit: str = "", scale: float = 1.0,
+                 every: float = 2.0, stream=None, enabled: bool = True):
+        self.label, self.total, self.unit, self.scale = label, total, unit, scale
+        self.every, self.stream, self.enabled = every, stream or sys.stderr, enabled
+        self.done = 0.0
+        self.start = time.monotonic()
+        self._last = -float("inf")
+
+    def update(self, amount: float = 1.0, force: bool = False) -> None:
+        """Count `amount` more items done; print a line when due."""
+        self.done += amount
+        now = time.monotonic()
+        if self.enabled and (force or now - self._last >= self.every or self.done >= self.total):
+            self._last = now
+            print(self.line(now), file=self.stream, flush=True)
+
+    def line(self, now: float | None = None) -> str:
+        """The current progress line."""
+        elapsed = (now or time.monotonic()) - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        s = self.scale
+        left_text = _duration(left) if left == left else "?"
+        return (f"{self.label}: {self.done / s:,.1f}/{self.total / s:,.1f}{self.unit} ({pct:.0f}%), "
+                f"{rate / s:,.1f}{self.unit}/s, elapsed {_duration(elapsed)}, left {left_text}")

@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny random HF OPT checkpoints written the way transformers writes them."""
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest  # noqa: E402
+
+import hf_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pre_ln_model():
+    """A random pre-LN OPTForCausalLM (4 heads)."""
+    return hf_models.random_model(hf_models.hf_config(**hf_models.PRE_LN), seed=1)
+
+
+@pytest.fixture(scope="session")
+def pre_ln_dir(pre_ln_model, tmp_path_factory):
+    """pre_ln_model saved as one safetensors file, with a small real tokenizer beside it."""
+    directory = str(tmp_path_factory.mktemp("pre_ln_hf"))
+    hf_models.save(pre_ln_model, directory, "safetensors")
+    hf_models.save_tokenizer(directory, pre_ln_model.config.vocab_size)
+    return directory

@@ -1,0 +1,47 @@
+"""The command-line entry points, run as a user runs them."""
+
+import os
+import subprocess
+import sys
+
+import hf_models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, env_extra=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_convert_script_converts_and_shows_progress(pre_ln_dir, tmp_path):
+    result = _run("scripts/convert.py", "--hf_path", pre_ln_dir, "--out", str(tmp_path / "out"),
+                  "--dtype", "bfloat16")
+    assert result.returncode == 0, result.stderr
+    assert "converted checkpoint:" in result.stdout
+    assert "MB/s" in result.stderr and "left" in result.stderr
+    import opt_jax
+
+    assert opt_jax.load(str(tmp_path / "out")).dtype.name == "bfloat16"
+
+
+def test_convert_script_offline_size_fails_clearly(tmp_path):
+    result = _run("scripts/convert.py", "--size", "66b", "--out", str(tmp_path / "out"),
+                  "--cache_dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "facebook/opt-66b is not in the local Hugging Face cache" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_convert_script_bad_checkpoint_fails_clearly(pre_ln_model, tmp_path):
+    hf_dir = hf_models.save(pre_ln_model, str(tmp_path / "hf"), "safetensors")
+    os.truncate(os.path.join(hf_dir, "model.safetensors"), 1000)
+    result = _run("scripts/convert.py", "--hf_path", hf_dir, "--out", str(tmp_path / "out"))
+    assert result.returncode == 1 and "truncated" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_main_job_runs(tmp_path):
+    result = _run("scripts/demo.py", "--out", str(tmp_path), "--size", "350m", "--layers", "2", "--seq_len", "16")
+    assert result.returncode == 0, result.stderr
+    assert "masks (2, 2, 16, 512) uint8" in result.stdout
+    assert result.stdout.count("% of (token, neuron) pairs active") == 2
