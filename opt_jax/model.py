@@ -59,6 +59,11 @@ class LayerNorm(nn.Module):
         return y.astype(x.dtype)
 
 
+def layer_norm(config: OPTConfig, param_dtype, name: str) -> LayerNorm:
+    """The LayerNorm OPT uses everywhere, as the config specifies it."""
+    return LayerNorm(config.layer_norm_elementwise_affine, config.layer_norm_eps, param_dtype, name=name)
+
+
 def attention_allowed(token_mask: jax.Array) -> jax.Array:
     """Causal attention restricted to real tokens: bool [batch, 1, query, key]."""
     s = token_mask.shape[1]
@@ -108,7 +113,7 @@ class FFN(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """One OPT decoder layer, pre-LN or post-LN; returns the new hidden state and the packed FFN mask."""
+    """One OPT decoder layer, pre-LN or post-LN; returns the new hidden state and which FFN neurons fired."""
 
     config: OPTConfig
     param_dtype: Any = jnp.float32
@@ -117,8 +122,8 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, token_mask):  # [b, s, d], [b, s]
         c = self.config
         pre_ln = c.do_layer_norm_before
-        attn_norm = LayerNorm(c.layer_norm_elementwise_affine, c.layer_norm_eps, self.param_dtype, name="attn_norm")
-        ffn_norm = LayerNorm(c.layer_norm_elementwise_affine, c.layer_norm_eps, self.param_dtype, name="ffn_norm")
+        attn_norm = layer_norm(c, self.param_dtype, "attn_norm")
+        ffn_norm = layer_norm(c, self.param_dtype, "ffn_norm")
 
         attn_in = attn_norm(x) if pre_ln else x  # [b, s, d]
         x = x + Attention(c, self.param_dtype, name="attn")(attn_in, attention_allowed(token_mask))  # [b, s, d]
@@ -128,8 +133,7 @@ class DecoderLayer(nn.Module):
         x = x + ffn_out  # [b, s, d]
         if not pre_ln:
             x = ffn_norm(x)
-        masks = pack_masks(active & token_mask[:, :, None])  # [b, s, f / 8]
-        return x, masks
+        return x, active & token_mask[:, :, None]  # [b, s, d], [b, s, f]
 
 
 class Embed(nn.Module):
@@ -164,7 +168,7 @@ class Head(nn.Module):
     def __call__(self, x, embedding):  # [b, s, d], [v, e]
         c = self.config
         if c.has_final_layer_norm:
-            x = LayerNorm(c.layer_norm_elementwise_affine, c.layer_norm_eps, self.param_dtype, name="final_norm")(x)
+            x = layer_norm(c, self.param_dtype, "final_norm")(x)
         if c.has_projections:
             x = Linear("bsd,ed->bse", (c.word_embed_proj_dim, c.hidden_size), None, self.param_dtype,
                        name="project_out")(x)  # [b, s, e]
@@ -180,17 +184,28 @@ def embed(config: OPTConfig, params: Params, input_ids, token_mask):
 
 
 def decoder_layer(config: OPTConfig, layer_params: Params, x, token_mask):
-    """Apply one decoder layer: returns (hidden [batch, seq, hidden], packed mask [batch, seq, ffn / 8])."""
+    """Apply one decoder layer: (hidden [batch, seq, hidden], active bool [batch, seq, ffn], False at padding)."""
     return DecoderLayer(config).apply({"params": layer_params}, x, token_mask)
 
 
-def decoder_layers(config: OPTConfig, stacked_params: Params, x, token_mask):
-    """Scan the stacked layers (leading axis) over x: returns (hidden, masks [layers, batch, seq, ffn / 8])."""
+def _pack_probe(active, _):
+    return pack_masks(active)  # [b, s, f / 8]
 
-    def step(h, layer_params):
-        return decoder_layer(config, layer_params, h, token_mask)
 
-    return jax.lax.scan(step, x, stacked_params)
+def decoder_layers(config: OPTConfig, stacked_params: Params, x, token_mask, probe=_pack_probe, probe_state=None):
+    """Scan the stacked layers (leading axis) over x; returns (hidden, probe outputs stacked over layers).
+
+    After each layer, `probe(active [batch, seq, ffn], state)` runs with that layer's slice of
+    `probe_state` (a pytree stacked on axis 0, or None). The default probe packs the masks, giving
+    [layers, batch, seq, ffn / 8]; a statistics probe returns the layer's updated accumulators.
+    """
+
+    def step(h, layer_inputs):
+        layer_params, state = layer_inputs
+        h, active = decoder_layer(config, layer_params, h, token_mask)
+        return h, probe(active, state)
+
+    return jax.lax.scan(step, x, (stacked_params, probe_state))
 
 
 def head(config: OPTConfig, params: Params, x):

@@ -19,7 +19,7 @@ POST_LN_350M = dict(num_hidden_layers=3, hidden_size=48, num_attention_heads=6, 
 
 def hf_config(**fields) -> transformers.OPTConfig:
     """An OPTConfig with dropout off, so a torch model matches in eval and train alike."""
-    return transformers.OPTConfig(dropout=0.0, attention_dropout=0.0, **fields)
+    return transformers.OPTConfig(**(fields | dict(dropout=0.0, attention_dropout=0.0)))
 
 
 def random_model(config: transformers.OPTConfig, seed: int = 0) -> transformers.OPTForCausalLM:

@@ -181,3 +181,41 @@ def test_manifest_describes_every_array(pre_ln_dir, tmp_path):
         manifest = json.load(f)
     for path, shape in manifest["params"].items():
         assert list(checkpoint.open_array(out, path).shape) == shape
+
+
+def test_sigkill_mid_conversion_then_rerun(tmp_path):
+    """A conversion killed with SIGKILL leaves nothing loadable; the same command then finishes it."""
+    import signal
+    import subprocess
+    import sys
+
+    from opt_jax import bench
+
+    config = opt_jax.OPTConfig(num_hidden_layers=16, hidden_size=256, num_attention_heads=4, ffn_dim=1024,
+                               word_embed_proj_dim=256, vocab_size=500, max_position_embeddings=64)
+    model = hf_models.random_model(hf_models.hf_config(**opt_jax.config.to_hf_dict(config)), seed=2)
+    hf_dir = hf_models.save(model, str(tmp_path / "hf"), "sharded_safetensors", max_shard_size="600KB")
+    out = str(tmp_path / "out")
+    code = f"import opt_jax; opt_jax.convert({hf_dir!r}, {out!r}, verbose=False)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    progress = os.path.join(out, checkpoint.PROGRESS)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with open(progress) as f:
+                if json.load(f)["done_files"]:
+                    break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the conversion finished before it could be killed"
+    with pytest.raises(opt_jax.CheckpointError, match="interrupted"):
+        opt_jax.load(out)
+    opt_jax.convert(hf_dir, out, verbose=False)
+    ids = np.arange(3, 43).reshape(2, 20)
+    want = opt_jax.load(opt_jax.convert(hf_dir, str(tmp_path / "clean"), verbose=False)).forward(ids)
+    got = opt_jax.load(out).forward(ids)
+    np.testing.assert_array_equal(np.asarray(got.logits), np.asarray(want.logits))
+    assert bench.model_bytes(config) > 10e6

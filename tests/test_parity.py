@@ -63,8 +63,8 @@ def test_layers_one_at_a_time_equal_the_scan(pair):
     masks = []
     for layer in range(c.num_hidden_layers):
         layer_params = jax.device_put(jax.tree.map(lambda a: a[layer], model.params["layers"]))
-        x, m = jax.jit(opt_jax.decoder_layer, static_argnums=0)(c, layer_params, x, mask)
-        masks.append(m)
+        x, active = jax.jit(opt_jax.decoder_layer, static_argnums=0)(c, layer_params, x, mask)
+        masks.append(opt_jax.pack_masks(active))
     logits = opt_jax.head(c, model.params, x)  # [b, s, v]
     out = model.forward(ids, mask)
     np.testing.assert_array_equal(np.stack(masks), np.asarray(out.masks))
