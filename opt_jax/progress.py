@@ -16,7 +16,7 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Prints `label: done/total unit (pct), rate unit/s, elapsed, left` at most every `every` seconds."""
 
-    def __init__(self, label: str, total: float, unit: str = "", scale: float = 1.0,
+    def __init__(self, label: str, total: float | None, unit: str = "", scale: float = 1.0,
                  every: float = 2.0, stream=None, enabled: bool = True):
         self.label, self.total, self.unit, self.scale = label, total, unit, scale
         self.every, self.stream, self.enabled = every, stream or sys.stderr, enabled
@@ -28,7 +28,8 @@ class Progress:
         """Count `amount` more items done; print a line when due."""
         self.done += amount
         now = time.monotonic()
-        if self.enabled and (force or now - self._last >= self.every or self.done >= self.total):
+        finished = self.total is not None and self.done >= self.total
+        if self.enabled and (force or now - self._last >= self.every or finished):
             self._last = now
             print(self.line(now), file=self.stream, flush=True)
 
@@ -36,9 +37,11 @@ class Progress:
         """The current progress line."""
         elapsed = (now or time.monotonic()) - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate > 0 else float("nan")
-        pct = 100.0 * self.done / self.total if self.total else 100.0
         s = self.scale
-        left_text = _duration(left) if left == left else "?"
-        return (f"{self.label}: {self.done / s:,.1f}/{self.total / s:,.1f}{self.unit} ({pct:.0f}%), "
-                f"{rate / s:,.1f}{self.unit}/s, elapsed {_duration(elapsed)}, left {left_text}")
+        head = f"{self.label}: {self.done / s:,.1f}{self.unit}"
+        tail = f"{rate / s:,.1f}{self.unit}/s, elapsed {_duration(elapsed)}"
+        if self.total is None:
+            return f"{head}, {tail}"
+        left = _duration((self.total - self.done) / rate) if rate > 0 else "?"
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        return f"{head}/{self.total / s:,.1f}{self.unit} ({pct:.0f}%), {tail}, left {left}"

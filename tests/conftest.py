@@ -24,3 +24,25 @@ def pre_ln_dir(pre_ln_model, tmp_path_factory):
     hf_models.save(pre_ln_model, directory, "safetensors")
     hf_models.save_tokenizer(directory, pre_ln_model.config.vocab_size)
     return directory
+
+
+DOCS = ["the dead neurons of large language models", "n-gram neurons fire on a few tokens " * 3,
+        "positional", "language models are dead or positional, and the neurons " * 5, "models"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(pre_ln_dir, tmp_path_factory):
+    """pre_ln_model converted, with its tokenizer: the model statistics tests collect from."""
+    import opt_jax
+
+    return opt_jax.convert(pre_ln_dir, str(tmp_path_factory.mktemp("tiny_model") / "m"), verbose=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """DOCS as one .jsonl file."""
+    import json
+
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": d}) for d in DOCS) + "\n")
+    return str(path)

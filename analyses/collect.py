@@ -1,0 +1,233 @@
+"""Corpus -> forward passes -> activation statistics in a resumable tensorstore directory.
+
+The window stream is cut into fixed batches (global batch b holds windows b*B .. b*B+B-1).
+Process p of P takes the batches with b % P == p. Weights are either resident on the device
+(one jitted step per batch) or streamed from host memory a layer group at a time over a
+chunk of batches (layer-major: each group crosses to the device once per chunk). Statistics
+stay on the device until a flush commits them (see `analyses.store`); the manifest's cursor
+is the next global batch, so a rerun continues exactly where the last commit left off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from analyses import statistics as st
+from analyses.corpus import Corpus, batches
+from analyses.store import StatsError, StatsStore, array_layouts, read_manifest
+from opt_jax import checkpoint as ckpt
+from opt_jax.model import unflatten
+from opt_jax.progress import Progress
+from opt_jax.streaming import slice_layers, stream_groups
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Collection flags; those in IDENTITY must match to resume a run."""
+
+    seq_len: int = 2048
+    batch_size: int = 8
+    max_tokens: int | None = None
+    full_length_only: bool = False
+    offload: bool = False
+    group_size: int | None = None  # layers per streamed group (default: from device memory)
+    chunk_batches: int = 4  # batches per streamed chunk (each group moves once per chunk)
+    max_layers: int | None = None
+    token_layers: tuple[int, ...] | None = None  # default: the first half of the model's layers
+    dtype: str | None = None
+    text_key: str = "text"
+    flush_every_s: float = 300.0
+    flush_every_batches: int | None = None
+    overwrite: bool = False
+    process_index: int = 0
+    process_count: int = 1
+    verbose: bool = True
+
+
+IDENTITY = ("seq_len", "batch_size", "full_length_only", "max_layers", "token_layers", "dtype", "text_key")
+
+
+def _plan(config, options: Options) -> st.Plan:
+    num_layers = min(options.max_layers or config.num_hidden_layers, config.num_hidden_layers)
+    token_layers = options.token_layers
+    if token_layers is None:
+        token_layers = tuple(range(min(config.num_hidden_layers // 2, num_layers)))
+    token_layers = tuple(sorted(set(token_layers)))
+    bad = [l for l in token_layers if not 0 <= l < num_layers]
+    if bad:
+        raise StatsError(f"token_layers {bad} are outside the {num_layers} collected layers")
+    if options.seq_len > config.max_position_embeddings:
+        raise StatsError(f"seq_len {options.seq_len} exceeds the model's {config.max_position_embeddings} positions")
+    if options.seq_len < 2:
+        raise StatsError(f"seq_len must be at least 2 (BOS and one token), got {options.seq_len}")
+    return st.Plan(config, num_layers, token_layers, options.seq_len)
+
+
+def _identity(model_path: str, config, corpus: Corpus, plan: st.Plan, options: Options) -> dict:
+    flags = {k: getattr(options, k) for k in IDENTITY}
+    flags["token_layers"] = list(plan.token_layers)
+    return {"model": os.path.abspath(model_path), "config": config.to_dict(),
+            "corpus": {"paths": list(corpus.files), "fingerprint": corpus.fingerprint(),
+                       "text_key": options.text_key},
+            "flags": flags, "process": {"index": options.process_index, "count": options.process_count}}
+
+
+def _open_store(out_dir: str, identity: dict, plan: st.Plan, options: Options) -> StatsStore:
+    if os.path.isfile(os.path.join(out_dir, "manifest.json")) and not options.overwrite:
+        manifest = read_manifest(out_dir)
+        for key in identity:
+            if manifest.get(key) != identity[key]:
+                raise StatsError(f"{out_dir}: holds statistics of a different {key} "
+                                 f"({manifest.get(key)!r} there, {identity[key]!r} now); "
+                                 "use another --out or pass --overwrite")
+        return StatsStore.open(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not options.overwrite:
+        raise StatsError(f"{out_dir}: exists, is not empty and is not a statistics directory")
+    layouts = array_layouts(plan.num_layers, len(plan.token_layers), plan.seq_len, plan.vocab, plan.ffn)
+    start = identity | {"token_layers": list(plan.token_layers), "layers": plan.num_layers, "tokens": 0,
+                        "sequences": 0, "full_length_sequences": 0, "cursor": {"next_batch": 0, "stream_tokens": 0},
+                        "complete": False}
+    return StatsStore.create(out_dir, start, layouts)
+
+
+class _Runner:
+    """Holds the device state of one run: parameters (resident) or the host stack (streamed), and counters."""
+
+    def __init__(self, model_path: str, plan: st.Plan, options: Options):
+        self.plan, self.options = plan, options
+        devices = jax.local_devices()
+        if options.batch_size % len(devices):
+            raise StatsError(f"batch_size {options.batch_size} is not divisible by the {len(devices)} local devices")
+        mesh = Mesh(np.array(devices), ("data",))
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.data = NamedSharding(mesh, PartitionSpec("data"))
+        flat = ckpt.read_params(model_path, options.dtype, layers=slice(0, plan.num_layers))
+        params = unflatten(flat)
+        self.embed_params = jax.device_put({"embed": params["embed"]}, self.replicated)
+        self.layers = params["layers"]
+        self.groups = plan.groups(options.group_size if options.offload else None)
+        if not options.offload:
+            self.group_params = [jax.device_put(slice_layers(self.layers, g), self.replicated) for g in self.groups]
+        self.reset()
+
+    def reset(self) -> None:
+        self.accs = [jax.device_put(st.zero_accumulators(self.plan, g), self.replicated) for g in self.groups]
+
+    def run(self, chunk: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Add the activations of a list of batches into the device counters."""
+        on_device = [(jax.device_put(ids, self.data), jax.device_put(mask, self.data)) for ids, mask in chunk]
+        config = self.plan.config
+        if not self.options.offload:
+            for ids, mask in on_device:
+                self.accs = st.resident_step(config, self.embed_params, self.group_params, ids, mask, self.accs)
+            return
+        hidden = [st.embed_step(config, self.embed_params, ids, mask) for ids, mask in on_device]
+        for gi, (_, group_params) in enumerate(stream_groups(self.layers, self.groups, self.replicated)):
+            for bi, (ids, mask) in enumerate(on_device):
+                hidden[bi], self.accs[gi] = st.group_step(config, group_params, hidden[bi], mask, ids, self.accs[gi])
+
+    def deltas(self) -> dict:
+        """The device counters as store deltas: act whole, pos_act and tok_act one layer at a time."""
+        where = {layer: (gi, j) for gi, g in enumerate(self.groups) for j, layer in enumerate(g)}
+        token_layers = self.plan.token_layers
+        return {
+            "act": np.concatenate([np.asarray(a["act"]) for a in self.accs]),
+            "pos_act": lambda l: np.asarray(self.accs[where[l][0]]["pos_act"][where[l][1]]),
+            "tok_act": lambda t: np.asarray(self.accs[where[token_layers[t]][0]]["tok_act"][where[token_layers[t]][1]]),
+        }
+
+
+def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
+    """Collect activation statistics of the model at model_path over the corpus into out_dir."""
+    options = Options(**flags)
+    config = ckpt.read_config(model_path)
+    plan = _plan(config, options)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    corpus = Corpus(list(corpus_paths), tokenizer, options.seq_len, config.bos_token_id,
+                    text_key=options.text_key, full_length_only=options.full_length_only)
+    corpus.check_not_empty()
+    identity = _identity(model_path, config, corpus, plan, options)
+    store = _open_store(out_dir, identity, plan, options)
+    if store.manifest["complete"] and _reached(store.manifest, options):
+        _say(options, f"{out_dir}: already complete ({store.manifest['tokens']:,} tokens)")
+        return store.root
+    runner = _Runner(model_path, plan, options)
+    _run(runner, store, corpus, options, config.pad_token_id)
+    return store.root
+
+
+def _reached(manifest: dict, options: Options) -> bool:
+    limit = options.max_tokens
+    return manifest["cursor"].get("exhausted", False) or (limit is not None and
+                                                          manifest["cursor"]["stream_tokens"] >= limit)
+
+
+def _say(options: Options, message: str) -> None:
+    if options.verbose:
+        print(message, flush=True)
+
+
+def _run(runner: _Runner, store: StatsStore, corpus: Corpus, options: Options, pad_id: int) -> None:
+    cursor = dict(store.manifest["cursor"])
+    next_batch, stream_tokens = cursor["next_batch"], cursor["stream_tokens"]
+    windows = corpus.windows(skip=next_batch * options.batch_size)
+    stream = batches(windows, options.batch_size, options.seq_len, pad_id)
+    host = _zero_host(runner.plan)
+    progress = Progress("collect", options.max_tokens, " tokens", enabled=options.verbose)
+    progress.done = stream_tokens
+    chunk_size = options.chunk_batches if options.offload else 1
+    chunk, pending_tokens, batches_since_flush, last_flush = [], 0, 0, time.monotonic()
+    exhausted = True
+    for ids, mask in stream:
+        if options.max_tokens is not None and stream_tokens >= options.max_tokens:
+            exhausted = False
+            break
+        batch_tokens = int(mask.sum())
+        stream_tokens += batch_tokens
+        if next_batch % options.process_count == options.process_index:
+            chunk.append((ids, mask))
+            for name, value in st.host_counts(ids, mask, runner.plan.vocab).items():
+                host[name] += value
+            pending_tokens += batch_tokens
+        next_batch += 1
+        progress.update(batch_tokens)
+        if len(chunk) == chunk_size:
+            runner.run(chunk)
+            chunk, batches_since_flush = [], batches_since_flush + 1
+            due = (options.flush_every_batches and batches_since_flush >= options.flush_every_batches) or \
+                time.monotonic() - last_flush >= options.flush_every_s or \
+                pending_tokens + chunk_size * options.batch_size * options.seq_len > st.MAX_TOKENS_PER_FLUSH
+            if due:
+                _flush(runner, store, host, {"next_batch": next_batch, "stream_tokens": stream_tokens}, False)
+                host, pending_tokens, batches_since_flush, last_flush = _zero_host(runner.plan), 0, 0, time.monotonic()
+    if chunk:
+        runner.run(chunk)
+    _flush(runner, store, host, {"next_batch": next_batch, "stream_tokens": stream_tokens, "exhausted": exhausted},
+           True)
+    progress.update(0, force=True)
+
+
+def _zero_host(plan: st.Plan) -> dict:
+    return {"tokens": np.int64(0), "pos_tokens": np.zeros(plan.seq_len, np.int64),
+            "token_occ": np.zeros(plan.vocab, np.int64), "sequences": np.int64(0),
+            "full_length_sequences": np.int64(0)}
+
+
+def _flush(runner: _Runner, store: StatsStore, host: dict, cursor: dict, complete: bool) -> None:
+    """Commit device and host counts with the cursor they reach, then empty the counters."""
+    deltas = runner.deltas() | {"pos_tokens": host["pos_tokens"], "token_occ": host["token_occ"]}
+    m = store.manifest
+    store.commit(deltas, {
+        "tokens": int(m["tokens"] + host["tokens"]), "sequences": int(m["sequences"] + host["sequences"]),
+        "full_length_sequences": int(m["full_length_sequences"] + host["full_length_sequences"]),
+        "cursor": cursor, "complete": complete,
+    })
+    runner.reset()

@@ -1,0 +1,126 @@
+"""Sufficient statistics of the FFN bitmasks, reduced on the device inside the jitted step.
+
+Per collected layer l, neuron n, position p, token v (BOS = position 0 of each window):
+  act[l, n]         activations over real (non-pad) positions, BOS included
+  pos_act[l, p, n]  activations at position p over real positions
+  tok_act[t, v, n]  activations at real, non-BOS positions holding token v (token layers only)
+Only these counts leave the device; the token-only counts (tokens, pos_tokens, token_occ,
+sequences) come from the ids on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from opt_jax import decoder_layers, embed
+from opt_jax.config import OPTConfig
+from opt_jax.streaming import split_layers
+
+# Device accumulators are int32 and emptied at every flush; a flush is forced before this many tokens.
+MAX_TOKENS_PER_FLUSH = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one run collects: the first `num_layers` layers, with token statistics for `token_layers`."""
+
+    config: OPTConfig
+    num_layers: int
+    token_layers: tuple[int, ...]
+    seq_len: int
+
+    @property
+    def ffn(self) -> int:
+        return self.config.ffn_dim
+
+    @property
+    def vocab(self) -> int:
+        return self.config.vocab_size
+
+    def groups(self, group_size: int | None = None) -> list[range]:
+        """Layer ranges, each wholly token layers or wholly not, of at most `group_size` layers."""
+        boundaries = [l for l in range(1, self.num_layers)
+                      if (l in self.token_layers) != (l - 1 in self.token_layers)]
+        return split_layers(range(self.num_layers), group_size or self.num_layers, boundaries)
+
+    def has_tokens(self, group: range) -> bool:
+        return group.start in self.token_layers
+
+
+def zero_accumulators(plan: Plan, group: range) -> dict[str, jax.Array]:
+    """Device counters of one layer group: act [g, ffn], pos_act [g, seq, ffn], tok_act [g, vocab, ffn]."""
+    g = len(group)
+    acc = {"act": jnp.zeros((g, plan.ffn), jnp.int32),  # [g, n]
+           "pos_act": jnp.zeros((g, plan.seq_len, plan.ffn), jnp.int32)}  # [g, p, n]
+    if plan.has_tokens(group):
+        acc["tok_act"] = jnp.zeros((g, plan.vocab, plan.ffn), jnp.int32)  # [g, v, n]
+    return acc
+
+
+def _probe(input_ids, counted_for_tokens):
+    """The per-layer reduction: adds one layer's activations into that layer's counters."""
+
+    def probe(active, acc):  # [b, s, n], {name: counters of this layer}
+        out = {"act": acc["act"] + jnp.sum(active, axis=(0, 1), dtype=jnp.int32),  # [n]
+               "pos_act": acc["pos_act"] + jnp.sum(active, axis=0, dtype=jnp.int32)}  # [p, n]
+        if "tok_act" in acc:
+            rows = (active & counted_for_tokens[:, :, None]).astype(jnp.int32)  # [b, s, n]
+            out["tok_act"] = acc["tok_act"].at[input_ids.reshape(-1)].add(
+                rows.reshape(-1, rows.shape[-1]))  # [v, n]
+        return out
+
+    return probe
+
+
+def non_bos(token_mask):
+    """Real positions other than position 0 (where every window holds BOS): [batch, seq]."""
+    position = jnp.arange(token_mask.shape[1])[None, :]  # [1, s]
+    return token_mask & (position > 0)  # [b, s]
+
+
+def group_forward(config: OPTConfig, group_params, x, token_mask, input_ids, acc):
+    """Run one stacked layer group over hidden states x, adding its activations into `acc`."""
+    probe = _probe(input_ids, non_bos(token_mask))
+    return decoder_layers(config, group_params, x, token_mask, probe, acc)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=(5,))
+def group_step(config: OPTConfig, group_params, x, token_mask, input_ids, acc):
+    """Jitted `group_forward` (streamed mode): returns (hidden, updated acc)."""
+    return group_forward(config, group_params, x, token_mask, input_ids, acc)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def embed_step(config: OPTConfig, params, input_ids, token_mask):
+    """Jitted embedding (streamed mode): hidden states entering layer 0."""
+    return embed(config, params, input_ids, token_mask)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=(5,))
+def resident_step(config: OPTConfig, params, group_params: list, input_ids, token_mask, accs: list):
+    """The whole step in one jit (resident mode): embed, then each layer group's scan with its counters."""
+    x = embed(config, params, input_ids, token_mask)  # [b, s, d]
+    new = []
+    for layer_params, acc in zip(group_params, accs):
+        x, acc = group_forward(config, layer_params, x, token_mask, input_ids, acc)
+        new.append(acc)
+    return new
+
+
+def host_counts(input_ids: np.ndarray, token_mask: np.ndarray, vocab: int) -> dict[str, np.ndarray]:
+    """The counts that need only the ids: tokens, pos_tokens [seq], token_occ [vocab], sequences."""
+    real = token_mask.astype(bool)  # [b, s]
+    counted = real.copy()
+    counted[:, 0] = False  # [b, s]
+    return {
+        "tokens": np.int64(real.sum()),
+        "pos_tokens": real.sum(axis=0, dtype=np.int64),  # [s]
+        "token_occ": np.bincount(input_ids[counted], minlength=vocab).astype(np.int64),  # [v]
+        "sequences": np.int64(real.any(axis=1).sum()),
+        "full_length_sequences": np.int64(real.all(axis=1).sum()),
+    }

@@ -1,0 +1,287 @@
+"""The statistics store: zarr3 arrays and `manifest.json`, committed atomically, readable by any tool.
+
+Contract: `<out>/manifest.json` and arrays opened with tensorstore as
+`{"driver": "zarr3", "kvstore": "file://<out>/<name>"}`. Each `<out>/<name>` is a symlink into
+`<out>/data-<generation>/<name>`. A flush writes the new totals into a fresh generation
+directory, then replaces `manifest.json` (the commit point), then repoints the symlinks and
+removes the old generation. A crash at any moment leaves the manifest describing a complete
+generation; opening the store repairs the symlinks and discards any unfinished generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import numpy as np
+import tensorstore as ts
+
+from opt_jax.checkpoint import write_json_atomic
+
+MANIFEST = "manifest.json"
+FORMAT = "opt_jax.stats"
+VERSION = 1
+_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
+           {"name": "zstd", "configuration": {"level": 3}}]
+# Rows of tok_act per chunk: keeps a chunk to ~vocab_rows * ffn * 8 bytes uncompressed.
+TOK_ROWS_PER_CHUNK = 4096
+
+
+class StatsError(ValueError):
+    """A statistics directory that cannot be used as asked; the message names it and the problem."""
+
+
+def array_layouts(num_layers: int, num_token_layers: int, seq_len: int, vocab: int, ffn: int) -> dict:
+    """name -> (shape, chunk shape) of every array (all int64, zero-filled)."""
+    return {
+        "act": ((num_layers, ffn), (1, ffn)),
+        "pos_act": ((num_layers, seq_len, ffn), (1, seq_len, ffn)),
+        "pos_tokens": ((seq_len,), (seq_len,)),
+        "token_occ": ((vocab,), (vocab,)),
+        "tok_act": ((num_token_layers, vocab, ffn), (1, min(vocab, TOK_ROWS_PER_CHUNK), ffn)),
+    }
+
+
+def _generation_dir(root: str, generation: int) -> str:
+    return os.path.join(root, f"data-{generation:06d}")
+
+
+def _spec(path: str) -> dict:
+    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
+
+
+def _create(path: str, shape, chunk) -> ts.TensorStore:
+    metadata = {"shape": list(shape), "data_type": "int64", "fill_value": 0, "codecs": _CODECS,
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}}}
+    return ts.open(_spec(path) | {"metadata": metadata, "create": True, "delete_existing": True}).result()
+
+
+def _open(path: str) -> ts.TensorStore:
+    return ts.open(_spec(path), open=True).result()
+
+
+def read_manifest(root: str) -> dict:
+    """The manifest of a statistics directory, with a clear error when there is none."""
+    path = os.path.join(root, MANIFEST)
+    if not os.path.isfile(path):
+        raise StatsError(f"{root}: not a statistics directory ({MANIFEST} is missing)")
+    with open(path) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise StatsError(f"{path}: unsupported format {manifest.get('format')!r} v{manifest.get('version')!r}")
+    return manifest
+
+
+class StatsStore:
+    """A statistics directory being written: holds the manifest and commits new totals generation by generation."""
+
+    def __init__(self, root: str, manifest: dict):
+        self.root = os.path.abspath(root)
+        self.manifest = manifest
+
+    @classmethod
+    def create(cls, root: str, manifest: dict, layouts: dict) -> "StatsStore":
+        """A fresh store: generation 0 holds zero arrays; the manifest is written last."""
+        root = os.path.abspath(root)
+        os.makedirs(root, exist_ok=True)
+        for name in os.listdir(root):
+            if name.startswith("data-") or name == MANIFEST or name in layouts:
+                _remove(os.path.join(root, name))
+        gen_dir = _generation_dir(root, 0)
+        for name, (shape, chunk) in layouts.items():
+            _create(os.path.join(gen_dir, name), shape, chunk)
+        manifest = manifest | {"format": FORMAT, "version": VERSION, "generation": 0,
+                               "arrays": {n: list(s) for n, (s, _) in layouts.items()}}
+        write_json_atomic(os.path.join(root, MANIFEST), manifest)
+        store = cls(root, manifest)
+        store._link()
+        return store
+
+    @classmethod
+    def open(cls, root: str) -> "StatsStore":
+        """An existing store, repaired after any crash (links to the committed generation, no stray data)."""
+        store = cls(root, read_manifest(root))
+        store._link()
+        store._remove_other_generations()
+        return store
+
+    @property
+    def generation_dir(self) -> str:
+        return _generation_dir(self.root, self.manifest["generation"])
+
+    def array(self, name: str) -> ts.TensorStore:
+        """The committed array `name`."""
+        return _open(os.path.join(self.generation_dir, name))
+
+    def commit(self, deltas: dict, manifest_updates: dict) -> None:
+        """Write old totals + deltas as a new generation, then commit it with the manifest updates.
+
+        `deltas[name]` is an array of the full shape, or a function of the first-axis index giving that
+        row (so large arrays are added one layer at a time); missing names are copied unchanged.
+        """
+        new_gen = self.manifest["generation"] + 1
+        new_dir = _generation_dir(self.root, new_gen)
+        _remove(new_dir)
+        for name in self.manifest["arrays"]:
+            old = self.array(name)
+            chunk = old.chunk_layout.write_chunk.shape
+            new = _create(os.path.join(new_dir, name), old.shape, chunk)
+            delta = deltas.get(name)
+            rows = range(old.shape[0]) if old.ndim > 1 else [slice(None)]
+            # Within a row, blocks of chunk rows: bounded memory even for a [vocab, ffn] row.
+            step = chunk[1] if old.ndim == 3 else None
+            blocks = [slice(i, i + step) for i in range(0, old.shape[1], step)] if step else [slice(None)]
+            for row in rows:
+                delta_row = None if delta is None else (delta(row) if callable(delta) else np.asarray(delta)[row])
+                for block in blocks:
+                    value = old[row][block].read().result()
+                    if delta_row is not None:
+                        value = value + delta_row[block]
+                    if value.any():
+                        new[row][block].write(value).result()
+        _fsync_tree(new_dir)
+        self.manifest = self.manifest | manifest_updates | {"generation": new_gen}
+        write_json_atomic(os.path.join(self.root, MANIFEST), self.manifest)
+        self._link()
+        self._remove_other_generations()
+
+    def _link(self) -> None:
+        for name in self.manifest["arrays"]:
+            link = os.path.join(self.root, name)
+            target = os.path.relpath(os.path.join(self.generation_dir, name), self.root)
+            if os.path.islink(link) and os.readlink(link) == target:
+                continue
+            tmp = f"{link}.tmp-link"
+            _remove(tmp)
+            os.symlink(target, tmp)
+            os.replace(tmp, link)
+
+    def _remove_other_generations(self) -> None:
+        keep = os.path.basename(self.generation_dir)
+        for name in os.listdir(self.root):
+            if name.startswith("data-") and name != keep:
+                _remove(os.path.join(self.root, name))
+
+
+def _remove(path: str) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        os.remove(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+def _fsync_tree(path: str) -> None:
+    """Flush every file and directory under path to disk before the manifest points at it."""
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class LazyArray:
+    """A committed statistics array read on demand: `a[l]` reads one layer, `np.asarray(a)` reads all."""
+
+    def __init__(self, store: ts.TensorStore):
+        self._store = store
+        self.shape = tuple(store.shape)
+        self.dtype = np.dtype(store.dtype.numpy_dtype)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(self._store[index].read().result())
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        value = self._store.read().result()
+        return value if dtype is None else value.astype(dtype)
+
+
+ARRAY_NAMES = ("act", "pos_act", "pos_tokens", "token_occ", "tok_act")
+
+
+@dataclasses.dataclass
+class Stats:
+    """A statistics directory opened for reading: the manifest's counts and the arrays, lazily."""
+
+    root: str
+    manifest: dict
+    act: LazyArray  # [layers, ffn]
+    pos_act: LazyArray  # [layers, seq_len, ffn]
+    pos_tokens: LazyArray  # [seq_len]
+    token_occ: LazyArray  # [vocab]
+    tok_act: LazyArray  # [len(token_layers), vocab, ffn]
+
+    @property
+    def tokens(self) -> int:
+        return self.manifest["tokens"]
+
+    @property
+    def sequences(self) -> int:
+        return self.manifest["sequences"]
+
+    @property
+    def full_length_sequences(self) -> int:
+        return self.manifest["full_length_sequences"]
+
+    @property
+    def token_layers(self) -> list[int]:
+        return self.manifest["token_layers"]
+
+    @property
+    def config(self):
+        from opt_jax.config import OPTConfig
+
+        return OPTConfig.from_dict(self.manifest["config"])
+
+
+def open_stats(root: str) -> Stats:
+    """Open a statistics directory written by `collect` (or `merge_stats`) for reading."""
+    manifest = read_manifest(root)
+    gen_dir = _generation_dir(os.path.abspath(root), manifest["generation"])
+    arrays = {name: LazyArray(_open(os.path.join(gen_dir, name))) for name in ARRAY_NAMES}
+    return Stats(os.path.abspath(root), manifest, **arrays)
+
+
+def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
+    """Sum the partial stores of a multi-process run (same model, corpus and flags) into out_dir."""
+    manifests = [read_manifest(p) for p in parts]
+    if not manifests:
+        raise StatsError("no partial statistics directories to merge")
+    first = manifests[0]
+    count = first["process"]["count"]
+    for part, m in zip(parts, manifests):
+        for key in ("model", "config", "corpus", "flags", "token_layers", "layers", "arrays"):
+            if m.get(key) != first.get(key):
+                raise StatsError(f"{part}: its {key} differs from {parts[0]}'s; cannot merge")
+        if not m.get("complete"):
+            raise StatsError(f"{part}: the run is not complete; finish it before merging")
+    indices = sorted(m["process"]["index"] for m in manifests)
+    if indices != list(range(count)):
+        raise StatsError(f"expected the {count} parts 0..{count - 1} of one run, got process indices {indices}")
+    if os.path.exists(os.path.join(out_dir, MANIFEST)) and not overwrite:
+        raise StatsError(f"{out_dir}: already holds statistics; pass overwrite to replace them")
+    opened = [open_stats(p) for p in parts]
+    layouts = {name: (tuple(shape), opened[0].__dict__[name]._store.chunk_layout.write_chunk.shape)
+               for name, shape in first["arrays"].items()}
+    base = {k: v for k, v in first.items() if k not in ("format", "version", "generation", "arrays")}
+    unmerged = {"process": {"index": 0, "count": 1, "merged_from": count}, "complete": False,
+                "tokens": 0, "sequences": 0, "full_length_sequences": 0}
+    store = StatsStore.create(out_dir, base | unmerged, layouts)
+
+    def summed(name):
+        return lambda row: sum(getattr(s, name)[row] for s in opened)
+
+    totals = {k: sum(m[k] for m in manifests) for k in ("tokens", "sequences", "full_length_sequences")}
+    store.commit({name: summed(name) for name in ARRAY_NAMES}, totals | {"complete": True})
+    return store.root

@@ -1,0 +1,67 @@
+"""Collect FFN activation statistics of a converted OPT model over a corpus.
+
+  python scripts/collect.py --model converted/opt-125m --corpus val.jsonl.zst --out stats/opt-125m
+  python scripts/collect.py ... --offload --group_size 8          # weights streamed from host memory
+  # several hosts: the same command on each, with --coordinator HOST:PORT --num_processes N --process_id I;
+  # each writes OUT/process-I-of-N, then: python scripts/merge_stats.py --parts OUT/process-* --out MERGED
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "converted opt_jax checkpoint directory", required=True)
+flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs (.jsonl/.txt, .gz/.zst)",
+                          required=True)
+flags.DEFINE_string("out", None, "statistics directory", required=True)
+flags.DEFINE_integer("seq_len", 2048, "tokens per window (BOS + seq_len - 1 document tokens)")
+flags.DEFINE_integer("batch_size", 8, "windows per batch (divisible by the local device count)")
+flags.DEFINE_integer("max_tokens", None, "stop after this many tokens of the window stream")
+flags.DEFINE_bool("full_length_only", False, "keep only windows of exactly seq_len tokens")
+flags.DEFINE_bool("offload", False, "keep weights in host memory, stream layer groups to the device")
+flags.DEFINE_integer("group_size", None, "layers per streamed group (default: from device memory)")
+flags.DEFINE_integer("chunk_batches", 4, "batches per streamed chunk (each group is moved once per chunk)")
+flags.DEFINE_integer("max_layers", None, "run only the first K layers")
+flags.DEFINE_list("token_layers", None, "layers with token statistics (default: the first half)")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "compute dtype (default: stored)")
+flags.DEFINE_string("text_key", "text", "JSON key of the text in .jsonl files")
+flags.DEFINE_float("flush_every_s", 300.0, "commit statistics at least this often (seconds)")
+flags.DEFINE_integer("flush_every_batches", None, "also commit every this many batches (chunks when offloading)")
+flags.DEFINE_bool("overwrite", False, "replace statistics of another model, corpus or flags in --out")
+flags.DEFINE_string("coordinator", None, "jax.distributed coordinator HOST:PORT (multi-host runs)")
+flags.DEFINE_integer("num_processes", 1, "number of processes in a multi-host run")
+flags.DEFINE_integer("process_id", 0, "this process's index in a multi-host run")
+
+
+def main(argv):
+    del argv
+    import jax
+
+    if FLAGS.num_processes > 1:
+        jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    import analyses
+    from analyses.corpus import CorpusError
+
+    out = FLAGS.out
+    if FLAGS.num_processes > 1:
+        out = os.path.join(out, f"process-{FLAGS.process_id}-of-{FLAGS.num_processes}")
+    try:
+        path = analyses.collect(
+            FLAGS.model, FLAGS.corpus, out, seq_len=FLAGS.seq_len, batch_size=FLAGS.batch_size,
+            max_tokens=FLAGS.max_tokens, full_length_only=FLAGS.full_length_only, offload=FLAGS.offload,
+            group_size=FLAGS.group_size, chunk_batches=FLAGS.chunk_batches, max_layers=FLAGS.max_layers,
+            token_layers=tuple(int(l) for l in FLAGS.token_layers) if FLAGS.token_layers else None,
+            dtype=FLAGS.dtype, text_key=FLAGS.text_key, flush_every_s=FLAGS.flush_every_s,
+            flush_every_batches=FLAGS.flush_every_batches, overwrite=FLAGS.overwrite,
+            process_index=FLAGS.process_id, process_count=FLAGS.num_processes)
+    except (analyses.StatsError, CorpusError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"statistics: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,95 @@
+"""Collection: every array against a numpy recomputation from Model.forward masks; modes agree; resume."""
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+import analyses
+import opt_jax
+from analyses.store import StatsError
+
+from conftest import DOCS
+
+SEQ = 12
+
+
+def reference(model_dir, seq_len, full_length_only=False, token_layers=None, max_layers=None):
+    """Plain numpy: each window run alone (no padding), counts added with loops over positions."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = opt_jax.load(model_dir)
+    c = model.config
+    layers = max_layers or c.num_hidden_layers
+    token_layers = list(range(c.num_hidden_layers // 2)) if token_layers is None else token_layers
+    windows = []
+    for doc in DOCS:
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids), seq_len - 1):
+            window = [c.bos_token_id] + ids[start:start + seq_len - 1]
+            if len(window) == seq_len or not full_length_only:
+                windows.append(window)
+    ref = {"act": np.zeros((layers, c.ffn_dim), np.int64), "pos_act": np.zeros((layers, seq_len, c.ffn_dim), np.int64),
+           "pos_tokens": np.zeros(seq_len, np.int64), "token_occ": np.zeros(c.vocab_size, np.int64),
+           "tok_act": np.zeros((len(token_layers), c.vocab_size, c.ffn_dim), np.int64)}
+    for window in windows:
+        fired = opt_jax.unpack_masks(model.forward(np.array([window])).masks, c.ffn_dim)[:layers, 0]  # [l, s, n]
+        for p, token in enumerate(window):
+            ref["pos_tokens"][p] += 1
+            ref["act"] += fired[:, p]
+            ref["pos_act"][:, p] += fired[:, p]
+            if p > 0:
+                ref["token_occ"][token] += 1
+                for t, layer in enumerate(token_layers):
+                    ref["tok_act"][t, token] += fired[layer, p]
+    ref["tokens"] = sum(len(w) for w in windows)
+    ref["sequences"] = len(windows)
+    ref["full_length_sequences"] = sum(len(w) == seq_len for w in windows)
+    return ref
+
+
+def assert_matches(stats, ref):
+    for name in ("act", "pos_act", "pos_tokens", "token_occ", "tok_act"):
+        np.testing.assert_array_equal(np.asarray(getattr(stats, name)), ref[name], err_msg=name)
+    assert stats.tokens == ref["tokens"] and stats.sequences == ref["sequences"]
+    assert stats.full_length_sequences == ref["full_length_sequences"]
+
+
+def test_every_array_equals_a_numpy_recomputation(tiny_model, tiny_corpus, tmp_path):
+    out = analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "stats"), seq_len=SEQ, batch_size=3, verbose=False)
+    stats = analyses.open_stats(out)
+    ref = reference(tiny_model, SEQ)
+    assert ref["sequences"] > 6 and ref["full_length_sequences"] > 2 and ref["tokens"] > 60
+    assert_matches(stats, ref)
+    assert stats.token_layers == [0] and stats.manifest["complete"]
+    assert stats.act[1].shape == (64,)
+    assert ref["act"].min() < ref["tokens"] and ref["act"].max() > 0
+
+
+def test_streamed_equals_resident_and_options(tiny_model, tiny_corpus, tmp_path):
+    kwargs = dict(seq_len=SEQ, batch_size=2, verbose=False, token_layers=(0, 2), full_length_only=True)
+    resident = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "r"), **kwargs))
+    streamed = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "s"), offload=True,
+                                                    group_size=1, chunk_batches=3, **kwargs))
+    ref = reference(tiny_model, SEQ, full_length_only=True, token_layers=[0, 2])
+    assert_matches(resident, ref)
+    assert_matches(streamed, ref)
+
+
+def test_max_layers(tiny_model, tiny_corpus, tmp_path):
+    stats = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "s"), seq_len=SEQ,
+                                                 batch_size=4, max_layers=2, verbose=False))
+    assert stats.act.shape == (2, 64)
+    assert_matches(stats, reference(tiny_model, SEQ, max_layers=2))
+
+
+def test_refuses_another_run_in_the_same_directory(tiny_model, tiny_corpus, tmp_path):
+    out = str(tmp_path / "s")
+    analyses.collect(tiny_model, [tiny_corpus], out, seq_len=SEQ, batch_size=4, verbose=False)
+    with pytest.raises(StatsError, match="different flags"):
+        analyses.collect(tiny_model, [tiny_corpus], out, seq_len=SEQ - 1, batch_size=4, verbose=False)
+    analyses.collect(tiny_model, [tiny_corpus], out, seq_len=SEQ - 1, batch_size=4, verbose=False, overwrite=True)
+    assert analyses.open_stats(out).pos_act.shape[1] == SEQ - 1
+
+
+def test_seq_len_above_positions_is_refused(tiny_model, tiny_corpus, tmp_path):
+    with pytest.raises(StatsError, match="exceeds the model's 40 positions"):
+        analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "s"), seq_len=41, verbose=False)
