@@ -53,7 +53,8 @@ class Options:
 IDENTITY = ("seq_len", "batch_size", "full_length_only", "max_layers", "token_layers", "dtype", "text_key")
 
 
-def _plan(config, options: Options) -> st.Plan:
+def make_plan(config, options: Options) -> st.Plan:
+    """What a run with these options collects from a model of this config; refuses impossible options."""
     num_layers = min(options.max_layers or config.num_hidden_layers, config.num_hidden_layers)
     token_layers = options.token_layers
     if token_layers is None:
@@ -96,8 +97,11 @@ def _open_store(out_dir: str, identity: dict, plan: st.Plan, options: Options) -
     return StatsStore.create(out_dir, start, layouts)
 
 
-class _Runner:
-    """Holds the device state of one run: parameters (resident) or the host stack (streamed), and counters."""
+class Runner:
+    """Holds the device state of one run: parameters (resident) or the host stack (streamed), and counters.
+
+    Also the unit benchmarks time: `Runner(model_path, make_plan(config, options), options).run(batches)`.
+    """
 
     def __init__(self, model_path: str, plan: st.Plan, options: Options):
         self.plan, self.options = plan, options
@@ -132,6 +136,10 @@ class _Runner:
             for bi, (ids, mask) in enumerate(on_device):
                 hidden[bi], self.accs[gi] = st.group_step(config, group_params, hidden[bi], mask, ids, self.accs[gi])
 
+    def wait(self) -> None:
+        """Block until every dispatched step has finished (for timing)."""
+        jax.block_until_ready(self.accs)
+
     def deltas(self) -> dict:
         """The device counters as store deltas: act whole, pos_act and tok_act one layer at a time."""
         where = {layer: (gi, j) for gi, g in enumerate(self.groups) for j, layer in enumerate(g)}
@@ -147,7 +155,7 @@ def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
     """Collect activation statistics of the model at model_path over the corpus into out_dir."""
     options = Options(**flags)
     config = ckpt.read_config(model_path)
-    plan = _plan(config, options)
+    plan = make_plan(config, options)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -159,7 +167,7 @@ def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
     if store.manifest["complete"] and _reached(store.manifest, options):
         _say(options, f"{out_dir}: already complete ({store.manifest['tokens']:,} tokens)")
         return store.root
-    runner = _Runner(model_path, plan, options)
+    runner = Runner(model_path, plan, options)
     _run(runner, store, corpus, options, config.pad_token_id)
     return store.root
 
@@ -175,7 +183,7 @@ def _say(options: Options, message: str) -> None:
         print(message, flush=True)
 
 
-def _run(runner: _Runner, store: StatsStore, corpus: Corpus, options: Options, pad_id: int) -> None:
+def _run(runner: Runner, store: StatsStore, corpus: Corpus, options: Options, pad_id: int) -> None:
     cursor = dict(store.manifest["cursor"])
     next_batch, stream_tokens = cursor["next_batch"], cursor["stream_tokens"]
     windows = corpus.windows(skip=next_batch * options.batch_size)
@@ -221,7 +229,7 @@ def _zero_host(plan: st.Plan) -> dict:
             "full_length_sequences": np.int64(0)}
 
 
-def _flush(runner: _Runner, store: StatsStore, host: dict, cursor: dict, complete: bool) -> None:
+def _flush(runner: Runner, store: StatsStore, host: dict, cursor: dict, complete: bool) -> None:
     """Commit device and host counts with the cursor they reach, then empty the counters."""
     deltas = runner.deltas() | {"pos_tokens": host["pos_tokens"], "token_occ": host["token_occ"]}
     m = store.manifest

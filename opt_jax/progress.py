@@ -37,11 +37,11 @@ class Progress:
         """The current progress line."""
         elapsed = (now or time.monotonic()) - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        s = self.scale
-        head = f"{self.label}: {self.done / s:,.1f}{self.unit}"
-        tail = f"{rate / s:,.1f}{self.unit}/s, elapsed {_duration(elapsed)}"
+        s, digits = self.scale, 0 if self.scale == 1 else 1
+        head = f"{self.label}: {self.done / s:,.{digits}f}"
+        tail = f"{rate / s:,.{digits}f}{self.unit}/s, elapsed {_duration(elapsed)}"
         if self.total is None:
-            return f"{head}, {tail}"
+            return f"{head}{self.unit}, {tail}"
         left = _duration((self.total - self.done) / rate) if rate > 0 else "?"
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        return f"{head}/{self.total / s:,.1f}{self.unit} ({pct:.0f}%), {tail}, left {left}"
+        return f"{head}/{self.total / s:,.{digits}f}{self.unit} ({pct:.0f}%), {tail}, left {left}"

@@ -1,5 +1,8 @@
 """Collection: every array against a numpy recomputation from Model.forward masks; modes agree; resume."""
 
+import os
+import re
+
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
@@ -93,3 +96,67 @@ def test_refuses_another_run_in_the_same_directory(tiny_model, tiny_corpus, tmp_
 def test_seq_len_above_positions_is_refused(tiny_model, tiny_corpus, tmp_path):
     with pytest.raises(StatsError, match="exceeds the model's 40 positions"):
         analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "s"), seq_len=41, verbose=False)
+
+
+def test_max_tokens_stops_at_a_batch_boundary_and_can_be_extended(tiny_model, tiny_corpus, tmp_path):
+    out = str(tmp_path / "s")
+    full = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "full"), seq_len=SEQ,
+                                                batch_size=2, verbose=False))
+    first = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], out, seq_len=SEQ, batch_size=2,
+                                                 max_tokens=30, verbose=False))
+    assert 30 <= first.tokens < full.tokens and first.sequences % 2 == 0
+    assert first.tokens - 2 * SEQ < 30, "stops at the first batch boundary past max_tokens"
+    extended = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], out, seq_len=SEQ, batch_size=2,
+                                                    verbose=False))
+    for name in ("act", "pos_act", "tok_act", "token_occ", "pos_tokens"):
+        np.testing.assert_array_equal(np.asarray(getattr(extended, name)), np.asarray(getattr(full, name)))
+
+
+def test_half_precision_collection_runs(tiny_model, tiny_corpus, tmp_path):
+    f32 = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "f32"), seq_len=SEQ,
+                                               batch_size=4, verbose=False))
+    bf16 = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "bf16"), seq_len=SEQ,
+                                                batch_size=4, dtype="bfloat16", verbose=False))
+    assert bf16.manifest["flags"]["dtype"] == "bfloat16" and bf16.tokens == f32.tokens
+    a, b = np.asarray(f32.act), np.asarray(bf16.act)
+    assert np.abs(a - b).sum() <= 0.02 * a.sum()
+
+
+@pytest.mark.parametrize("make_corpus, match", [
+    (lambda d: str(d / "missing.jsonl"), "no such file or directory"),
+    (lambda d: (d / "bad.jsonl").write_text('{"text": "fine"}\n{not json}\n') and str(d / "bad.jsonl"),
+     r"bad.jsonl:2"),
+    (lambda d: (d / "bytes.txt").write_bytes(b"ok\n\xff\xfe broken") and str(d / "bytes.txt"), "UTF-8"),
+    (lambda d: (d / "empty.jsonl").write_text("\n\n") and str(d / "empty.jsonl"), "no documents|no windows"),
+    (lambda d: (d / "notext.jsonl").write_text('{"body": "x"}\n') and str(d / "notext.jsonl"), "text"),
+])
+def test_bad_corpus_gets_a_clear_message_from_the_cli(tiny_model, tmp_path, make_corpus, match):
+    import re
+    import subprocess
+    import sys
+
+    corpus = make_corpus(tmp_path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "scripts/collect.py", "--model", tiny_model, "--corpus", corpus,
+                             "--out", str(tmp_path / "out"), "--seq_len", "8"], cwd=root, capture_output=True,
+                            text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(match, result.stderr), result.stderr
+    assert not os.path.exists(tmp_path / "out" / "manifest.json")
+
+
+def test_cli_shows_progress_and_seq_len_error(tiny_model, tiny_corpus, tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    base = [sys.executable, "scripts/collect.py", "--model", tiny_model, "--corpus", tiny_corpus]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    ok = subprocess.run(base + ["--out", str(tmp_path / "ok"), "--seq_len", "8", "--batch_size", "2",
+                                "--max_tokens", "40"], cwd=root, capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert re.search(r"collect: [\d,]+/40 tokens \(\d+%\)", ok.stdout + ok.stderr) and "tokens/s" in ok.stdout + ok.stderr
+    assert "left" in ok.stdout + ok.stderr
+    bad = subprocess.run(base + ["--out", str(tmp_path / "bad"), "--seq_len", "64"], cwd=root,
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "exceeds the model's 40 positions" in bad.stderr
