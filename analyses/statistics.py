@@ -63,15 +63,15 @@ def zero_accumulators(plan: Plan, group: range) -> dict[str, jax.Array]:
 
 
 def _probe(input_ids, counted_for_tokens):
-    """The per-layer reduction: adds one layer's activations into that layer's counters."""
+    """The per-layer reduction: adds layer i's activations into row i of the group's counters, in place."""
+    flat_ids = input_ids.reshape(-1)  # [b*s]
 
-    def probe(active, acc):  # [b, s, n], {name: counters of this layer}
-        out = {"act": acc["act"] + jnp.sum(active, axis=(0, 1), dtype=jnp.int32),  # [n]
-               "pos_act": acc["pos_act"] + jnp.sum(active, axis=0, dtype=jnp.int32)}  # [p, n]
+    def probe(active, i, acc):  # [b, s, n], layer index in the group, {name: [g, ...] counters}
+        out = {"act": acc["act"].at[i].add(jnp.sum(active, axis=(0, 1), dtype=jnp.int32)),  # [g, n]
+               "pos_act": acc["pos_act"].at[i].add(jnp.sum(active, axis=0, dtype=jnp.int32))}  # [g, p, n]
         if "tok_act" in acc:
             rows = (active & counted_for_tokens[:, :, None]).astype(jnp.int32)  # [b, s, n]
-            out["tok_act"] = acc["tok_act"].at[input_ids.reshape(-1)].add(
-                rows.reshape(-1, rows.shape[-1]))  # [v, n]
+            out["tok_act"] = acc["tok_act"].at[i, flat_ids].add(rows.reshape(-1, rows.shape[-1]))  # [g, v, n]
         return out
 
     return probe

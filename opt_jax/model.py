@@ -64,11 +64,24 @@ def layer_norm(config: OPTConfig, param_dtype, name: str) -> LayerNorm:
     return LayerNorm(config.layer_norm_elementwise_affine, config.layer_norm_eps, param_dtype, name=name)
 
 
-def attention_allowed(token_mask: jax.Array) -> jax.Array:
-    """Causal attention restricted to real tokens: bool [batch, 1, query, key]."""
-    s = token_mask.shape[1]
-    causal = jnp.tril(jnp.ones((s, s), bool))  # [q, t]
-    return causal[None, None] & token_mask[:, None, None, :]  # [b, 1, q, t]
+# Queries are processed in blocks of this many positions, each against only the keys up to its
+# end: causal attention then costs about half the score work and memory of the full matrix.
+QUERY_BLOCK = 256
+
+
+def causal_attention(q, key, value, token_mask):  # [b, q, h, k], [b, t, h, k], [b, t, h, k], [b, t]
+    """Softmax attention of each query over the real keys at or before it: [batch, seq, heads, head_dim]."""
+    s = q.shape[1]
+    outputs = []
+    for start in range(0, s, QUERY_BLOCK):
+        stop = min(start + QUERY_BLOCK, s)
+        scores = jnp.einsum("bqhk,bthk->bhqt", q[:, start:stop], key[:, :stop],
+                            preferred_element_type=jnp.float32)  # [b, h, q, t]
+        causal = jnp.arange(stop)[None, :] <= jnp.arange(start, stop)[:, None]  # [q, t]
+        allowed = causal[None, None] & token_mask[:, None, None, :stop]  # [b, 1, q, t]
+        probs = jax.nn.softmax(jnp.where(allowed, scores, _NEG), axis=-1).astype(q.dtype)  # [b, h, q, t]
+        outputs.append(jnp.einsum("bhqt,bthk->bqhk", probs, value[:, :stop]))  # [b, q, h, k]
+    return jnp.concatenate(outputs, axis=1)  # [b, s, h, k]
 
 
 class Attention(nn.Module):
@@ -76,7 +89,7 @@ class Attention(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, allowed):  # [b, s, d], [b, 1, q, t]
+    def __call__(self, x, token_mask):  # [b, s, d], [b, s]
         c = self.config
         h, k, d = c.num_attention_heads, c.head_dim, c.hidden_size
         bias = (h, k) if c.enable_bias else None
@@ -85,12 +98,7 @@ class Attention(nn.Module):
             return Linear("bsd,hkd->bshk", (h, k, d), bias, self.param_dtype, name=name)(x)
 
         q = project("q_proj") * (k ** -0.5)  # [b, q, h, k]
-        key = project("k_proj")  # [b, t, h, k]
-        value = project("v_proj")  # [b, t, h, k]
-        scores = jnp.einsum("bqhk,bthk->bhqt", q, key, preferred_element_type=jnp.float32)  # [b, h, q, t]
-        scores = jnp.where(allowed, scores, _NEG)  # [b, h, q, t]
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)  # [b, h, q, t]
-        context = jnp.einsum("bhqt,bthk->bqhk", probs, value)  # [b, q, h, k]
+        context = causal_attention(q, project("k_proj"), project("v_proj"), token_mask)  # [b, q, h, k]
         out_bias = (d,) if c.enable_bias else None
         return Linear("bqhk,dhk->bqd", (d, h, k), out_bias, self.param_dtype, name="o_proj")(context)
 
@@ -126,7 +134,7 @@ class DecoderLayer(nn.Module):
         ffn_norm = layer_norm(c, self.param_dtype, "ffn_norm")
 
         attn_in = attn_norm(x) if pre_ln else x  # [b, s, d]
-        x = x + Attention(c, self.param_dtype, name="attn")(attn_in, attention_allowed(token_mask))  # [b, s, d]
+        x = x + Attention(c, self.param_dtype, name="attn")(attn_in, token_mask)  # [b, s, d]
         if not pre_ln:
             x = attn_norm(x)
         ffn_out, active = FFN(c, self.param_dtype, name="ffn")(ffn_norm(x) if pre_ln else x)
@@ -188,24 +196,27 @@ def decoder_layer(config: OPTConfig, layer_params: Params, x, token_mask):
     return DecoderLayer(config).apply({"params": layer_params}, x, token_mask)
 
 
-def _pack_probe(active, _):
-    return pack_masks(active)  # [b, s, f / 8]
+def decoder_layers(config: OPTConfig, stacked_params: Params, x, token_mask, probe, state):
+    """Scan the stacked layers (leading axis) over x, threading `state` through a probe; returns (hidden, state).
 
-
-def decoder_layers(config: OPTConfig, stacked_params: Params, x, token_mask, probe=_pack_probe, probe_state=None):
-    """Scan the stacked layers (leading axis) over x; returns (hidden, probe outputs stacked over layers).
-
-    After each layer, `probe(active [batch, seq, ffn], state)` runs with that layer's slice of
-    `probe_state` (a pytree stacked on axis 0, or None). The default probe packs the masks, giving
-    [layers, batch, seq, ffn / 8]; a statistics probe returns the layer's updated accumulators.
+    After layer i, `state = probe(active [batch, seq, ffn], i, state)`. The state is carried
+    through the scan, so a probe that updates slices of it (`state.at[i].set(...)`) works in place:
+    `forward`'s probe writes the packed masks, a statistics probe adds counts.
     """
 
-    def step(h, layer_inputs):
-        layer_params, state = layer_inputs
+    def step(carry, layer_inputs):
+        h, state = carry
+        layer_params, index = layer_inputs
         h, active = decoder_layer(config, layer_params, h, token_mask)
-        return h, probe(active, state)
+        return (h, probe(active, index, state)), None
 
-    return jax.lax.scan(step, x, (stacked_params, probe_state))
+    num_layers = jax.tree.leaves(stacked_params)[0].shape[0]
+    (x, state), _ = jax.lax.scan(step, (x, state), (stacked_params, jnp.arange(num_layers)))
+    return x, state
+
+
+def _store_packed(active, index, masks):
+    return masks.at[index].set(pack_masks(active))  # [l, b, s, f / 8]
 
 
 def head(config: OPTConfig, params: Params, x):
@@ -217,7 +228,10 @@ def forward(config: OPTConfig, params: Params, input_ids, token_mask):
     """The whole model: (logits [batch, seq, vocab], masks [layers, batch, seq, ffn / 8])."""
     token_mask = token_mask.astype(bool)
     x = embed(config, params, input_ids, token_mask)  # [b, s, d]
-    x, masks = decoder_layers(config, params["layers"], x, token_mask)  # [b, s, d], [l, b, s, f / 8]
+    b, s = input_ids.shape
+    num_layers = jax.tree.leaves(params["layers"])[0].shape[0]
+    masks = jnp.zeros((num_layers, b, s, config.mask_bytes), jnp.uint8)  # [l, b, s, f / 8]
+    x, masks = decoder_layers(config, params["layers"], x, token_mask, _store_packed, masks)  # [b, s, d]
     return head(config, params, x), masks
 
 
