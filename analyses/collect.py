@@ -24,7 +24,7 @@ from analyses.store import StatsError, StatsStore, array_layouts, read_manifest
 from opt_jax import checkpoint as ckpt
 from opt_jax.model import unflatten
 from opt_jax.progress import Progress
-from opt_jax.streaming import slice_layers, stream_groups
+from opt_jax.streaming import group_size_for, slice_layers, stream_groups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +115,7 @@ class Runner:
         params = unflatten(flat)
         self.embed_params = jax.device_put({"embed": params["embed"]}, self.replicated)
         self.layers = params["layers"]
-        self.groups = plan.groups(options.group_size if options.offload else None)
+        self.groups = plan.groups((options.group_size or group_size_for(self.layers)) if options.offload else None)
         if not options.offload:
             self.group_params = [jax.device_put(slice_layers(self.layers, g), self.replicated) for g in self.groups]
         self.reset()

@@ -78,13 +78,15 @@ def test_rejects_sequences_longer_than_positions(pair):
         model.forward(too_long)
 
 
-def test_blocked_attention_matches_torch_across_many_query_blocks(pair, monkeypatch):
-    """Sequences span several query blocks (block of 4 here, 256 in use) with left and right padding."""
+@pytest.mark.parametrize("attention, block", [("blocked", 4), ("blocked", 256), ("fused", 256)])
+def test_each_attention_implementation_matches_torch(pair, monkeypatch, attention, block):
+    """Both attention paths; blocks of 4 make sequences span several query blocks. Padding left and right."""
     from opt_jax import model as model_module
 
     torch_model, model = pair
-    monkeypatch.setattr(model_module, "QUERY_BLOCK", 4)
-    forward = jax.jit(model_module.forward, static_argnums=0)  # a fresh trace sees the small block
+    monkeypatch.setattr(model_module, "QUERY_BLOCK", block)
+    monkeypatch.setattr(model_module, "ATTENTION", attention)
+    forward = jax.jit(model_module.forward, static_argnums=0)  # a fresh trace sees the settings
     for left in (True, False):
         ids, mask = hf_models.padded_batch(model.config.vocab_size, [17, 10, 2], 17, left=left, seed=9)
         want_logits, want_masks = hf_models.torch_reference(torch_model, ids, mask)

@@ -1,0 +1,114 @@
+"""The collection benchmark on a tiny model: structure and invariants (counts agree, FLOPs, ratios), never timings."""
+
+import json
+
+import pytest
+
+import opt_jax
+from analyses import benchmark
+
+TINY = opt_jax.OPTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, ffn_dim=256,
+                         word_embed_proj_dim=64, vocab_size=500)
+SEQ = 32
+
+
+def test_flops_per_token_is_the_hand_count():
+    per_layer_weights = 4 * 64 * 64 + 2 * 64 * 256  # q, k, v, o; fc1, fc2
+    attention = 2 * 2 * SEQ * 64  # scores and values, full sequence
+    assert benchmark.decoder_matmul_params(TINY) == 2 * per_layer_weights
+    assert benchmark.model_flops_per_token(TINY, SEQ) == 2 * (2 * per_layer_weights) + 2 * attention == 212992
+
+
+def test_batches_are_full_length_random_windows():
+    data = benchmark.make_batches(TINY, SEQ, benchmark.batch_size_for(SEQ, 64), 3, seed=1)
+    assert len(data) == 3
+    for ids, mask in data:
+        assert ids.shape == mask.shape == (2, SEQ) and ids.dtype.name == "int32" and mask.all()
+        assert (ids[:, 0] == TINY.bos_token_id).all() and ((ids[:, 1:] >= 3) & (ids[:, 1:] < 500)).all()
+    assert (data[0][0] != data[1][0]).any()
+    assert benchmark.batch_size_for(2048, 4096) == 2 and benchmark.batch_size_for(4096, 1000) == 1
+
+
+def test_suite_on_a_tiny_model(tmp_path):
+    records, messages = [], []
+    rows = benchmark.run_suite(TINY, seq_lens=(SEQ,), tokens_per_batch=2 * SEQ, batches=2, warmup=1,
+                               group_size=1, chunk_batches=2, workdir=str(tmp_path), matmul_n=128,
+                               emit=records.append, log=messages.append)
+    for r in records:
+        json.dumps(r)  # every record is one JSON line
+    kinds = [r["measurement"] for r in records]
+    assert kinds == ["machine", "ours_resident", "ours_streamed", "hf_full", "hf_decoder", "numpy_matmul",
+                     "act_agreement", "summary"]  # one round of two batches: one numpy sample
+    assert messages and list(tmp_path.iterdir()) == []  # progress went to log; the temp dir is gone
+    by_kind = {r["measurement"]: r for r in records}
+    for kind in ("ours_resident", "ours_streamed", "hf_full", "hf_decoder"):
+        r = by_kind[kind]
+        assert r["seq_len"] == SEQ and r["batch_size"] == 2 and r["tokens"] == 2 * 2 * SEQ
+        assert r["tokens_per_s"] > 0 and r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds"])
+    assert len(by_kind["ours_resident"]["step_seconds"]) == 2  # one step per batch
+    assert len(by_kind["ours_streamed"]["step_seconds"]) == 1  # one chunk of two batches
+    assert by_kind["ours_streamed"]["groups"] == [[0, 1], [1, 2]]
+    agree = by_kind["act_agreement"]
+    assert 0.2 < agree["active_fraction"] < 0.8  # the counts are not trivially all zero or all one
+
+    [row] = rows
+    assert row["act_agreement"] == 1.0 and row["pos_act_agreement"] == 1.0
+    assert row["flops_per_token"] == 212992
+    for key in ("ours_resident_tok_s", "ours_streamed_tok_s", "hf_full_tok_s", "hf_decoder_tok_s",
+                "numpy_flops_per_s", "peak_rss_bytes"):
+        assert row[key] > 0, key
+    assert row["ours_vs_hf_full"] == pytest.approx(row["ours_resident_tok_s"] / row["hf_full_tok_s"])
+    assert row["ours_vs_hf_decoder"] == pytest.approx(row["ours_resident_tok_s"] / row["hf_decoder_tok_s"])
+    assert row["streamed_time_vs_resident"] == pytest.approx(row["ours_resident_tok_s"] / row["ours_streamed_tok_s"])
+    assert row["fraction_of_numpy"] == pytest.approx(
+        row["ours_resident_tok_s"] * row["flops_per_token"] / row["numpy_flops_per_s"])
+    assert row["numpy_flops_per_s"] == by_kind["numpy_matmul"]["flops_per_s"]
+
+    table = benchmark.markdown_table(rows).splitlines()
+    assert table[0].startswith("| seq len |") and table[1].startswith("|---")
+    assert table[2].startswith(f"| {SEQ} | 2 |") and table[2].count("|") == table[0].count("|")
+    assert any("GFLOP/s" in line for line in table[3:]) and any("Peak RSS" in line for line in table[3:])
+
+
+def test_counts_agree_with_a_hand_count(tmp_path):
+    """The hooked baseline's counters are (fc1 out > 0) summed as stated, against the model's own masks."""
+    import numpy as np
+
+    models = benchmark.build_models(TINY, str(tmp_path))
+    batch = benchmark.make_batches(TINY, SEQ, 2, 1, seed=3)[0]
+    hf = benchmark.hf_counts(models.hf_model, batch)
+    model = opt_jax.load(models.converted_dir)
+    fired = opt_jax.unpack_masks(model.forward(batch[0], batch[1]).masks, TINY.ffn_dim)  # [l, b, s, f]
+    np.testing.assert_array_equal(hf["pos_act"], fired.sum(axis=1))
+    np.testing.assert_array_equal(hf["act"], fired.sum(axis=(1, 2)))
+    ours = benchmark.ours_counts(models.converted_dir, TINY, batch)
+    assert benchmark.agreement(ours, hf, 2 * SEQ)["act_agreement"] == 1.0
+
+
+def test_gpu_suite_is_refused_clearly():
+    with pytest.raises(NotImplementedError, match="gpu device suite is not implemented yet"):
+        benchmark.run_suite(TINY, device_suite="gpu")
+    with pytest.raises(ValueError, match="device_suite"):
+        benchmark.run_suite(TINY, device_suite="tpu")
+
+
+def test_interleaved_rounds_rotate_and_chunk():
+    """Rounds of max(chunk) batches; each variant steps its own chunk size; the order rotates between rounds."""
+    calls = []
+
+    class Fake:
+        def __init__(self, name, chunk):
+            self.name, self.chunk, self.info = name, chunk, {"fake": name}
+
+        def step(self, batches):
+            calls.append((self.name, len(batches)))
+            return 0.5 * len(batches)
+
+    data = benchmark.make_batches(TINY, 4, 2, 5)  # one warm-up, four timed
+    out = benchmark.time_interleaved({"a": Fake("a", 1), "b": Fake("b", 2)}, data, warmup=1)
+    assert calls == [("a", 1), ("b", 1),  # warm-up: one batch per step
+                     ("a", 1), ("a", 1), ("b", 2),  # round 0
+                     ("b", 2), ("a", 1), ("a", 1)]  # round 1, rotated
+    assert out["a"]["step_seconds"] == [0.5] * 4 and out["b"]["step_seconds"] == [1.0, 1.0]
+    assert out["a"]["tokens"] == 4 * 2 * 4 and out["a"]["tokens_per_s"] == pytest.approx(32 / 2.0)
+    assert out["b"]["fake"] == "b" and out["numpy_samples"] == []
