@@ -2,16 +2,15 @@
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 import analyses
+from kill import kill_when
 from analyses.store import ARRAY_NAMES, StatsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,19 +94,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_model, tmp_path):
     out = str(tmp_path / "killed")
     cmd = _collect_cmd(tiny_model, str(corpus), out, "--flush_every_batches", "1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = os.path.join(out, "manifest.json")
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            with open(manifest) as f:
-                if json.load(f)["cursor"]["next_batch"] >= 3:
-                    break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    kill_when(proc, os.path.join(out, "manifest.json"), lambda m: m["cursor"]["next_batch"] >= 3)
     stats = analyses.open_stats(out)
     assert not stats.manifest["complete"] and stats.tokens > 0
     result = subprocess.run(cmd, cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=600)
