@@ -189,8 +189,7 @@ def _run(runner: Runner, store: StatsStore, corpus: Corpus, options: Options, pa
     windows = corpus.windows(skip=next_batch * options.batch_size)
     stream = batches(windows, options.batch_size, options.seq_len, pad_id)
     host = _zero_host(runner.plan)
-    progress = Progress("collect", options.max_tokens, " tokens", enabled=options.verbose)
-    progress.done = stream_tokens
+    progress = Progress("collect", options.max_tokens, " tokens", enabled=options.verbose, initial=stream_tokens)
     chunk_size = options.chunk_batches if options.offload else 1
     chunk, pending_tokens, batches_since_flush, last_flush = [], 0, 0, time.monotonic()
     exhausted = True

@@ -17,10 +17,10 @@ class Progress:
     """Prints `label: done/total unit (pct), rate unit/s, elapsed, left` at most every `every` seconds."""
 
     def __init__(self, label: str, total: float | None, unit: str = "", scale: float = 1.0,
-                 every: float = 2.0, stream=None, enabled: bool = True):
+                 every: float = 2.0, stream=None, enabled: bool = True, initial: float = 0.0):
         self.label, self.total, self.unit, self.scale = label, total, unit, scale
         self.every, self.stream, self.enabled = every, stream or sys.stderr, enabled
-        self.done = 0.0
+        self.done = self.initial = initial  # `initial`: done before this run (a resume), not in the rate
         self.start = time.monotonic()
         self._last = -float("inf")
 
@@ -36,7 +36,7 @@ class Progress:
     def line(self, now: float | None = None) -> str:
         """The current progress line."""
         elapsed = (now or time.monotonic()) - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         s, digits = self.scale, 0 if self.scale == 1 else 1
         head = f"{self.label}: {self.done / s:,.{digits}f}"
         tail = f"{rate / s:,.{digits}f}{self.unit}/s, elapsed {_duration(elapsed)}"

@@ -1,0 +1,31 @@
+"""Progress lines: done, total, rate (of this run only), time left."""
+
+import io
+
+from opt_jax import progress as progress_module
+from opt_jax.progress import Progress
+
+
+def test_lines_with_and_without_a_total(monkeypatch):
+    clock = {"t": 100.0}
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock["t"])
+    out = io.StringIO()
+    bar = Progress("collect", 1000, " tokens", stream=out, initial=200, every=0)
+    clock["t"] = 110.0
+    bar.update(300)  # 300 tokens in 10 s of this run; 500 of 1000 done
+    assert out.getvalue().strip() == "collect: 500/1,000 tokens (50%), 30 tokens/s, elapsed 0m10s, left 0m16s"
+    open_ended = Progress("convert", None, " MB", scale=1e6, stream=io.StringIO())
+    clock["t"] = 112.0
+    assert open_ended.line(clock["t"]) == "convert: 0.0 MB, 0.0 MB/s, elapsed 0m02s"
+
+
+def test_prints_at_most_every_interval_and_at_the_end(monkeypatch):
+    clock = {"t": 0.0}
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock["t"])
+    out = io.StringIO()
+    bar = Progress("x", 10, "", stream=out, every=5)
+    for _ in range(10):
+        clock["t"] += 1
+        bar.update(1)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("x: 10/10 (100%)")
