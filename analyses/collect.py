@@ -20,8 +20,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from analyses import statistics as st
 from analyses.corpus import Corpus, batches
-from analyses.store import StatsError, StatsStore, array_layouts, read_manifest
+from analyses.store import StatsError, StatsStore, array_layouts, open_stats, read_manifest
 from opt_jax import checkpoint as ckpt
+from opt_jax.bits import unpack_masks
 from opt_jax.model import unflatten
 from opt_jax.progress import Progress
 from opt_jax.streaming import group_size_for, slice_layers, stream_groups
@@ -42,6 +43,8 @@ class Options:
     token_layers: tuple[int, ...] | None = None  # default: the first half of the model's layers
     dtype: str | None = None
     text_key: str = "text"
+    ngram_orders: tuple[int, ...] = (2, 3)  # exact n-gram counts of the token layers; () for none
+    ngram_max_pairs: int = 50_000_000  # distinct (n-gram, neuron) pairs kept in host memory, 16 B each
     flush_every_s: float = 300.0
     flush_every_batches: int | None = None
     overwrite: bool = False
@@ -50,7 +53,8 @@ class Options:
     verbose: bool = True
 
 
-IDENTITY = ("seq_len", "batch_size", "full_length_only", "max_layers", "token_layers", "dtype", "text_key")
+IDENTITY = ("seq_len", "batch_size", "full_length_only", "max_layers", "token_layers", "dtype", "text_key",
+            "ngram_orders")
 
 
 def make_plan(config, options: Options) -> st.Plan:
@@ -73,6 +77,7 @@ def make_plan(config, options: Options) -> st.Plan:
 def _identity(model_path: str, config, corpus: Corpus, plan: st.Plan, options: Options) -> dict:
     flags = {k: getattr(options, k) for k in IDENTITY}
     flags["token_layers"] = list(plan.token_layers)
+    flags["ngram_orders"] = list(options.ngram_orders)
     return {"model": os.path.abspath(model_path), "config": config.to_dict(),
             "corpus": {"paths": list(corpus.files), "fingerprint": corpus.fingerprint(),
                        "text_key": options.text_key},
@@ -91,7 +96,8 @@ def _open_store(out_dir: str, identity: dict, plan: st.Plan, options: Options) -
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not options.overwrite:
         raise StatsError(f"{out_dir}: exists, is not empty and is not a statistics directory")
     layouts = array_layouts(plan.num_layers, len(plan.token_layers), plan.seq_len, plan.vocab, plan.ffn)
-    start = identity | {"token_layers": list(plan.token_layers), "layers": plan.num_layers, "tokens": 0,
+    start = identity | {"token_layers": list(plan.token_layers), "layers": plan.num_layers,
+                        "ngram_orders": list(options.ngram_orders), "tokens": 0,
                         "sequences": 0, "full_length_sequences": 0, "cursor": {"next_batch": 0, "stream_tokens": 0},
                         "complete": False}
     return StatsStore.create(out_dir, start, layouts)
@@ -118,23 +124,44 @@ class Runner:
         self.groups = plan.groups((options.group_size or group_size_for(self.layers)) if options.offload else None)
         if not options.offload:
             self.group_params = [jax.device_put(slice_layers(self.layers, g), self.replicated) for g in self.groups]
+        self.ngrams = None  # an NgramTable when n-grams are counted: set by `collect` from the store
         self.reset()
 
     def reset(self) -> None:
-        self.accs = [jax.device_put(st.zero_accumulators(self.plan, g), self.replicated) for g in self.groups]
+        """Empty the device counters (after a commit)."""
+        batch = self.options.batch_size if self.options.ngram_orders and self.plan.token_layers else None
+        self.accs = [jax.device_put(st.zero_accumulators(self.plan, g, batch), self.replicated)
+                     for g in self.groups]
 
     def run(self, chunk: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Add the activations of a list of batches into the device counters."""
         on_device = [(jax.device_put(ids, self.data), jax.device_put(mask, self.data)) for ids, mask in chunk]
         config = self.plan.config
+        fired = [{} for _ in chunk]  # per batch: token layer index -> packed masks, for n-grams
         if not self.options.offload:
-            for ids, mask in on_device:
-                self.accs = st.resident_step(config, self.embed_params, self.group_params, ids, mask, self.accs)
-            return
-        hidden = [st.embed_step(config, self.embed_params, ids, mask) for ids, mask in on_device]
-        for gi, (_, group_params) in enumerate(stream_groups(self.layers, self.groups, self.replicated)):
             for bi, (ids, mask) in enumerate(on_device):
-                hidden[bi], self.accs[gi] = st.group_step(config, group_params, hidden[bi], mask, ids, self.accs[gi])
+                self.accs = st.resident_step(config, self.embed_params, self.group_params, ids, mask, self.accs)
+                for gi in range(len(self.groups)):
+                    self._keep_masks(gi, fired[bi])
+        else:
+            hidden = [st.embed_step(config, self.embed_params, ids, mask) for ids, mask in on_device]
+            for gi, (_, group_params) in enumerate(stream_groups(self.layers, self.groups, self.replicated)):
+                for bi, (ids, mask) in enumerate(on_device):
+                    hidden[bi], self.accs[gi] = st.group_step(config, group_params, hidden[bi], mask, ids,
+                                                              self.accs[gi])
+                    self._keep_masks(gi, fired[bi])
+        if self.ngrams is not None:
+            for (ids, mask), packed in zip(chunk, fired):
+                active = {t: unpack_masks(m, self.plan.ffn) for t, m in packed.items()}  # [b, s, n] each
+                self.ngrams.add(ids, mask, active)
+
+    def _keep_masks(self, gi: int, into: dict) -> None:
+        """Copy a token group's packed masks of the batch just run to the host (they are overwritten next)."""
+        if self.ngrams is None or "masks" not in self.accs[gi]:
+            return
+        masks = np.asarray(self.accs[gi]["masks"])  # [g, b, s, n / 8]
+        for j, layer in enumerate(self.groups[gi]):
+            into[self.plan.token_layers.index(layer)] = masks[j]
 
     def wait(self) -> None:
         """Block until every dispatched step has finished (for timing)."""
@@ -168,6 +195,8 @@ def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
         _say(options, f"{out_dir}: already complete ({store.manifest['tokens']:,} tokens)")
         return store.root
     runner = Runner(model_path, plan, options)
+    if options.ngram_orders and plan.token_layers:
+        runner.ngrams = open_stats(store.root).ngram_table(options.ngram_max_pairs)
     _run(runner, store, corpus, options, config.pad_token_id)
     return store.root
 
@@ -236,5 +265,5 @@ def _flush(runner: Runner, store: StatsStore, host: dict, cursor: dict, complete
         "tokens": int(m["tokens"] + host["tokens"]), "sequences": int(m["sequences"] + host["sequences"]),
         "full_length_sequences": int(m["full_length_sequences"] + host["full_length_sequences"]),
         "cursor": cursor, "complete": complete,
-    })
+    }, replacements=runner.ngrams.to_arrays() if runner.ngrams is not None else None)
     runner.reset()

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from opt_jax import decoder_layers, embed
+from opt_jax import decoder_layers, embed, pack_masks
 from opt_jax.config import OPTConfig
 from opt_jax.streaming import split_layers
 
@@ -52,13 +52,19 @@ class Plan:
         return group.start in self.token_layers
 
 
-def zero_accumulators(plan: Plan, group: range) -> dict[str, jax.Array]:
-    """Device counters of one layer group: act [g, ffn], pos_act [g, seq, ffn], tok_act [g, vocab, ffn]."""
+def zero_accumulators(plan: Plan, group: range, masks_for_batch: int | None = None) -> dict[str, jax.Array]:
+    """Device counters of one layer group: act [g, ffn], pos_act [g, seq, ffn], tok_act [g, vocab, ffn].
+
+    With `masks_for_batch`, token groups also get `masks` [g, batch, seq, ffn / 8]: the packed masks of
+    the last batch, which the host needs for n-gram counts.
+    """
     g = len(group)
     acc = {"act": jnp.zeros((g, plan.ffn), jnp.int32),  # [g, n]
            "pos_act": jnp.zeros((g, plan.seq_len, plan.ffn), jnp.int32)}  # [g, p, n]
     if plan.has_tokens(group):
         acc["tok_act"] = jnp.zeros((g, plan.vocab, plan.ffn), jnp.int32)  # [g, v, n]
+        if masks_for_batch:
+            acc["masks"] = jnp.zeros((g, masks_for_batch, plan.seq_len, plan.config.mask_bytes), jnp.uint8)
     return acc
 
 
@@ -72,6 +78,8 @@ def _probe(input_ids, counted_for_tokens):
         if "tok_act" in acc:
             rows = (active & counted_for_tokens[:, :, None]).astype(jnp.int32)  # [b, s, n]
             out["tok_act"] = acc["tok_act"].at[i, flat_ids].add(rows.reshape(-1, rows.shape[-1]))  # [g, v, n]
+        if "masks" in acc:
+            out["masks"] = acc["masks"].at[i].set(pack_masks(active))  # [g, b, s, n / 8]
         return out
 
     return probe

@@ -115,16 +115,25 @@ class StatsStore:
         """The committed array `name`."""
         return _open(os.path.join(self.generation_dir, name))
 
-    def commit(self, deltas: dict, manifest_updates: dict) -> None:
+    def commit(self, deltas: dict, manifest_updates: dict, replacements: dict | None = None) -> None:
         """Write old totals + deltas as a new generation, then commit it with the manifest updates.
 
         `deltas[name]` is an array of the full shape, or a function of the first-axis index giving that
         row (so large arrays are added one layer at a time); missing names are copied unchanged.
+        `replacements[name]` is a whole 1-D array (any length) that takes the place of `name`.
         """
+        replacements = replacements or {}
         new_gen = self.manifest["generation"] + 1
         new_dir = _generation_dir(self.root, new_gen)
         _remove(new_dir)
+        for name, value in replacements.items():
+            value = np.asarray(value, np.int64)  # [m]
+            store = _create(os.path.join(new_dir, name), value.shape, (max(1, min(len(value), 1 << 22)),))
+            if len(value):
+                store.write(value).result()
         for name in self.manifest["arrays"]:
+            if name in replacements:
+                continue
             old = self.array(name)
             chunk = old.chunk_layout.write_chunk.shape
             new = _create(os.path.join(new_dir, name), old.shape, chunk)
@@ -142,7 +151,8 @@ class StatsStore:
                     if value.any():
                         new[row][block].write(value).result()
         _fsync_tree(new_dir)
-        self.manifest = self.manifest | manifest_updates | {"generation": new_gen}
+        arrays = self.manifest["arrays"] | {n: [len(v)] for n, v in replacements.items()}
+        self.manifest = self.manifest | manifest_updates | {"generation": new_gen, "arrays": arrays}
         write_json_atomic(os.path.join(self.root, MANIFEST), self.manifest)
         self._link()
         self._remove_other_generations()
@@ -194,6 +204,7 @@ class LazyArray:
     def __init__(self, store: ts.TensorStore):
         self._store = store
         self.shape = tuple(store.shape)
+        self.chunk_shape = tuple(store.chunk_layout.write_chunk.shape)
         self.dtype = np.dtype(store.dtype.numpy_dtype)
 
     def __getitem__(self, index) -> np.ndarray:
@@ -244,6 +255,20 @@ class Stats:
 
         return OPTConfig.from_dict(self.manifest["config"])
 
+    def ngram_table(self, max_pairs: int = 2**62):
+        """The exact n-gram counts of the token layers (an `analyses.ngrams.NgramTable`), None if not collected."""
+        from analyses.ngrams import NgramTable
+
+        orders = self.manifest.get("ngram_orders") or []
+        if not orders or not self.token_layers:
+            return None
+        config = self.config
+        shape = (tuple(orders), len(self.token_layers), config.ffn_dim, config.vocab_size, max_pairs)
+        gen_dir = _generation_dir(self.root, self.manifest["generation"])
+        arrays = {name: np.asarray(_open(os.path.join(gen_dir, name)).read().result())
+                  for name in self.manifest["arrays"] if name.startswith("ngram")}
+        return NgramTable.from_arrays(arrays, *shape) if arrays else NgramTable(*shape)
+
 
 def open_stats(root: str) -> Stats:
     """Open a statistics directory written by `collect` (or `merge_stats`) for reading."""
@@ -261,7 +286,7 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
     first = manifests[0]
     count = first["process"]["count"]
     for part, m in zip(parts, manifests):
-        for key in ("model", "config", "corpus", "flags", "token_layers", "layers", "arrays"):
+        for key in ("model", "config", "corpus", "flags", "token_layers", "layers", "ngram_orders"):
             if m.get(key) != first.get(key):
                 raise StatsError(f"{part}: its {key} differs from {parts[0]}'s; cannot merge")
         if not m.get("complete"):
@@ -272,8 +297,7 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
     if os.path.exists(os.path.join(out_dir, MANIFEST)) and not overwrite:
         raise StatsError(f"{out_dir}: already holds statistics; pass overwrite to replace them")
     opened = [open_stats(p) for p in parts]
-    layouts = {name: (tuple(shape), opened[0].__dict__[name]._store.chunk_layout.write_chunk.shape)
-               for name, shape in first["arrays"].items()}
+    layouts = {name: (getattr(opened[0], name).shape, getattr(opened[0], name).chunk_shape) for name in ARRAY_NAMES}
     base = {k: v for k, v in first.items() if k not in ("format", "version", "generation", "arrays")}
     unmerged = {"process": {"index": 0, "count": 1, "merged_from": count}, "complete": False,
                 "tokens": 0, "sequences": 0, "full_length_sequences": 0}
@@ -283,5 +307,10 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
         return lambda row: sum(getattr(s, name)[row] for s in opened)
 
     totals = {k: sum(m[k] for m in manifests) for k in ("tokens", "sequences", "full_length_sequences")}
-    store.commit({name: summed(name) for name in ARRAY_NAMES}, totals | {"complete": True})
+    tables = [s.ngram_table() for s in opened]
+    if tables[0] is not None:
+        for table in tables[1:]:
+            tables[0].merge(table)
+    store.commit({name: summed(name) for name in ARRAY_NAMES}, totals | {"complete": True},
+                 replacements=tables[0].to_arrays() if tables[0] is not None else None)
     return store.root

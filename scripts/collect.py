@@ -27,6 +27,8 @@ flags.DEFINE_integer("max_layers", None, "run only the first K layers")
 flags.DEFINE_list("token_layers", None, "layers with token statistics (default: the first half)")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "compute dtype (default: stored)")
 flags.DEFINE_string("text_key", "text", "JSON key of the text in .jsonl files")
+flags.DEFINE_list("ngram_orders", ["2", "3"], "n-gram orders counted exactly for the token layers (empty: none)")
+flags.DEFINE_integer("ngram_max_pairs", 50_000_000, "most distinct (n-gram, neuron) pairs held (16 bytes each)")
 flags.DEFINE_float("flush_every_s", 300.0, "commit statistics at least this often (seconds)")
 flags.DEFINE_integer("flush_every_batches", None, "also commit every this many batches (chunks when offloading)")
 flags.DEFINE_bool("overwrite", False, "replace statistics of another model, corpus or flags in --out")
@@ -43,6 +45,7 @@ def main(argv):
         jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     import analyses
     from analyses.corpus import CorpusError
+    from analyses.ngrams import NgramBudgetError
 
     out = FLAGS.out
     if FLAGS.num_processes > 1:
@@ -53,10 +56,12 @@ def main(argv):
             max_tokens=FLAGS.max_tokens, full_length_only=FLAGS.full_length_only, offload=FLAGS.offload,
             group_size=FLAGS.group_size, chunk_batches=FLAGS.chunk_batches, max_layers=FLAGS.max_layers,
             token_layers=tuple(int(l) for l in FLAGS.token_layers) if FLAGS.token_layers else None,
-            dtype=FLAGS.dtype, text_key=FLAGS.text_key, flush_every_s=FLAGS.flush_every_s,
+            dtype=FLAGS.dtype, text_key=FLAGS.text_key,
+            ngram_orders=tuple(int(k) for k in FLAGS.ngram_orders), ngram_max_pairs=FLAGS.ngram_max_pairs,
+            flush_every_s=FLAGS.flush_every_s,
             flush_every_batches=FLAGS.flush_every_batches, overwrite=FLAGS.overwrite,
             process_index=FLAGS.process_id, process_count=FLAGS.num_processes)
-    except (analyses.StatsError, CorpusError) as e:
+    except (analyses.StatsError, CorpusError, NgramBudgetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"statistics: {path}")

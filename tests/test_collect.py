@@ -33,6 +33,8 @@ def reference(model_dir, seq_len, full_length_only=False, token_layers=None, max
     ref = {"act": np.zeros((layers, c.ffn_dim), np.int64), "pos_act": np.zeros((layers, seq_len, c.ffn_dim), np.int64),
            "pos_tokens": np.zeros(seq_len, np.int64), "token_occ": np.zeros(c.vocab_size, np.int64),
            "tok_act": np.zeros((len(token_layers), c.vocab_size, c.ffn_dim), np.int64)}
+    for order in (2, 3):
+        ref["occ", order], ref["pairs", order] = {}, {}
     for window in windows:
         fired = opt_jax.unpack_masks(model.forward(np.array([window])).masks, c.ffn_dim)[:layers, 0]  # [l, s, n]
         for p, token in enumerate(window):
@@ -43,6 +45,14 @@ def reference(model_dir, seq_len, full_length_only=False, token_layers=None, max
                 ref["token_occ"][token] += 1
                 for t, layer in enumerate(token_layers):
                     ref["tok_act"][t, token] += fired[layer, p]
+        for order in (2, 3):  # n-grams wholly after BOS: positions p >= order
+            for p in range(order, len(window)):
+                gram = tuple(window[p - order + 1:p + 1])
+                ref["occ", order][gram] = ref["occ", order].get(gram, 0) + 1
+                for t, layer in enumerate(token_layers):
+                    for n in np.flatnonzero(fired[layer, p]):
+                        key = (t, int(n), gram)
+                        ref["pairs", order][key] = ref["pairs", order].get(key, 0) + 1
     ref["tokens"] = sum(len(w) for w in windows)
     ref["sequences"] = len(windows)
     ref["full_length_sequences"] = sum(len(w) == seq_len for w in windows)
@@ -54,6 +64,17 @@ def assert_matches(stats, ref):
         np.testing.assert_array_equal(np.asarray(getattr(stats, name)), ref[name], err_msg=name)
     assert stats.tokens == ref["tokens"] and stats.sequences == ref["sequences"]
     assert stats.full_length_sequences == ref["full_length_sequences"]
+    table = stats.ngram_table()
+    for order in (2, 3):
+        grams, counts = table.occurrences(order)
+        got = {tuple(g): c for g, c in zip(table.decode(grams, order).tolist(), counts.tolist())}
+        assert got == ref["occ", order]
+        pairs = {}
+        for t in range(len(stats.token_layers)):
+            grams, neurons, counts = table.pairs(order, t)
+            for g, n, c in zip(table.decode(grams, order).tolist(), neurons.tolist(), counts.tolist()):
+                pairs[t, n, tuple(g)] = c
+        assert pairs == ref["pairs", order]
 
 
 def test_every_array_equals_a_numpy_recomputation(tiny_model, tiny_corpus, tmp_path):
@@ -160,3 +181,23 @@ def test_cli_shows_progress_and_seq_len_error(tiny_model, tiny_corpus, tmp_path)
     bad = subprocess.run(base + ["--out", str(tmp_path / "bad"), "--seq_len", "64"], cwd=root,
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "exceeds the model's 40 positions" in bad.stderr
+
+
+def test_ngram_budget_stops_the_run_cleanly_and_a_larger_budget_finishes_it(tiny_model, tiny_corpus, tmp_path):
+    from analyses.ngrams import NgramBudgetError
+
+    out = str(tmp_path / "s")
+    kwargs = dict(seq_len=SEQ, batch_size=2, verbose=False, flush_every_batches=1)
+    with pytest.raises(NgramBudgetError, match="max_pairs"):
+        analyses.collect(tiny_model, [tiny_corpus], out, ngram_max_pairs=300, **kwargs)
+    partial = analyses.open_stats(out)
+    assert not partial.manifest["complete"] and partial.ngram_table().num_pairs() <= 300
+    analyses.collect(tiny_model, [tiny_corpus], out, **kwargs)
+    assert_matches(analyses.open_stats(out), reference(tiny_model, SEQ))
+
+
+def test_without_ngrams(tiny_model, tiny_corpus, tmp_path):
+    stats = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "s"), seq_len=SEQ,
+                                                 batch_size=4, ngram_orders=(), verbose=False))
+    assert stats.ngram_table() is None and not [n for n in stats.manifest["arrays"] if n.startswith("ngram")]
+    np.testing.assert_array_equal(np.asarray(stats.act), reference(tiny_model, SEQ)["act"])

@@ -32,6 +32,10 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
     for key in ("tokens", "sequences", "full_length_sequences"):
         assert a.manifest[key] == b.manifest[key], key
+    ta, tb = a.ngram_table().to_arrays(), b.ngram_table().to_arrays()
+    assert ta.keys() == tb.keys() and all(len(v) for v in ta.values())
+    for name in ta:
+        np.testing.assert_array_equal(ta[name], tb[name], err_msg=name)
 
 
 @pytest.fixture(scope="module")
