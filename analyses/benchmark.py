@@ -110,21 +110,27 @@ def _rate(batches: list, seconds: list[float]) -> dict:
 
 
 def _ours_runner(converted_dir: str, config: OPTConfig, batch_shape: tuple[int, int], offload: bool,
-                 group_size: int | None, chunk_batches: int):
+                 group_size: int | None, chunk_batches: int, ngram_orders: tuple[int, ...] = ()):
     from analyses.collect import Options, Runner, make_plan
+    from analyses.ngrams import NgramTable
 
     batch_size, seq_len = batch_shape
-    options = Options(seq_len=seq_len, batch_size=batch_size, offload=offload,
+    options = Options(seq_len=seq_len, batch_size=batch_size, offload=offload, ngram_orders=tuple(ngram_orders),
                       group_size=group_size if offload else None, chunk_batches=chunk_batches, verbose=False)
-    return Runner(converted_dir, make_plan(config, options), options)
+    runner = Runner(converted_dir, make_plan(config, options), options)
+    if ngram_orders:
+        runner.ngrams = NgramTable(ngram_orders, len(runner.plan.token_layers), config.ffn_dim,
+                                   config.vocab_size, max_pairs=2**62)
+    return runner
 
 
 class Ours:
     """Our collection as a timed variant: `Runner.run` + `wait`, one batch per step (resident) or chunks (streamed)."""
 
     def __init__(self, converted_dir: str, config: OPTConfig, batch_shape: tuple[int, int], offload: bool = False,
-                 group_size: int | None = 4, chunk_batches: int = 2):
-        self.runner = _ours_runner(converted_dir, config, batch_shape, offload, group_size, chunk_batches)
+                 group_size: int | None = 4, chunk_batches: int = 2, ngram_orders: tuple[int, ...] = ()):
+        self.runner = _ours_runner(converted_dir, config, batch_shape, offload, group_size, chunk_batches,
+                                   ngram_orders)
         self.chunk = chunk_batches if offload else 1
         self.info = {"offload": offload, "chunk_batches": self.chunk,
                      "groups": [[g.start, g.stop] for g in self.runner.groups]}
@@ -446,3 +452,23 @@ def markdown_table(rows: list[dict]) -> str:
             f"Peak RSS of the whole invocation: {max(r['peak_rss_bytes'] for r in rows) / 1e9:.2f} GB.",
         ]
     return "\n".join(lines)
+
+
+def ngram_cost(config: OPTConfig, seq_len: int = 512, batch_size: int = 8, batches: int = 3, warmup: int = 1,
+               orders=(2, 3), workdir: str | None = None, seed: int = 0, log: Callable = _default_log) -> dict:
+    """Resident collection with and without exact n-gram counting, interleaved: tokens/s of each and pairs held."""
+    with tempfile.TemporaryDirectory(dir=workdir) as directory:
+        models = build_models(config, directory, seed)
+        data = make_batches(config, seq_len, batch_size, warmup + batches, seed)
+        plain = Ours(models.converted_dir, config, (batch_size, seq_len))
+        counted = Ours(models.converted_dir, config, (batch_size, seq_len), ngram_orders=tuple(orders))
+        log(f"n-gram cost: seq {seq_len} x batch {batch_size}, {batches} timed batches, orders {list(orders)}")
+        result = time_interleaved({"without_ngrams": plain, "with_ngrams": counted}, data, warmup)
+        pairs = counted.runner.ngrams.num_pairs()
+        plain.close()
+        counted.close()
+    without, with_ = result["without_ngrams"]["tokens_per_s"], result["with_ngrams"]["tokens_per_s"]
+    return {"seq_len": seq_len, "batch_size": batch_size, "orders": list(orders),
+            "tokens_counted": (warmup + batches) * seq_len * batch_size,
+            "without_ngrams_tok_s": without, "with_ngrams_tok_s": with_, "slowdown": without / with_,
+            "distinct_pairs": pairs, "pair_bytes": 16 * pairs}

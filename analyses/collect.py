@@ -43,7 +43,7 @@ class Options:
     token_layers: tuple[int, ...] | None = None  # default: the first half of the model's layers
     dtype: str | None = None
     text_key: str = "text"
-    ngram_orders: tuple[int, ...] = (2, 3)  # exact n-gram counts of the token layers; () for none
+    ngram_orders: tuple[int, ...] = ()  # exact n-gram counts of the token layers, e.g. (2, 3); () for none
     ngram_max_pairs: int = 50_000_000  # distinct (n-gram, neuron) pairs kept in host memory, 16 B each
     flush_every_s: float = 300.0
     flush_every_batches: int | None = None

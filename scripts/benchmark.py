@@ -8,6 +8,7 @@ matmul rate is measured too. One JSON line per measurement on stdout, progress o
 markdown table for BENCHMARKS.md.
 """
 
+import json
 import sys
 
 from absl import app, flags
@@ -25,6 +26,8 @@ flags.DEFINE_integer("group_size", 4, "layers per group in the streamed mode", l
 flags.DEFINE_integer("chunk_batches", 2, "batches per chunk in the streamed mode", lower_bound=1)
 flags.DEFINE_integer("matmul_n", 2048, "size of the square numpy matmul that gives the machine rate", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "seed of the random weights and batches")
+flags.DEFINE_bool("ngram_cost", False, "measure only what exact n-gram counting (orders 2, 3) costs, resident, "
+                  "at the first --seq_lens value")
 flags.DEFINE_string("workdir", None, "where the temporary checkpoints go (default: the system temp dir)")
 
 
@@ -40,6 +43,13 @@ def main(argv):
     import opt_jax
     from analyses import StatsError, benchmark
 
+    if FLAGS.ngram_cost:
+        seq_len = int(FLAGS.seq_lens[0])
+        result = benchmark.ngram_cost(opt_jax.for_size(FLAGS.size), seq_len,
+                                      benchmark.batch_size_for(seq_len, FLAGS.tokens_per_batch), FLAGS.batches,
+                                      FLAGS.warmup, workdir=FLAGS.workdir, seed=FLAGS.seed)
+        print(json.dumps(result))
+        return 0
     try:
         rows = benchmark.run_suite(
             opt_jax.for_size(FLAGS.size), seq_lens=[int(s) for s in FLAGS.seq_lens],

@@ -112,3 +112,11 @@ def test_interleaved_rounds_rotate_and_chunk():
     assert out["a"]["step_seconds"] == [0.5] * 4 and out["b"]["step_seconds"] == [1.0, 1.0]
     assert out["a"]["tokens"] == 4 * 2 * 4 and out["a"]["tokens_per_s"] == pytest.approx(32 / 2.0)
     assert out["b"]["fake"] == "b" and out["numpy_samples"] == []
+
+
+def test_ngram_cost_on_a_tiny_model(tmp_path):
+    result = benchmark.ngram_cost(TINY, seq_len=SEQ, batch_size=2, batches=2, warmup=1, workdir=str(tmp_path),
+                                  log=lambda message: None)
+    assert result["distinct_pairs"] > 0 and result["pair_bytes"] == 16 * result["distinct_pairs"]
+    assert result["tokens_counted"] == 3 * 2 * SEQ
+    assert result["slowdown"] == pytest.approx(result["without_ngrams_tok_s"] / result["with_ngrams_tok_s"])

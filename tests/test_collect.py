@@ -65,6 +65,7 @@ def assert_matches(stats, ref):
     assert stats.tokens == ref["tokens"] and stats.sequences == ref["sequences"]
     assert stats.full_length_sequences == ref["full_length_sequences"]
     table = stats.ngram_table()
+    assert table is not None, "these runs count n-grams"
     for order in (2, 3):
         grams, counts = table.occurrences(order)
         got = {tuple(g): c for g, c in zip(table.decode(grams, order).tolist(), counts.tolist())}
@@ -78,7 +79,8 @@ def assert_matches(stats, ref):
 
 
 def test_every_array_equals_a_numpy_recomputation(tiny_model, tiny_corpus, tmp_path):
-    out = analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "stats"), seq_len=SEQ, batch_size=3, verbose=False)
+    out = analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "stats"), seq_len=SEQ, batch_size=3,
+                           ngram_orders=(2, 3), verbose=False)
     stats = analyses.open_stats(out)
     ref = reference(tiny_model, SEQ)
     assert ref["sequences"] > 6 and ref["full_length_sequences"] > 2 and ref["tokens"] > 60
@@ -89,7 +91,8 @@ def test_every_array_equals_a_numpy_recomputation(tiny_model, tiny_corpus, tmp_p
 
 
 def test_streamed_equals_resident_and_options(tiny_model, tiny_corpus, tmp_path):
-    kwargs = dict(seq_len=SEQ, batch_size=2, verbose=False, token_layers=(0, 2), full_length_only=True)
+    kwargs = dict(seq_len=SEQ, batch_size=2, verbose=False, token_layers=(0, 2), full_length_only=True,
+                  ngram_orders=(2, 3))
     resident = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "r"), **kwargs))
     streamed = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "s"), offload=True,
                                                     group_size=1, chunk_batches=3, **kwargs))
@@ -100,7 +103,7 @@ def test_streamed_equals_resident_and_options(tiny_model, tiny_corpus, tmp_path)
 
 def test_max_layers(tiny_model, tiny_corpus, tmp_path):
     stats = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "s"), seq_len=SEQ,
-                                                 batch_size=4, max_layers=2, verbose=False))
+                                                 batch_size=4, max_layers=2, ngram_orders=(2, 3), verbose=False))
     assert stats.act.shape == (2, 64)
     assert_matches(stats, reference(tiny_model, SEQ, max_layers=2))
 
@@ -187,7 +190,7 @@ def test_ngram_budget_stops_the_run_cleanly_and_a_larger_budget_finishes_it(tiny
     from analyses.ngrams import NgramBudgetError
 
     out = str(tmp_path / "s")
-    kwargs = dict(seq_len=SEQ, batch_size=2, verbose=False, flush_every_batches=1)
+    kwargs = dict(seq_len=SEQ, batch_size=2, verbose=False, flush_every_batches=1, ngram_orders=(2, 3))
     with pytest.raises(NgramBudgetError, match="max_pairs"):
         analyses.collect(tiny_model, [tiny_corpus], out, ngram_max_pairs=300, **kwargs)
     partial = analyses.open_stats(out)
@@ -198,6 +201,6 @@ def test_ngram_budget_stops_the_run_cleanly_and_a_larger_budget_finishes_it(tiny
 
 def test_without_ngrams(tiny_model, tiny_corpus, tmp_path):
     stats = analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "s"), seq_len=SEQ,
-                                                 batch_size=4, ngram_orders=(), verbose=False))
+                                                 batch_size=4, verbose=False))
     assert stats.ngram_table() is None and not [n for n in stats.manifest["arrays"] if n.startswith("ngram")]
     np.testing.assert_array_equal(np.asarray(stats.act), reference(tiny_model, SEQ)["act"])

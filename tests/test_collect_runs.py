@@ -24,7 +24,7 @@ def _env(devices=1):
 
 def _collect_cmd(model, corpus, out, *extra):
     return [sys.executable, "scripts/collect.py", "--model", model, "--corpus", corpus, "--out", out,
-            "--seq_len", str(SEQ), "--batch_size", "4", *extra]
+            "--seq_len", str(SEQ), "--batch_size", "4", "--ngram_orders", "2,3", *extra]
 
 
 def _assert_same(a, b):
@@ -43,7 +43,7 @@ def single(tiny_model, tiny_corpus, tmp_path_factory):
     """The reference: one device, one process, in this process."""
     out = str(tmp_path_factory.mktemp("single") / "stats")
     return analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], out, seq_len=SEQ, batch_size=4,
-                                                verbose=False))
+                                                ngram_orders=(2, 3), verbose=False))
 
 
 def test_four_simulated_devices_equal_one(tiny_model, tiny_corpus, tmp_path, single):
@@ -94,7 +94,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_model, tmp_path):
     words = ["dead", "neurons", "fire", "on", "tokens", "positional", "models", "the", "n-gram", "language"]
     corpus.write_text("\n".join(json.dumps({"text": " ".join(rng.choice(words, 60))}) for _ in range(40)) + "\n")
     clean = str(tmp_path / "clean")
-    analyses.collect(tiny_model, [str(corpus)], clean, seq_len=SEQ, batch_size=4, verbose=False)
+    analyses.collect(tiny_model, [str(corpus)], clean, seq_len=SEQ, batch_size=4, ngram_orders=(2, 3),
+                     verbose=False)
     out = str(tmp_path / "killed")
     cmd = _collect_cmd(tiny_model, str(corpus), out, "--flush_every_batches", "1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
