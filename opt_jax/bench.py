@@ -54,12 +54,6 @@ def model_bytes(config: OPTConfig, itemsize: int = 4) -> int:
     return sum(int(np.prod(s)) for s in param_shapes(config).values()) * itemsize
 
 
-def largest_tensor_bytes(config: OPTConfig, itemsize: int = 4) -> int:
-    """Bytes of the largest single HF tensor (one layer's slice of a stacked array)."""
-    return max(int(np.prod(s[1:] if p.startswith("layers/") else s))
-               for p, s in param_shapes(config).items()) * itemsize
-
-
 def write_random_hf(config: OPTConfig, directory: str, seed: int = 0) -> str:
     """A random-weight float32 HF checkpoint of this config (single safetensors file)."""
     return export_hf(config, init_params(config, seed), directory)

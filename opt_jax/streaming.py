@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 import jax
-import numpy as np
 
 from opt_jax.model import Params
 
@@ -54,7 +53,3 @@ def stream_groups(stacked: Params, groups: Sequence[range], sharding=None) -> It
         pending = put(groups[i + 1]) if i + 1 < len(groups) else None
         yield group, current
 
-
-def host_stacked(stacked: Params) -> Params:
-    """Stacked parameters as host numpy arrays (what streaming reads from)."""
-    return jax.tree.map(np.asarray, stacked)
