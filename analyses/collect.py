@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from analyses import statistics as st
 from analyses.corpus import Corpus, batches
+from analyses.coverage import ngram_candidates
 from analyses.store import StatsError, StatsStore, array_layouts, open_stats, read_manifest
 from opt_jax import checkpoint as ckpt
 from opt_jax.bits import unpack_masks
@@ -45,6 +46,9 @@ class Options:
     text_key: str = "text"
     ngram_orders: tuple[int, ...] = ()  # exact n-gram counts of the token layers, e.g. (2, 3); () for none
     ngram_max_pairs: int = 50_000_000  # distinct (n-gram, neuron) pairs kept in host memory, 16 B each
+    ngram_candidates_from: str | None = None  # a finished run: track only neurons few tokens cover there
+    ngram_max_coverage: int = 50  # ... at most this many tokens
+    ngram_coverage_fraction: float = 0.95  # ... covering this fraction of the neuron's activations
     flush_every_s: float = 300.0
     flush_every_batches: int | None = None
     overwrite: bool = False
@@ -54,7 +58,7 @@ class Options:
 
 
 IDENTITY = ("seq_len", "batch_size", "full_length_only", "max_layers", "token_layers", "dtype", "text_key",
-            "ngram_orders")
+            "ngram_orders", "ngram_candidates_from", "ngram_max_coverage", "ngram_coverage_fraction")
 
 
 def make_plan(config, options: Options) -> st.Plan:
@@ -74,11 +78,11 @@ def make_plan(config, options: Options) -> st.Plan:
     return st.Plan(config, num_layers, token_layers, options.seq_len)
 
 
-def _identity(model_path: str, config, corpus: Corpus, plan: st.Plan, options: Options) -> dict:
+def _identity(model_path: str, config, corpus: Corpus, plan: st.Plan, options: Options, source: dict | None) -> dict:
     flags = {k: getattr(options, k) for k in IDENTITY}
     flags["token_layers"] = list(plan.token_layers)
     flags["ngram_orders"] = list(options.ngram_orders)
-    return {"model": os.path.abspath(model_path), "config": config.to_dict(),
+    return {"model": os.path.abspath(model_path), "config": config.to_dict(), "ngram_candidates_source": source,
             "corpus": {"paths": list(corpus.files), "fingerprint": corpus.fingerprint(),
                        "text_key": options.text_key},
             "flags": flags, "process": {"index": options.process_index, "count": options.process_count}}
@@ -125,6 +129,7 @@ class Runner:
         if not options.offload:
             self.group_params = [jax.device_put(slice_layers(self.layers, g), self.replicated) for g in self.groups]
         self.ngrams = None  # an NgramTable when n-grams are counted: set by `collect` from the store
+        self.ngram_neurons = None  # bool [token_layers, ffn]: the neurons n-grams are counted for (None: all)
         self.reset()
 
     def reset(self) -> None:
@@ -153,6 +158,8 @@ class Runner:
         if self.ngrams is not None:
             for (ids, mask), packed in zip(chunk, fired):
                 active = {t: unpack_masks(m, self.plan.ffn) for t, m in packed.items()}  # [b, s, n] each
+                if self.ngram_neurons is not None:
+                    active = {t: a & self.ngram_neurons[t] for t, a in active.items()}  # [b, s, n] each
                 self.ngrams.add(ids, mask, active)
 
     def _keep_masks(self, gi: int, into: dict) -> None:
@@ -189,7 +196,8 @@ def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
     corpus = Corpus(list(corpus_paths), tokenizer, options.seq_len, config.bos_token_id,
                     text_key=options.text_key, full_length_only=options.full_length_only)
     corpus.check_not_empty()
-    identity = _identity(model_path, config, corpus, plan, options)
+    tracked, source = _ngram_neurons(plan, options) if options.ngram_orders else (None, None)
+    identity = _identity(model_path, config, corpus, plan, options, source)
     store = _open_store(out_dir, identity, plan, options)
     if store.manifest["complete"] and _reached(store.manifest, options):
         _say(options, f"{out_dir}: already complete ({store.manifest['tokens']:,} tokens)")
@@ -197,8 +205,28 @@ def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
     runner = Runner(model_path, plan, options)
     if options.ngram_orders and plan.token_layers:
         runner.ngrams = open_stats(store.root).ngram_table(options.ngram_max_pairs)
+        runner.ngram_neurons = tracked
     _run(runner, store, corpus, options, config.pad_token_id)
     return store.root
+
+
+def _ngram_neurons(plan: st.Plan, options: Options) -> tuple[np.ndarray | None, dict | None]:
+    """The neurons whose n-grams are counted, bool [token_layers, ffn] (None: all), and where they came from."""
+    if not options.ngram_candidates_from:
+        return None, None
+    source = open_stats(options.ngram_candidates_from)
+    where = options.ngram_candidates_from
+    if source.manifest["config"] != plan.config.to_dict():
+        raise StatsError(f"{where}: statistics of another model; n-gram candidates must come from the same one")
+    if not source.manifest["complete"]:
+        raise StatsError(f"{where}: the run is not complete; finish it before choosing n-gram candidates from it")
+    missing = [l for l in plan.token_layers if l not in source.token_layers]
+    if missing:
+        raise StatsError(f"{where}: has no token statistics for layers {missing}")
+    rows = [source.tok_act[source.token_layers.index(l)] for l in plan.token_layers]  # [v, n] each
+    tracked = ngram_candidates(rows, options.ngram_max_coverage, options.ngram_coverage_fraction)  # [t, n]
+    return tracked, {"path": os.path.abspath(where), "corpus_fingerprint": source.manifest["corpus"]["fingerprint"],
+                     "tokens": source.tokens, "tracked_neurons": int(tracked.sum())}
 
 
 def _reached(manifest: dict, options: Options) -> bool:
@@ -265,5 +293,15 @@ def _flush(runner: Runner, store: StatsStore, host: dict, cursor: dict, complete
         "tokens": int(m["tokens"] + host["tokens"]), "sequences": int(m["sequences"] + host["sequences"]),
         "full_length_sequences": int(m["full_length_sequences"] + host["full_length_sequences"]),
         "cursor": cursor, "complete": complete,
-    }, replacements=runner.ngrams.to_arrays() if runner.ngrams is not None else None)
+    }, replacements=_ngram_arrays(runner))
     runner.reset()
+
+
+def _ngram_arrays(runner: Runner) -> dict | None:
+    """The n-gram tables as 1-D arrays, and `tracked_neurons` (flat t * ffn + n) when only some are tracked."""
+    if runner.ngrams is None:
+        return None
+    arrays = runner.ngrams.to_arrays()
+    if runner.ngram_neurons is not None:
+        arrays["tracked_neurons"] = np.flatnonzero(runner.ngram_neurons)  # [m]
+    return arrays

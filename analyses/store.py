@@ -269,6 +269,18 @@ class Stats:
                   for name in self.manifest["arrays"] if name.startswith("ngram")}
         return NgramTable.from_arrays(arrays, *shape) if arrays else NgramTable(*shape)
 
+    def tracked_neurons(self):
+        """bool [token_layers, ffn]: the neurons whose n-grams were counted (None when n-grams were not)."""
+        if not self.manifest.get("ngram_orders") or not self.token_layers:
+            return None
+        shape = (len(self.token_layers), self.config.ffn_dim)
+        if "tracked_neurons" not in self.manifest["arrays"]:
+            return np.ones(shape, bool)
+        gen_dir = _generation_dir(self.root, self.manifest["generation"])
+        tracked = np.zeros(shape[0] * shape[1], bool)
+        tracked[_open(os.path.join(gen_dir, "tracked_neurons")).read().result()] = True
+        return tracked.reshape(shape)
+
 
 def open_stats(root: str) -> Stats:
     """Open a statistics directory written by `collect` (or `merge_stats`) for reading."""
@@ -286,7 +298,8 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
     first = manifests[0]
     count = first["process"]["count"]
     for part, m in zip(parts, manifests):
-        for key in ("model", "config", "corpus", "flags", "token_layers", "layers", "ngram_orders"):
+        for key in ("model", "config", "corpus", "flags", "token_layers", "layers", "ngram_orders",
+                    "ngram_candidates_source"):
             if m.get(key) != first.get(key):
                 raise StatsError(f"{part}: its {key} differs from {parts[0]}'s; cannot merge")
         if not m.get("complete"):
@@ -311,6 +324,9 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
     if tables[0] is not None:
         for table in tables[1:]:
             tables[0].merge(table)
+    replacements = tables[0].to_arrays() if tables[0] is not None else None
+    if "tracked_neurons" in first["arrays"]:  # the same in every part: checked with the flags above
+        replacements["tracked_neurons"] = np.flatnonzero(opened[0].tracked_neurons())
     store.commit({name: summed(name) for name in ARRAY_NAMES}, totals | {"complete": True},
-                 replacements=tables[0].to_arrays() if tables[0] is not None else None)
+                 replacements=replacements)
     return store.root

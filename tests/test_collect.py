@@ -204,3 +204,35 @@ def test_without_ngrams(tiny_model, tiny_corpus, tmp_path):
                                                  batch_size=4, verbose=False))
     assert stats.ngram_table() is None and not [n for n in stats.manifest["arrays"] if n.startswith("ngram")]
     np.testing.assert_array_equal(np.asarray(stats.act), reference(tiny_model, SEQ)["act"])
+
+
+def test_ngrams_of_candidate_neurons_only(tiny_model, tiny_corpus, tmp_path):
+    """Second pass: n-grams only for neurons that at most K tokens cover (95%) in a first, unigram run."""
+    first = analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "first"), seq_len=SEQ, batch_size=4,
+                             verbose=False)
+    ref = reference(tiny_model, SEQ)
+    coverage = []  # plain loops: tokens sorted by count until 95% of the neuron's activations
+    for n in range(ref["tok_act"].shape[2]):
+        column = sorted(ref["tok_act"][0, :, n].tolist(), reverse=True)
+        total, running, k = sum(column), 0, 0
+        while total and running < 0.95 * total:
+            running, k = running + column[k], k + 1
+        coverage.append(k)
+    limit = int(np.median([c for c in coverage if c]))
+    tracked = np.array([[1 <= c <= limit for c in coverage]])  # [t, n]
+    assert 0 < tracked.sum() < tracked.size
+    second = analyses.open_stats(analyses.collect(
+        tiny_model, [tiny_corpus], str(tmp_path / "second"), seq_len=SEQ, batch_size=4, ngram_orders=(2, 3),
+        ngram_candidates_from=first, ngram_max_coverage=limit, verbose=False))
+    np.testing.assert_array_equal(second.tracked_neurons(), tracked)
+    assert second.manifest["ngram_candidates_source"]["tracked_neurons"] == tracked.sum()
+    table = second.ngram_table()
+    for order in (2, 3):
+        pairs = {}
+        grams, neurons, counts = table.pairs(order, 0)
+        for g, n, c in zip(table.decode(grams, order).tolist(), neurons.tolist(), counts.tolist()):
+            pairs[0, n, tuple(g)] = c
+        assert pairs == {k: v for k, v in ref["pairs", order].items() if tracked[0, k[1]]}
+    with pytest.raises(StatsError, match="no token statistics for layers"):
+        analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "third"), seq_len=SEQ, batch_size=4,
+                         token_layers=(0, 1), ngram_orders=(2,), ngram_candidates_from=first, verbose=False)
