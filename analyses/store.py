@@ -264,9 +264,7 @@ class Stats:
             return None
         config = self.config
         shape = (tuple(orders), len(self.token_layers), config.ffn_dim, config.vocab_size, max_pairs)
-        gen_dir = _generation_dir(self.root, self.manifest["generation"])
-        arrays = {name: np.asarray(_open(os.path.join(gen_dir, name)).read().result())
-                  for name in self.manifest["arrays"] if name.startswith("ngram")}
+        arrays = {name: self._read(name) for name in self.manifest["arrays"] if name.startswith("ngram")}
         return NgramTable.from_arrays(arrays, *shape) if arrays else NgramTable(*shape)
 
     def tracked_neurons(self):
@@ -276,10 +274,14 @@ class Stats:
         shape = (len(self.token_layers), self.config.ffn_dim)
         if "tracked_neurons" not in self.manifest["arrays"]:
             return np.ones(shape, bool)
-        gen_dir = _generation_dir(self.root, self.manifest["generation"])
         tracked = np.zeros(shape[0] * shape[1], bool)
-        tracked[_open(os.path.join(gen_dir, "tracked_neurons")).read().result()] = True
+        tracked[self._read("tracked_neurons")] = True
         return tracked.reshape(shape)
+
+    def _read(self, name: str) -> np.ndarray:
+        """The whole committed array `name`."""
+        return np.asarray(_open(os.path.join(_generation_dir(self.root, self.manifest["generation"]), name))
+                          .read().result())
 
 
 def open_stats(root: str) -> Stats:
