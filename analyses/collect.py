@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from analyses import statistics as st
-from analyses.corpus import Corpus, batches
+from opt_jax.corpus import Corpus, batches
 from analyses.coverage import ngram_candidates
 from analyses.store import StatsError, StatsStore, array_layouts, open_stats, read_manifest
 from opt_jax import checkpoint as ckpt

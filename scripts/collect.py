@@ -49,7 +49,7 @@ def main(argv):
     if FLAGS.num_processes > 1:
         jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     import analyses
-    from analyses.corpus import CorpusError
+    from opt_jax.corpus import CorpusError
     from analyses.ngrams import NgramBudgetError
 
     out = FLAGS.out

@@ -13,7 +13,7 @@ import transformers
 import zstandard
 
 import hf_models
-from analyses.corpus import (SUFFIXES, Corpus, CorpusError, batches, corpus_fingerprint, expand_paths,
+from opt_jax.corpus import (SUFFIXES, Corpus, CorpusError, batches, corpus_fingerprint, expand_paths,
                              iter_documents, token_windows)
 
 DOCUMENTS = [
