@@ -56,6 +56,17 @@ def ngram_ids(input_ids: np.ndarray, order: int, vocab: int) -> np.ndarray:
     return ids
 
 
+def decode_ngrams(ngram_id: np.ndarray, order: int, vocab: int) -> np.ndarray:
+    """Token ids [m, order] of n-gram ids (the inverse of `ngram_ids`)."""
+    ids = np.asarray(ngram_id, dtype=np.int64)  # [m]
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab ** order):
+        raise ValueError(f"{order}-gram ids must lie in [0, {vocab}**{order})")
+    tokens = np.empty(ids.shape + (order,), np.int64)  # [m, order]
+    for i in range(order - 1, -1, -1):
+        ids, tokens[..., i] = np.divmod(ids, vocab)
+    return tokens
+
+
 def valid_positions(token_mask: np.ndarray, order: int) -> np.ndarray:
     """bool [batch, seq]: positions p >= order whose k-gram lies wholly on real, non-BOS positions."""
     mask = np.asarray(token_mask, dtype=bool)  # [b, s]
@@ -351,13 +362,7 @@ class NgramTable:
 
     def decode(self, ngram_id: np.ndarray, order: int) -> np.ndarray:
         """Token ids [m, order] of k-gram ids."""
-        ids = np.asarray(ngram_id, dtype=np.int64)  # [m]
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab ** self._order(order)):
-            raise ValueError(f"{order}-gram ids must lie in [0, {self.vocab}**{order})")
-        tokens = np.empty(ids.shape + (order,), np.int64)  # [m, order]
-        for i in range(order - 1, -1, -1):
-            ids, tokens[..., i] = np.divmod(ids, self.vocab)
-        return tokens
+        return decode_ngrams(ngram_id, self._order(order), self.vocab)
 
     def _named_tables(self):
         """(array name prefix, SparseCounts) of every table, in a fixed order."""

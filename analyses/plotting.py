@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import matplotlib
@@ -18,22 +19,27 @@ def relative_depth(num_layers: int) -> np.ndarray:
     return np.arange(num_layers) / max(num_layers - 1, 1)
 
 
-def per_layer_figure(title: str, ylabel: str, series: dict[str, np.ndarray], path: str,
-                     dashed: dict[str, np.ndarray] | None = None, percent: bool = False,
-                     note: str | None = None) -> str:
-    """One curve per model against the layer index (left) and the relative depth (right); saved as a PNG.
+@dataclasses.dataclass
+class Curve:
+    """Values at some layers of a model with `num_layers` layers (e.g. only its token layers)."""
 
-    `series` maps a model name to its values per layer; `dashed` adds a dashed curve of the same colour
-    (e.g. a cumulative count). Returns the path written.
-    """
+    layers: np.ndarray  # int [k]
+    values: np.ndarray  # float [k]
+    num_layers: int
+    dashed: np.ndarray | None = None  # float [k]: a second curve, e.g. cumulative
+
+
+def per_layer_figure(title: str, ylabel: str, curves: dict[str, Curve], path: str, percent: bool = False,
+                     note: str | None = None, dashed_label: str = "cumulative") -> str:
+    """One curve per model against the layer index (left) and the relative depth (right); saved as a PNG."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for i, (name, values) in enumerate(series.items()):
+    for i, (name, curve) in enumerate(curves.items()):
         colour = f"C{i % 10}"
-        values = np.asarray(values, float)  # [layers]
-        for ax, x in zip(axes, (np.arange(len(values)), relative_depth(len(values)))):
-            ax.plot(x, values, "o-", color=colour, markersize=3, label=name)
-            if dashed is not None and name in dashed:
-                ax.plot(x, np.asarray(dashed[name], float), "--", color=colour, label=f"{name} (cumulative)")
+        index = np.asarray(curve.layers)  # [k]
+        for ax, x in zip(axes, (index, relative_depth(curve.num_layers)[index])):
+            ax.plot(x, np.asarray(curve.values, float), "o-", color=colour, markersize=3, label=name)
+            if curve.dashed is not None:
+                ax.plot(x, np.asarray(curve.dashed, float), "--", color=colour, label=f"{name} ({dashed_label})")
     axes[0].set_xlabel("layer index")
     axes[1].set_xlabel("relative depth (layer / (layers - 1))")
     axes[0].set_ylabel(ylabel)

@@ -1,0 +1,122 @@
+"""Detectors suppress their triggers (paper Section 4.4, Figs. 5, 6).
+
+A neuron's update is its `fc2` column (through `project_out` where the model has one, as in 350m);
+its scores over the vocabulary are `E @ update`, E the (tied) token embeddings. High scores are the
+tokens it promotes, low scores those it suppresses. As in the paper, the final LayerNorm is ignored.
+A trigger's rank among the suppressed is 1 for the lowest score of the vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from opt_jax import checkpoint as ckpt
+
+# Detectors scored at once: bounds the [detectors, vocab] score block.
+DETECTOR_BLOCK = 64
+
+
+@dataclasses.dataclass
+class Suppression:
+    """Per detector: trigger scores and ranks among the suppressed; top promoted / suppressed tokens."""
+
+    layers: np.ndarray  # int64 [d]
+    neurons: np.ndarray  # int64 [d]
+    triggers: list[np.ndarray]  # d arrays of token ids
+    trigger_scores: list[np.ndarray]  # d arrays of float
+    trigger_ranks: list[np.ndarray]  # d arrays of int, 1 = most suppressed
+    top_promoted: np.ndarray  # int64 [d, k], highest score first
+    top_suppressed: np.ndarray  # int64 [d, k], lowest score first
+
+    def fraction_all_triggers_negative(self) -> float | None:
+        """Share of detectors whose every trigger scores below zero (None without detectors)."""
+        if not self.triggers:
+            return None
+        return float(np.mean([bool((s < 0).all()) for s in self.trigger_scores]))
+
+
+def analyze_suppression(model_dir: str, layer_detectors, top_k: int = 10) -> Suppression:
+    """Scores of every token detector's update over the vocabulary (`layer_detectors`: LayerDetectors list)."""
+    config = ckpt.read_config(model_dir)
+    embedding = np.asarray(ckpt.open_array(model_dir, "embed/tokens").read().result(), np.float32)  # [v, e]
+    project_out = (np.asarray(ckpt.open_array(model_dir, "head/project_out/weight").read().result(), np.float32)
+                   if config.has_projections else None)  # [e, d]
+    fc2 = ckpt.open_array(model_dir, "layers/ffn/fc2/weight")  # [L, d, n] lazily
+    parts = []
+    for found in layer_detectors:
+        if len(found.neurons):
+            columns = np.asarray(fc2[found.layer].read().result(), np.float32)[:, found.neurons]  # [d, k]
+            parts.append((found.layer, found.neurons, found.items, columns))
+    layers, neurons, triggers, scores_of, ranks_of, promoted, suppressed = [], [], [], [], [], [], []
+    for layer, ids, items, columns in parts:
+        for start in range(0, len(ids), DETECTOR_BLOCK):
+            updates = columns[:, start:start + DETECTOR_BLOCK].T  # [k, d]
+            if project_out is not None:
+                updates = np.einsum("ed,kd->ke", project_out, updates)  # [k, e]
+            scores = np.einsum("ve,ke->kv", embedding, updates)  # [k, v]
+            block_items = items[start:start + DETECTOR_BLOCK]
+            s, r = _trigger_scores_and_ranks(scores, block_items)
+            layers += [layer] * len(block_items)
+            neurons += ids[start:start + DETECTOR_BLOCK].tolist()
+            triggers += block_items
+            scores_of += s
+            ranks_of += r
+            promoted.append(_top(-scores, top_k))
+            suppressed.append(_top(scores, top_k))
+    empty = np.zeros((0, min(top_k, embedding.shape[0])), np.int64)
+    return Suppression(np.array(layers, np.int64), np.array(neurons, np.int64), triggers, scores_of, ranks_of,
+                       np.concatenate(promoted) if promoted else empty,
+                       np.concatenate(suppressed) if suppressed else empty)
+
+
+def _trigger_scores_and_ranks(scores: np.ndarray, items: list[np.ndarray]):
+    """Each detector's trigger scores and ranks (1 + tokens scoring strictly lower)."""
+    width = max(len(i) for i in items)
+    padded = np.zeros((len(items), width), np.int64)  # [k, m]
+    for row, ids in enumerate(items):
+        padded[row, :len(ids)] = ids
+    trigger = np.take_along_axis(scores, padded, axis=1)  # [k, m]
+    ranks = (scores[:, None, :] < trigger[:, :, None]).sum(axis=2) + 1  # [k, m]
+    return ([trigger[i, :len(ids)] for i, ids in enumerate(items)],
+            [ranks[i, :len(ids)] for i, ids in enumerate(items)])
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k lowest values per row, lowest first: int64 [rows, k]."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(scores, k - 1, axis=1)[:, :k]  # [r, k]
+    order = np.argsort(np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")  # [r, k]
+    return np.take_along_axis(part, order, axis=1).astype(np.int64)
+
+
+def figure(suppression: Suppression, strings, path: str, name: str, rows: int = 12, shown: int = 5) -> str:
+    """Fig. 5 as a table: for some detectors, their triggers, top promoted and top suppressed tokens."""
+    from analyses.plotting import plt, save
+
+    count = len(suppression.neurons)
+    picked = np.unique(np.linspace(0, count - 1, min(rows, count)).round().astype(int)) if count else []
+
+    def words(ids):
+        return ", ".join(repr(s) for s in strings(ids[:shown]))
+
+    cells = [[f"{suppression.layers[i]}:{suppression.neurons[i]}",
+              words(suppression.triggers[i]) + ("  (all < 0)" if (suppression.trigger_scores[i] < 0).all() else ""),
+              words(suppression.top_promoted[i]), words(suppression.top_suppressed[i])] for i in picked]
+    fig, ax = plt.subplots(figsize=(14, 0.45 * max(len(cells), 1) + 1.4))
+    ax.axis("off")
+    if cells:
+        table = ax.table(cellText=cells, colLabels=["layer:neuron", "trigger tokens", f"top {shown} promoted",
+                                                    f"top {shown} suppressed"],
+                         loc="upper center", cellLoc="left", colWidths=[0.09, 0.27, 0.32, 0.32])
+        table.auto_set_font_size(False)
+        table.set_fontsize(8)
+        table.scale(1, 1.4)
+    else:
+        ax.text(0.5, 0.5, "no token detectors found", ha="center", va="center", fontsize=14)
+    fraction = suppression.fraction_all_triggers_negative()
+    summary = "n/a" if fraction is None else f"{fraction:.0%}"
+    ax.set_title(f"Fig. 5 ({name}): token detectors' updates projected onto the vocabulary; detectors whose "
+                 f"triggers all score < 0: {summary} of {count}", fontsize=10)
+    return save(fig, path)

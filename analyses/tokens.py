@@ -1,0 +1,35 @@
+"""Readable strings for token ids, from the tokenizer stored beside the model the statistics came from."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+class TokenStrings:
+    """Decodes single token ids (and id sequences) with the model directory's tokenizer."""
+
+    def __init__(self, model_dir: str):
+        from transformers import AutoTokenizer
+
+        if not os.path.isdir(model_dir):
+            raise FileNotFoundError(f"{model_dir}: model directory not found (needed for its tokenizer and "
+                                    "weights; pass --model to point at it)")
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{model_dir}: cannot load the tokenizer ({e})") from None
+        self._size = len(self._tokenizer)
+
+    def __call__(self, ids) -> list[str]:
+        """The decoded string of each token id; ids the tokenizer lacks (embedding padding) as '<id N>'."""
+        ids = np.asarray(ids, np.int64).reshape(-1)  # [k]
+        known = [[int(i)] for i in ids if i < self._size]
+        decoded = iter(self._tokenizer.batch_decode(known, clean_up_tokenization_spaces=False))
+        return [next(decoded) if i < self._size else f"<id {int(i)}>" for i in ids]
+
+    def join(self, sequences) -> list[str]:
+        """One string per id sequence (e.g. a trigram), decoded together."""
+        return [self._tokenizer.decode([int(i) for i in seq if i < self._size], clean_up_tokenization_spaces=False)
+                for seq in np.asarray(sequences, np.int64)]

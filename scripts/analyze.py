@@ -1,0 +1,48 @@
+"""The paper's analyses of one or more statistics directories: report.json, figures (PNG) and CSV tables.
+
+  python scripts/analyze.py --stats stats/opt-125m stats/opt-1.3b --out report/
+  python scripts/analyze.py --stats stats/opt-125m --out report/ --analyses dead,positional
+Every threshold is a flag with the paper's value as default (see --helpfull).
+"""
+
+import sys
+
+from absl import app, flags
+
+from analyses import report
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("stats", None, "statistics directories written by scripts/collect.py", required=True)
+flags.DEFINE_string("out", None, "output directory for report.json, the figures and the tables", required=True)
+flags.DEFINE_list("analyses", list(report.ANALYSES), "analyses to run: " + ",".join(report.ANALYSES))
+flags.DEFINE_list("names", None, "model names for figures and the report (default: the directories' names)")
+flags.DEFINE_multi_string("model", None, "converted model directory of each --stats (default: the one its "
+                          "manifest records); needed for token strings and suppression")
+for _name, _default in report.flat_thresholds().items():
+    _help = report.THRESHOLD_HELP[_name]
+    if isinstance(_default, bool):
+        flags.DEFINE_bool(_name, _default, _help)
+    elif isinstance(_default, int):
+        flags.DEFINE_integer(_name, _default, _help)
+    elif isinstance(_default, float):
+        flags.DEFINE_float(_name, _default, _help)
+    else:
+        flags.DEFINE_list(_name, [str(v) for v in _default], _help)
+
+
+def main(argv):
+    stats = FLAGS.stats + argv[1:]
+    thresholds = report.thresholds_from_flat({name: FLAGS[name].value for name in report.flat_thresholds()})
+    try:
+        result = report.analyze(stats, FLAGS.out, analyses=FLAGS.analyses, names=FLAGS.names,
+                                model_dirs=FLAGS.model, thresholds=thresholds)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report.summary(result))
+    print(f"report: {FLAGS.out}/report.json")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
