@@ -39,7 +39,8 @@ class Progress:
         rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         s, digits = self.scale, 0 if self.scale == 1 else 1
         head = f"{self.label}: {self.done / s:,.{digits}f}"
-        tail = f"{rate / s:,.{digits}f}{self.unit}/s, elapsed {_duration(elapsed)}"
+        rate_digits = max(digits, 2 if 0 < rate / s < 10 else 0)  # a slow rate (layers/s) stays readable
+        tail = f"{rate / s:,.{rate_digits}f}{self.unit}/s, elapsed {_duration(elapsed)}"
         if self.total is None:
             return f"{head}{self.unit}, {tail}"
         left = _duration((self.total - self.done) / rate) if rate > 0 else "?"

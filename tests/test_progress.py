@@ -17,6 +17,10 @@ def test_lines_with_and_without_a_total(monkeypatch):
     open_ended = Progress("convert", None, " MB", scale=1e6, stream=io.StringIO())
     clock["t"] = 112.0
     assert open_ended.line(clock["t"]) == "convert: 0.0 MB, 0.0 MB/s, elapsed 0m02s"
+    slow = Progress("layers", 64, "", stream=io.StringIO())
+    slow.done = 9
+    clock["t"] = 112.0 + 53
+    assert slow.line(clock["t"]) == "layers: 9/64 (14%), 0.17/s, elapsed 0m53s, left 5m23s"
 
 
 def test_prints_at_most_every_interval_and_at_the_end(monkeypatch):
