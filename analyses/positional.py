@@ -237,7 +237,7 @@ def _noise(freq: np.ndarray, window: int) -> np.ndarray:
 
 
 def analyze_positional(stats, thresholds: PositionalThresholds = PositionalThresholds(), layers=None,
-                       example_layer: int = 2) -> PositionalResult:
+                       example_layer: int = 2, progress=None) -> PositionalResult:
     """Positional neurons of a statistics store, per layer and type, with the curves of Figs. 7 and 9."""
     num_layers = stats.pos_act.shape[0]
     model_layers = stats.config.num_hidden_layers
@@ -257,6 +257,8 @@ def analyze_positional(stats, thresholds: PositionalThresholds = PositionalThres
     pos_tokens = np.asarray(stats.pos_tokens, np.int64)  # [p]
     for layer in layers:
         _analyze_layer(result, layer, stats.pos_act[layer], pos_tokens)  # [p, n]
+        if progress is not None:
+            progress.update()
     return result
 
 

@@ -141,8 +141,9 @@ def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=
 
 def _analyze_model(r: ModelResults, wanted: set, thresholds: Thresholds, verbose: bool) -> ModelResults:
     stats = r.stats
-    steps = len(stats.token_layers) * bool(wanted & {"ngrams", "detectors"}) + 2
-    progress = Progress(f"analyze {r.name}", steps, " steps", enabled=verbose)
+    steps = (len(stats.token_layers) * bool(wanted & {"ngrams", "detectors"})
+             + stats.pos_act.shape[0] * ("positional" in wanted) + 2)
+    progress = Progress(f"analyze {r.name}", steps, " steps", enabled=verbose, every=10.0)
     if "dead" in wanted:
         r.dead = dead.analyze_dead(stats)
     progress.update()
@@ -152,7 +153,7 @@ def _analyze_model(r: ModelResults, wanted: set, thresholds: Thresholds, verbose
         r.suppression = suppression.analyze_suppression(r.model_dir, r.token_detectors, thresholds.top_k)
     if "positional" in wanted:
         r.positional = positional.analyze_positional(stats, thresholds.positional,
-                                                     example_layer=thresholds.example_layer)
+                                                     example_layer=thresholds.example_layer, progress=progress)
         if r.positional.note:
             r.notes["positional"] = r.positional.note
     progress.update()

@@ -13,7 +13,7 @@ class TokenStrings:
     def __init__(self, model_dir: str):
         from transformers import AutoTokenizer
 
-        if not os.path.isdir(model_dir):
+        if not model_dir or not os.path.isdir(model_dir):
             raise FileNotFoundError(f"{model_dir}: model directory not found (needed for its tokenizer and "
                                     "weights; pass --model to point at it)")
         try:

@@ -252,3 +252,24 @@ def test_token_strings_of_ids_the_tokenizer_lacks(tiny_model):
     assert strings([5, 10_000]) == [tokenizer.decode([5]), "<id 10000>"]
     with pytest.raises(FileNotFoundError, match="--model"):
         TokenStrings(tiny_model + "-missing")
+
+
+def test_several_models_share_the_size_comparing_figures(run, tmp_path):
+    from matplotlib import image
+
+    got, _, _ = run
+    both = report.analyze([got["stats"], got["stats"]], str(tmp_path), names=["small", "same again"],
+                          analyses=["dead", "detectors", "positional"], verbose=False)
+    assert list(both["models"]) == ["small", "same again"]
+    assert both["models"]["small"]["dead"] == both["models"]["same again"]["dead"]
+    shared = ["fig1a_dead_neurons.png", "fig1b_alive_frequency.png", "fig3a_token_detectors.png",
+              "fig3b_detected_tokens.png", "fig8_positional_types.png"]
+    assert set(shared) <= set(both["figures"])
+    assert {"fig7_positional_examples_small.png", "fig7_positional_examples_same again.png"} <= set(both["figures"])
+    one = image.imread(tmp_path / "fig8_positional_types.png")
+    alone = report.analyze([got["stats"]], str(tmp_path / "one"), names=["small"], analyses=["positional"],
+                           verbose=False)
+    assert alone["figures"] == ["fig8_positional_types.png", "fig7_positional_examples_small.png",
+                                "fig9_oscillatory_ranges_small.png"]
+    assert one.shape[0] > image.imread(tmp_path / "one" / "fig8_positional_types.png").shape[0], \
+        "one row of bars per model"
