@@ -41,7 +41,9 @@ def per_layer_figure(title: str, ylabel: str, curves: dict[str, Curve], path: st
             if curve.dashed is not None:
                 ax.plot(x, np.asarray(curve.dashed, float), "--", color=colour, label=f"{name} ({dashed_label})")
     axes[0].set_xlabel("layer index")
+    axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[1].set_xlabel("relative depth (layer / (layers - 1))")
+    axes[1].set_xlim(-0.03, 1.03)  # the whole model, whatever layers were analysed
     axes[0].set_ylabel(ylabel)
     for ax in axes:
         ax.grid(alpha=0.3)

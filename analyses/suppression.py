@@ -104,12 +104,12 @@ def figure(suppression: Suppression, strings, path: str, name: str, rows: int = 
     cells = [[f"{suppression.layers[i]}:{suppression.neurons[i]}",
               words(suppression.triggers[i]) + ("  (all < 0)" if (suppression.trigger_scores[i] < 0).all() else ""),
               words(suppression.top_promoted[i]), words(suppression.top_suppressed[i])] for i in picked]
-    fig, ax = plt.subplots(figsize=(14, 0.45 * max(len(cells), 1) + 1.4))
+    fig, ax = plt.subplots(figsize=(14, 0.4 * max(len(cells), 1) + 1.0))
     ax.axis("off")
     if cells:
         table = ax.table(cellText=cells, colLabels=["layer:neuron", "trigger tokens", f"top {shown} promoted",
                                                     f"top {shown} suppressed"],
-                         loc="upper center", cellLoc="left", colWidths=[0.09, 0.27, 0.32, 0.32])
+                         loc="center", cellLoc="left", colWidths=[0.09, 0.27, 0.32, 0.32])
         table.auto_set_font_size(False)
         table.set_fontsize(8)
         table.scale(1, 1.4)
