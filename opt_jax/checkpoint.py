@@ -23,6 +23,7 @@ import tensorstore as ts
 
 from opt_jax.config import OPTConfig
 from opt_jax.hf_checkpoint import CheckpointError
+from opt_jax.model import param_shapes
 
 FORMAT = "opt_jax.checkpoint"
 VERSION = 1
@@ -72,6 +73,24 @@ def open_array(root: str, path: str) -> ts.TensorStore:
         return ts.open(_spec(root, path), open=True).result()
     except ValueError as e:
         raise CheckpointError(f"{os.path.join(root, PARAMS_DIR, path)}: cannot open parameter array ({e})") from None
+
+
+def write_checkpoint(root: str, config: OPTConfig, flat: dict[str, np.ndarray], dtype: str, source: str,
+                     **extra) -> str:
+    """Write parameters (by '/'-joined path) into root as a complete checkpoint, the manifest last."""
+    dtype = dtype_name(dtype)
+    shapes = {path: tuple(np.shape(value)) for path, value in flat.items()}
+    expected = param_shapes(config)
+    if shapes != expected:
+        wrong = sorted(set(shapes.items()) ^ set(expected.items()))[:5]
+        raise CheckpointError(f"{root}: parameters do not match the config (differences: {wrong})")
+    for path, value in flat.items():
+        value = np.asarray(value).astype(DTYPES[dtype], copy=False)
+        create_array(root, path, value.shape, dtype, path.startswith("layers/")).write(value).result()
+    write_json_atomic(os.path.join(root, MANIFEST), {
+        "format": FORMAT, "version": VERSION, "config": config.to_dict(), "dtype": dtype,
+        "params": {path: list(shape) for path, shape in shapes.items()}, "source": source, **extra})
+    return root
 
 
 def read_manifest(root: str) -> dict:

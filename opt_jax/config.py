@@ -43,6 +43,7 @@ class OPTConfig:
     pad_token_id: int = 1
     bos_token_id: int = 2
     eos_token_id: int = 2
+    positional_embeddings: bool = True  # False: no position embeddings at all (not an HF OPT; never exported)
 
     def __post_init__(self):
         for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", "ffn_dim",
@@ -73,7 +74,11 @@ class OPTConfig:
         return -(-self.ffn_dim // 8)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as a dict; positional_embeddings only when False, so older manifests compare equal."""
+        data = dataclasses.asdict(self)
+        if data["positional_embeddings"]:
+            del data["positional_embeddings"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "OPTConfig":
@@ -157,6 +162,9 @@ def read_hf_config(path: str) -> OPTConfig:
 
 def to_hf_dict(config: OPTConfig) -> dict:
     """The HF `config.json` fields that describe this config (for exporting to transformers)."""
+    if not config.positional_embeddings:
+        raise ConfigError("a model without positional embeddings has no Hugging Face OPT equivalent "
+                          "(OPTForCausalLM always adds learned positions); it cannot be exported")
     return dict(
         model_type="opt", architectures=["OPTForCausalLM"], activation_function="relu",
         num_hidden_layers=config.num_hidden_layers, hidden_size=config.hidden_size,

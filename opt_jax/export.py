@@ -15,6 +15,7 @@ from opt_jax.model import Params, flatten
 
 def export_hf(config: OPTConfig, params: Params, out_dir: str, dtype=np.float32) -> str:
     """Write `config.json` and `model.safetensors` (float32 or float16) in transformers' layout."""
+    hf = to_hf_dict(config) | {"torch_dtype": np.dtype(dtype).name, "dtype": np.dtype(dtype).name}  # refuses first
     flat = flatten(params)
     tensors = {}
     for hf_key, target in key_plan(config).items():
@@ -23,7 +24,6 @@ def export_hf(config: OPTConfig, params: Params, out_dir: str, dtype=np.float32)
             value = value[target.layer]
         tensors[f"model.{hf_key}"] = np.ascontiguousarray(value.astype(dtype).reshape(target.hf_shape))
     os.makedirs(out_dir, exist_ok=True)
-    hf = to_hf_dict(config) | {"torch_dtype": np.dtype(dtype).name, "dtype": np.dtype(dtype).name}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2)
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})

@@ -159,7 +159,7 @@ class DecoderLayer(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token embeddings (through project_in where present) plus learned positions (offset 2)."""
+    """Token embeddings (through project_in where present) plus learned positions (offset 2), if the config has them."""
 
     config: OPTConfig
     param_dtype: Any = jnp.float32
@@ -169,12 +169,14 @@ class Embed(nn.Module):
         c = self.config
         init = nn.initializers.normal(0.02)
         tokens = self.param("tokens", init, (c.vocab_size, c.word_embed_proj_dim), self.param_dtype)
-        positions = self.param("positions", init, (c.max_position_embeddings + 2, c.hidden_size),
-                               self.param_dtype)
         x = jnp.take(tokens, input_ids, axis=0)  # [b, s, e]
         if c.has_projections:
             x = Linear("bse,de->bsd", (c.hidden_size, c.word_embed_proj_dim), None, self.param_dtype,
                        name="project_in")(x)  # [b, s, d]
+        if not c.positional_embeddings:
+            return x  # [b, s, d]
+        positions = self.param("positions", init, (c.max_position_embeddings + 2, c.hidden_size),
+                               self.param_dtype)
         mask = token_mask.astype(jnp.int32)  # [b, s]
         position_ids = jnp.cumsum(mask, axis=1) * mask - 1 + 2  # [b, s]
         return x + jnp.take(positions, position_ids, axis=0).astype(x.dtype)  # [b, s, d]

@@ -1,0 +1,43 @@
+"""Train a byte-level BPE tokenizer with OPT's special tokens (<s>=0, <pad>=1, </s>=2, <unk>=3) on a corpus.
+
+  python scripts/train_tokenizer.py --out tokenizers/stdlib-4096            # the Python standard library
+  python scripts/train_tokenizer.py --out tok --corpus docs.jsonl.zst --vocab 8192
+  # then: scripts/train.py --tokenizer tokenizers/stdlib-4096 ...; AutoTokenizer.from_pretrained(OUT) loads it
+"""
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "tokenizer directory to write", required=True)
+flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs (.jsonl/.txt, .gz/.zst); "
+                          "default: the running Python's standard library")
+flags.DEFINE_integer("vocab", 4096, "vocabulary size, special and byte tokens included")
+flags.DEFINE_string("text_key", "text", "JSON key of the text in .jsonl files")
+
+
+def main(argv):
+    del argv
+    from opt_jax import stdlib_corpus
+    from opt_jax.corpus import CorpusError, corpus_fingerprint, expand_paths, iter_documents
+    from opt_jax.tokenizer import train_tokenizer
+
+    try:
+        if FLAGS.corpus:
+            files = expand_paths(FLAGS.corpus)
+            documents = iter_documents(files, FLAGS.text_key)
+            record = {"corpus_fingerprint": corpus_fingerprint(files), "text_key": FLAGS.text_key}
+        else:
+            documents = (d["text"] for d in stdlib_corpus.documents())
+            record = {"stdlib": stdlib_corpus.describe()}
+        out = train_tokenizer(documents, FLAGS.vocab, FLAGS.out, record)
+    except (CorpusError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"tokenizer: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
