@@ -2,8 +2,9 @@
 
 The window stream is cut into fixed batches (global batch b holds windows b*B .. b*B+B-1).
 Process p of P takes the batches with b % P == p. Weights are either resident on the device
-(one jitted step per batch) or streamed from host memory a layer group at a time over a
-chunk of batches (layer-major: each group crosses to the device once per chunk). Statistics
+(one jitted step per batch) or streamed a layer group at a time over a chunk of batches
+(layer-major: each group crosses to the device once per chunk), read lazily from the converted
+checkpoint (or sliced from parameters a caller holds in memory) two groups ahead. Statistics
 stay on the device until a flush commits them (see `analyses.store`); the manifest's cursor
 is the next global batch, so a rerun continues exactly where the last commit left off.
 """
@@ -24,9 +25,9 @@ from analyses.coverage import ngram_candidates
 from analyses.store import StatsError, StatsStore, array_layouts, open_stats, read_manifest
 from opt_jax import checkpoint as ckpt
 from opt_jax.bits import unpack_masks
-from opt_jax.model import unflatten
+from opt_jax.model import Params, unflatten
 from opt_jax.progress import Progress
-from opt_jax.streaming import group_size_for, slice_layers, stream_groups
+from opt_jax.streaming import CheckpointLayers, GroupStream, StackedLayers, group_size_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,13 +108,51 @@ def _open_store(out_dir: str, identity: dict, plan: st.Plan, options: Options) -
     return StatsStore.create(out_dir, start, layouts)
 
 
-class Runner:
-    """Holds the device state of one run: parameters (resident) or the host stack (streamed), and counters.
+@dataclasses.dataclass
+class Weights:
+    """What a Runner computes with: the embedding parameters and a source of stacked layer groups."""
 
-    Also the unit benchmarks time: `Runner(model_path, make_plan(config, options), options).run(batches)`.
+    embed: Params
+    layers: object  # a layer source (`opt_jax.streaming`): num_layers, layer_bytes, read(group)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, dtype: str | None = None, num_layers: int | None = None) -> "Weights":
+        """The embedding read now; the layers read lazily, a group at a time, when they are needed."""
+        embed = unflatten(ckpt.read_params(path, dtype, layers=slice(0, 0)))["embed"]
+        return cls(embed, CheckpointLayers(path, dtype, num_layers))
+
+    @classmethod
+    def in_memory(cls, params: Params) -> "Weights":
+        """Parameters a caller already holds ({'embed', 'layers'} as `opt_jax.init_params` makes them)."""
+        return cls(params["embed"], StackedLayers(params["layers"]))
+
+
+def check_device_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: Options, device) -> None:
+    """Refuse, before allocating anything, a run whose counters and weights alone exceed the device's free memory."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if not stats or "bytes_limit" not in stats:
+        return  # the CPU: no separate device memory to plan
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    batch = options.batch_size if options.ngram_orders and plan.token_layers else None
+    counters = st.accumulator_bytes(plan, groups, batch)
+    streamed = options.offload and len(groups) > 2
+    weights = layer_bytes * (2 * max(len(g) for g in groups) if streamed else plan.num_layers)
+    if counters + weights > free:
+        token_layer = plan.vocab * plan.ffn * 4
+        raise StatsError(
+            f"{device}: the counters ({counters / 1e9:.1f} GB, tok_act {len(plan.token_layers)} layers x "
+            f"{token_layer / 1e9:.1f} GB of them) and the weights on the device ({weights / 1e9:.1f} GB) exceed its "
+            f"{free / 1e9:.1f} GB free; collect fewer --token_layers per run (several runs, each with its own --out, "
+            "cover them all) or stream the weights in smaller groups (--offload --group_size)")
+
+
+class Runner:
+    """Holds the device state of one run: parameters (resident) or the group stream (streamed), and counters.
+
+    Also the unit benchmarks time: `Runner(model_path or Weights, make_plan(config, options), options).run(batches)`.
     """
 
-    def __init__(self, model_path: str, plan: st.Plan, options: Options):
+    def __init__(self, model: str | Weights, plan: st.Plan, options: Options):
         self.plan, self.options = plan, options
         devices = jax.local_devices()
         if options.batch_size % len(devices):
@@ -121,13 +160,17 @@ class Runner:
         mesh = Mesh(np.array(devices), ("data",))
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.data = NamedSharding(mesh, PartitionSpec("data"))
-        flat = ckpt.read_params(model_path, options.dtype, layers=slice(0, plan.num_layers))
-        params = unflatten(flat)
-        self.embed_params = jax.device_put({"embed": params["embed"]}, self.replicated)
-        self.layers = params["layers"]
+        weights = model if isinstance(model, Weights) else \
+            Weights.from_checkpoint(model, options.dtype, plan.num_layers)
+        if weights.layers.num_layers < plan.num_layers:
+            raise StatsError(f"the weights have {weights.layers.num_layers} layers; the plan needs {plan.num_layers}")
+        self.embed_params = jax.device_put({"embed": weights.embed}, self.replicated)
+        self.layers = weights.layers
         self.groups = plan.groups((options.group_size or group_size_for(self.layers)) if options.offload else None)
+        check_device_memory(plan, self.groups, self.layers.layer_bytes, options, devices[0])
+        self.stream = GroupStream(self.layers, self.groups, self.replicated) if options.offload else None
         if not options.offload:
-            self.group_params = [jax.device_put(slice_layers(self.layers, g), self.replicated) for g in self.groups]
+            self.group_params = [jax.device_put(self.layers.read(g), self.replicated) for g in self.groups]
         self.ngrams = None  # an NgramTable when n-grams are counted: set by `collect` from the store
         self.ngram_neurons = None  # bool [token_layers, ffn]: the neurons n-grams are counted for (None: all)
         self.reset()
@@ -135,8 +178,9 @@ class Runner:
     def reset(self) -> None:
         """Empty the device counters (after a commit)."""
         batch = self.options.batch_size if self.options.ngram_orders and self.plan.token_layers else None
-        self.accs = [jax.device_put(st.zero_accumulators(self.plan, g, batch), self.replicated)
-                     for g in self.groups]
+        self.accs = []  # the old counters go first: at 66b two sets would not fit on the device
+        for g in self.groups:
+            self.accs.append(jax.device_put(st.zero_accumulators(self.plan, g, batch), self.replicated))
 
     def run(self, chunk: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Add the activations of a list of batches into the device counters."""
@@ -150,17 +194,26 @@ class Runner:
                     self._keep_masks(gi, fired[bi])
         else:
             hidden = [st.embed_step(config, self.embed_params, ids, mask) for ids, mask in on_device]
-            for gi, (_, group_params) in enumerate(stream_groups(self.layers, self.groups, self.replicated)):
-                for bi, (ids, mask) in enumerate(on_device):
-                    hidden[bi], self.accs[gi] = st.group_step(config, group_params, hidden[bi], mask, ids,
-                                                              self.accs[gi])
-                    self._keep_masks(gi, fired[bi])
+            for gi in range(len(self.groups)):
+                self._stream_group(gi, on_device, hidden, fired)
         if self.ngrams is not None:
             for (ids, mask), packed in zip(chunk, fired):
                 active = {t: unpack_masks(m, self.plan.ffn) for t, m in packed.items()}  # [b, s, n] each
                 if self.ngram_neurons is not None:
                     active = {t: a & self.ngram_neurons[t] for t, a in active.items()}  # [b, s, n] each
                 self.ngrams.add(ids, mask, active)
+
+    def _stream_group(self, gi: int, on_device: list, hidden: list, fired: list) -> None:
+        """Run every batch of the chunk through group gi, then move the next group in once group gi-1 is done."""
+        before = (tuple(hidden), self.accs[gi - 1])  # outputs of group gi-1 (gi = 0: of the previous chunk's last)
+        group, params = self.stream.next()
+        assert group == self.groups[gi], (group, self.groups[gi])
+        for bi, (ids, mask) in enumerate(on_device):
+            hidden[bi], self.accs[gi] = st.group_step(self.plan.config, params, hidden[bi], mask, ids, self.accs[gi])
+            self._keep_masks(gi, fired[bi])
+        # Group gi is dispatched: while it computes, group gi+1 crosses and gi+2 is read. Waiting for gi-1 first
+        # keeps at most two groups on the device and two in host memory however far ahead the host runs.
+        self.stream.advance(after=before)
 
     def _keep_masks(self, gi: int, into: dict) -> None:
         """Copy a token group's packed masks of the batch just run to the host (they are overwritten next)."""
@@ -169,6 +222,11 @@ class Runner:
         masks = np.asarray(self.accs[gi]["masks"])  # [g, b, s, n / 8]
         for j, layer in enumerate(self.groups[gi]):
             into[self.plan.token_layers.index(layer)] = masks[j]
+
+    def close(self) -> None:
+        """Stop reading layers ahead (streamed mode); the counters stay readable."""
+        if self.stream is not None:
+            self.stream.close()
 
     def wait(self) -> None:
         """Block until every dispatched step has finished (for timing)."""
@@ -203,10 +261,13 @@ def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
         _say(options, f"{out_dir}: already complete ({store.manifest['tokens']:,} tokens)")
         return store.root
     runner = Runner(model_path, plan, options)
-    if options.ngram_orders and plan.token_layers:
-        runner.ngrams = open_stats(store.root).ngram_table(options.ngram_max_pairs)
-        runner.ngram_neurons = tracked
-    _run(runner, store, corpus, options, config.pad_token_id)
+    try:
+        if options.ngram_orders and plan.token_layers:
+            runner.ngrams = open_stats(store.root).ngram_table(options.ngram_max_pairs)
+            runner.ngram_neurons = tracked
+        _run(runner, store, corpus, options, config.pad_token_id)
+    finally:
+        runner.close()
     return store.root
 
 

@@ -68,6 +68,12 @@ def zero_accumulators(plan: Plan, group: range, masks_for_batch: int | None = No
     return acc
 
 
+def accumulator_bytes(plan: Plan, groups: list[range], masks_for_batch: int | None = None) -> int:
+    """Device bytes of every group's counters (`zero_accumulators`), computed without allocating them."""
+    shapes = [jax.eval_shape(functools.partial(zero_accumulators, plan, g, masks_for_batch)) for g in groups]
+    return sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for s in shapes for leaf in jax.tree.leaves(s))
+
+
 def _probe(input_ids, counted_for_tokens):
     """The per-layer reduction: adds layer i's activations into row i of the group's counters, in place."""
     flat_ids = input_ids.reshape(-1)  # [b*s]

@@ -1,12 +1,26 @@
-"""Stream stacked layers from host memory to the device a group at a time, prefetching the next group."""
+"""Stream stacked layers to the device a group at a time, host reads and device transfers running ahead.
+
+A layer source gives the stacked parameters of a range of layers: `StackedLayers` slices a tree
+already in memory, `CheckpointLayers` reads only those layers' chunks of a converted checkpoint.
+`GroupStream` cycles through the groups of a run: while group i computes, group i+1 is on its way
+to the device and group i+2 is being read in a background thread, so host memory holds about two
+groups, never the whole model.
+"""
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import collections
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
 
 import jax
+import numpy as np
 
-from opt_jax.model import Params
+from opt_jax import checkpoint as ckpt
+from opt_jax.hf_checkpoint import CheckpointError
+from opt_jax.model import Params, unflatten
 
 
 def split_layers(layers: Sequence[int], group_size: int, boundaries: Sequence[int] = ()) -> list[range]:
@@ -22,34 +36,125 @@ def split_layers(layers: Sequence[int], group_size: int, boundaries: Sequence[in
 
 
 def layer_bytes(stacked: Params) -> int:
-    """Bytes of one layer of a stacked parameter tree."""
-    return sum(leaf[0].nbytes for leaf in jax.tree.leaves(stacked))
-
-
-def group_size_for(stacked: Params, device=None, fraction: float = 0.3) -> int:
-    """Layers per group so that two groups in flight use at most `fraction` of the device's memory."""
-    device = device or jax.local_devices()[0]
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    num_layers = jax.tree.leaves(stacked)[0].shape[0]
-    if not stats or "bytes_limit" not in stats:
-        return num_layers  # no separate device memory (the CPU): one group
-    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    return int(max(1, min(num_layers, fraction * free // (2 * layer_bytes(stacked)))))
+    """Bytes of one layer of a stacked parameter tree (host or device arrays; nothing is sliced)."""
+    return sum(leaf.nbytes // leaf.shape[0] for leaf in jax.tree.leaves(stacked))
 
 
 def slice_layers(stacked: Params, group: range) -> Params:
-    """The host slice [group.start, group.stop) of every stacked leaf (a view, no copy)."""
+    """The slice [group.start, group.stop) of every stacked leaf (a view of host arrays, no copy)."""
     return jax.tree.map(lambda a: a[group.start:group.stop], stacked)
 
 
-def stream_groups(stacked: Params, groups: Sequence[range], sharding=None) -> Iterator[tuple[range, Params]]:
-    """Yield (group, its params on the device); the next group's transfer starts before this one is used."""
-    def put(group):
-        return jax.device_put(slice_layers(stacked, group), sharding)
+class StackedLayers:
+    """A layer source over a stacked parameter tree already in memory (host or device)."""
 
-    pending = put(groups[0]) if groups else None
-    for i, group in enumerate(groups):
-        current = pending
-        pending = put(groups[i + 1]) if i + 1 < len(groups) else None
-        yield group, current
+    def __init__(self, stacked: Params):
+        self.stacked = stacked
+        self.num_layers = jax.tree.leaves(stacked)[0].shape[0]
+        self.layer_bytes = layer_bytes(stacked)
 
+    def read(self, group: range) -> Params:
+        """The layers of `group`, stacked (views of the tree)."""
+        return slice_layers(self.stacked, group)
+
+
+class CheckpointLayers:
+    """A layer source reading a converted checkpoint lazily: each read touches only its layers' chunks."""
+
+    def __init__(self, root: str, dtype: str | None = None, num_layers: int | None = None):
+        manifest = ckpt.read_manifest(root)
+        self.root = root
+        self.shapes = {p: tuple(s) for p, s in manifest["params"].items() if p.startswith("layers/")}
+        self.stores = {p: ckpt.open_array(root, p) for p in self.shapes}  # tensorstore handles, nothing read
+        stored = next(iter(self.shapes.values()))[0]
+        self.num_layers = min(num_layers or stored, stored)
+        self.target = ckpt.DTYPES[ckpt.dtype_name(dtype)] if dtype else None
+        itemsize = (self.target or ckpt.DTYPES[manifest["dtype"]]).itemsize
+        self.layer_bytes = sum(int(np.prod(s[1:])) for s in self.shapes.values()) * itemsize
+
+    def read(self, group: range) -> Params:
+        """The layers of `group` in host memory, stacked, cast to the source's dtype."""
+        if not 0 <= group.start < group.stop <= self.num_layers:
+            raise ValueError(f"{self.root}: layers {group.start}..{group.stop - 1} are outside "
+                             f"the {self.num_layers} layers read")
+        pending = {p: s[group.start:group.stop].read() for p, s in self.stores.items()}  # all reads in flight
+        flat = {p: self._cast(p, group, future) for p, future in pending.items()}
+        return unflatten(flat)["layers"]
+
+    def _cast(self, path: str, group: range, future) -> np.ndarray:
+        try:
+            value = future.result()
+        except ValueError as e:
+            raise CheckpointError(f"{os.path.join(self.root, ckpt.PARAMS_DIR, path)}: cannot read layers "
+                                  f"{group.start}..{group.stop - 1} ({e})") from None
+        return value.astype(self.target, copy=False) if self.target is not None else value
+
+
+def group_size_for(source, device=None, fraction: float = 0.3) -> int:
+    """Layers per group so that two groups in flight use at most `fraction` of the device's memory."""
+    device = device or jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if not stats or "bytes_limit" not in stats:
+        return source.num_layers  # no separate device memory (the CPU): one group
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    return int(max(1, min(source.num_layers, fraction * free // (2 * source.layer_bytes))))
+
+
+class GroupStream:
+    """The groups in order, cycling: `next()` gives the next group on the device, `advance()` moves the ones after.
+
+    Use: `group, params = stream.next()`, dispatch its compute, then `stream.advance(after=outputs of the group
+    before)`. `advance` waits for those outputs, issues the following group's transfer and starts reading the
+    one after it in a background thread: while group i computes, group i+1 crosses to the device and group
+    i+2 is read, so at most two groups are on the device and two in host memory, however far ahead of the
+    device the host runs, across passes too. With at most two groups they are moved once and kept (both would
+    be on the device anyway). `close()` stops the reader.
+    """
+
+    def __init__(self, source, groups: Sequence[range], sharding=None):
+        self.source, self.groups, self.sharding = source, list(groups), sharding
+        self.resident = [self._put(source.read(g)) for g in groups] if len(groups) <= 2 else None
+        self._order = itertools.cycle(range(len(groups)))
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="opt_jax-layer-reader")
+        self._reads = collections.deque()  # (group index, future of its host params)
+        self._moving = collections.deque()  # (group index, its params on the device)
+
+    def next(self) -> tuple[range, Params]:
+        """The next group and its params on the device (moved now if `advance` has not moved it yet)."""
+        if self.resident is not None:
+            i = next(self._order)
+            return self.groups[i], self.resident[i]
+        if not self._moving:
+            self._transfer()
+        i, params = self._moving.popleft()
+        return self.groups[i], params
+
+    def advance(self, after=None) -> None:
+        """Once `after` (arrays, or None) is ready: move the next group to the device, start reading the one after."""
+        if self.resident is not None:
+            return
+        if after is not None:
+            jax.block_until_ready(after)
+        if not self._moving:
+            self._transfer()
+        if not self._reads:
+            self._read_next()
+
+    def close(self) -> None:
+        """Stop the background reader (cancelling a read not yet started) and drop the groups ahead."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._reads.clear()
+        self._moving.clear()
+
+    def _read_next(self) -> None:
+        i = next(self._order)
+        self._reads.append((i, self._pool.submit(self.source.read, self.groups[i])))
+
+    def _transfer(self) -> None:
+        if not self._reads:
+            self._read_next()
+        i, future = self._reads.popleft()
+        self._moving.append((i, self._put(future.result())))
+
+    def _put(self, host: Params) -> Params:
+        return jax.device_put(host, self.sharding)

@@ -1,11 +1,14 @@
-"""Statistics collection tokens/s against the Hugging Face torch baseline, on the same batches, in one invocation.
+"""Statistics collection speed in one invocation: against the HF torch baseline (cpu), or on big shapes (gpu).
 
-  python scripts/benchmark.py                          # OPT-125m shape, random weights, seq 512 and 2048
+  python scripts/benchmark.py                          # cpu suite: OPT-125m shape, random weights, seq 512 and 2048
   python scripts/benchmark.py --seq_lens 512 --batches 2 --workdir /scratch
-Ours (resident and streamed `analyses.collect.Runner`) and the baseline (HF `OPTForCausalLM` with fc1
-forward hooks: full model, and decoder only) run on identical weights and batches; the numpy float32
-matmul rate is measured too. One JSON line per measurement on stdout, progress on stderr, then a
-markdown table for BENCHMARKS.md.
+  python scripts/benchmark.py --device_suite gpu       # 1.3b/6.7b resident vs streamed, 30b/66b streamed, bf16
+  python scripts/benchmark.py --device_suite gpu --shrink 32 --seq_len 32 --batch_size 2   # the same, CPU-sized
+cpu: ours (resident and streamed `analyses.collect.Runner`) and the baseline (HF `OPTForCausalLM` with fc1
+forward hooks: full model, and decoder only) run on identical weights and batches; the numpy float32 matmul rate
+is measured too. gpu: `analyses.benchmark.device_suite` on the default JAX device, against its bf16 matmul rate.
+One JSON line per measurement on stdout, progress on stderr, then a markdown table for BENCHMARKS.md. Flags left
+unset take the suite's own defaults.
 """
 
 import json
@@ -14,53 +17,87 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("device_suite", "cpu", ["cpu", "gpu"], "what to measure: cpu (JAX and torch on the CPU); "
-                  "gpu is not implemented yet")
-flags.DEFINE_string("size", "125m", "OPT size whose shape the random-weight model takes")
-flags.DEFINE_list("seq_lens", ["512", "2048"], "sequence lengths (full-length windows, no padding)")
-flags.DEFINE_integer("tokens_per_batch", 4096, "tokens per batch: batch size = tokens_per_batch / seq_len",
+flags.DEFINE_enum("device_suite", "cpu", ["cpu", "gpu"], "what to measure: cpu (JAX and torch on the CPU, against "
+                  "HF); gpu (1.3b to 66b shapes on the default JAX device, resident and streamed)")
+flags.DEFINE_string("size", "125m", "cpu: OPT size whose shape the random-weight model takes")
+flags.DEFINE_list("seq_lens", ["512", "2048"], "cpu: sequence lengths (full-length windows, no padding)")
+flags.DEFINE_integer("tokens_per_batch", 4096, "cpu: tokens per batch: batch size = tokens_per_batch / seq_len",
                      lower_bound=1)
-flags.DEFINE_integer("batches", 6, "timed batches per sequence length (the same for every variant)", lower_bound=1)
-flags.DEFINE_integer("warmup", 1, "untimed batches first (compilation, allocator warm-up)", lower_bound=0)
-flags.DEFINE_integer("group_size", 4, "layers per group in the streamed mode", lower_bound=1)
-flags.DEFINE_integer("chunk_batches", 2, "batches per chunk in the streamed mode", lower_bound=1)
-flags.DEFINE_integer("matmul_n", 2048, "size of the square numpy matmul that gives the machine rate", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "seed of the random weights and batches")
-flags.DEFINE_bool("ngram_cost", False, "measure only what exact n-gram counting (orders 2, 3) costs, resident, "
+flags.DEFINE_integer("batches", None, "timed batches per variant (default: cpu 6, gpu 8)", lower_bound=1)
+flags.DEFINE_integer("warmup", None, "untimed batches first: compilation, allocator warm-up (default 1)",
+                     lower_bound=0)
+flags.DEFINE_integer("group_size", None, "layers per group in the streamed mode (default: cpu 4, gpu "
+                     "min(30% of device memory for two groups, a quarter of the layers))", lower_bound=1)
+flags.DEFINE_integer("chunk_batches", None, "batches per chunk in the streamed mode (default: cpu 2, gpu 4)",
+                     lower_bound=1)
+flags.DEFINE_integer("matmul_n", None, "size of the square matmul giving the machine rate (default: cpu 2048 "
+                     "float32 numpy, gpu 8192 bf16 jnp)", lower_bound=1)
+flags.DEFINE_integer("seed", None, "seed of the random weights and batches (default 0)")
+flags.DEFINE_bool("ngram_cost", False, "cpu: measure only what exact n-gram counting (orders 2, 3) costs, resident, "
                   "at the first --seq_lens value")
-flags.DEFINE_string("workdir", None, "where the temporary checkpoints go (default: the system temp dir)")
+flags.DEFINE_string("workdir", None, "cpu: where the temporary checkpoints go (default: the system temp dir)")
+flags.DEFINE_list("sizes", None, "gpu: OPT sizes measured (default 1.3b,6.7b,30b,66b)")
+flags.DEFINE_list("resident_sizes", None, "gpu: sizes also measured resident (default 1.3b,6.7b)")
+flags.DEFINE_integer("shrink", None, "gpu: divide heads, widths, vocabulary and layers by this (default 1; "
+                     "32 runs every size on a CPU in seconds)", lower_bound=1)
+flags.DEFINE_integer("seq_len", None, "gpu: tokens per sequence (default 2048)", lower_bound=2)
+flags.DEFINE_integer("batch_size", None, "gpu: sequences per batch (default 8)", lower_bound=1)
+flags.DEFINE_integer("token_layers", None, "gpu: layers with tok_act, from layer 0 (default 1)", lower_bound=0)
+
+
+def _set(**values) -> dict:
+    """The flags given on the command line (the rest take the suite's defaults)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def main(argv):
     del argv
     if FLAGS.device_suite == "gpu":
-        print("error: --device_suite gpu is not implemented yet; only --device_suite cpu can be measured",
-              file=sys.stderr)
-        return 1
+        return gpu()
     import jax
 
     jax.config.update("jax_platforms", "cpu")
     import opt_jax
     from analyses import StatsError, benchmark
 
+    common = _set(batches=FLAGS.batches, warmup=FLAGS.warmup, seed=FLAGS.seed)
     if FLAGS.ngram_cost:
         seq_len = int(FLAGS.seq_lens[0])
         result = benchmark.ngram_cost(opt_jax.for_size(FLAGS.size), seq_len,
-                                      benchmark.batch_size_for(seq_len, FLAGS.tokens_per_batch), FLAGS.batches,
-                                      FLAGS.warmup, workdir=FLAGS.workdir, seed=FLAGS.seed)
+                                      benchmark.batch_size_for(seq_len, FLAGS.tokens_per_batch),
+                                      workdir=FLAGS.workdir, **common)
         print(json.dumps(result))
         return 0
     try:
         rows = benchmark.run_suite(
             opt_jax.for_size(FLAGS.size), seq_lens=[int(s) for s in FLAGS.seq_lens],
-            tokens_per_batch=FLAGS.tokens_per_batch, batches=FLAGS.batches, warmup=FLAGS.warmup,
-            group_size=FLAGS.group_size, chunk_batches=FLAGS.chunk_batches, workdir=FLAGS.workdir,
-            seed=FLAGS.seed, matmul_n=FLAGS.matmul_n, device_suite=FLAGS.device_suite)
-    except (opt_jax.ConfigError, StatsError, NotImplementedError) as e:
+            tokens_per_batch=FLAGS.tokens_per_batch, workdir=FLAGS.workdir,
+            **common, **_set(group_size=FLAGS.group_size, chunk_batches=FLAGS.chunk_batches,
+                             matmul_n=FLAGS.matmul_n))
+    except (opt_jax.ConfigError, StatsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"\nCommand: `{' '.join(['python scripts/benchmark.py', *sys.argv[1:]])}`\n")
     print(benchmark.markdown_table(rows))
+    return 0
+
+
+def gpu():
+    import opt_jax
+    from analyses import StatsError, benchmark
+
+    settings = _set(sizes=FLAGS.sizes and tuple(FLAGS.sizes), resident_sizes=FLAGS.resident_sizes and
+                    tuple(FLAGS.resident_sizes), shrink=FLAGS.shrink, seq_len=FLAGS.seq_len,
+                    batch_size=FLAGS.batch_size, batches=FLAGS.batches, warmup=FLAGS.warmup,
+                    chunk_batches=FLAGS.chunk_batches, group_size=FLAGS.group_size,
+                    token_layers=FLAGS.token_layers, matmul_n=FLAGS.matmul_n, seed=FLAGS.seed)
+    try:
+        rows = benchmark.device_suite(benchmark.DeviceSuite(**settings))
+    except (opt_jax.ConfigError, StatsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"\nCommand: `{' '.join(['python scripts/benchmark.py', *sys.argv[1:]])}`\n")
+    print(benchmark.device_markdown_table(rows))
     return 0
 
 

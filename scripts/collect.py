@@ -1,7 +1,7 @@
 """Collect FFN activation statistics of a converted OPT model over a corpus.
 
   python scripts/collect.py --model converted/opt-125m --corpus val.jsonl.zst --out stats/opt-125m
-  python scripts/collect.py ... --offload --group_size 8          # weights streamed from host memory
+  python scripts/collect.py ... --offload --group_size 8          # layer groups read and moved as needed
   # several hosts: the same command on each, with --coordinator HOST:PORT --num_processes N --process_id I;
   # each writes OUT/process-I-of-N, then: python scripts/merge_stats.py --parts OUT/process-* --out MERGED
 """
@@ -20,7 +20,8 @@ flags.DEFINE_integer("seq_len", 2048, "tokens per window (BOS + seq_len - 1 docu
 flags.DEFINE_integer("batch_size", 8, "windows per batch (divisible by the local device count)")
 flags.DEFINE_integer("max_tokens", None, "stop after this many tokens of the window stream")
 flags.DEFINE_bool("full_length_only", False, "keep only windows of exactly seq_len tokens")
-flags.DEFINE_bool("offload", False, "keep weights in host memory, stream layer groups to the device")
+flags.DEFINE_bool("offload", False, "stream the weights: read each layer group from the checkpoint when needed "
+                  "(two groups ahead) and move it to the device, instead of holding every layer there")
 flags.DEFINE_integer("group_size", None, "layers per streamed group (default: from device memory)")
 flags.DEFINE_integer("chunk_batches", 4, "batches per streamed chunk (each group is moved once per chunk)")
 flags.DEFINE_integer("max_layers", None, "run only the first K layers")
@@ -49,8 +50,9 @@ def main(argv):
     if FLAGS.num_processes > 1:
         jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     import analyses
-    from opt_jax.corpus import CorpusError
     from analyses.ngrams import NgramBudgetError
+    from opt_jax import CheckpointError
+    from opt_jax.corpus import CorpusError
 
     out = FLAGS.out
     if FLAGS.num_processes > 1:
@@ -68,7 +70,7 @@ def main(argv):
             flush_every_s=FLAGS.flush_every_s,
             flush_every_batches=FLAGS.flush_every_batches, overwrite=FLAGS.overwrite,
             process_index=FLAGS.process_id, process_count=FLAGS.num_processes)
-    except (analyses.StatsError, CorpusError, NgramBudgetError) as e:
+    except (analyses.StatsError, CorpusError, NgramBudgetError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"statistics: {path}")

@@ -1,11 +1,16 @@
 """The collection benchmark on a tiny model: structure and invariants (counts agree, FLOPs, ratios), never timings."""
 
 import json
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 import opt_jax
 from analyses import benchmark
+from opt_jax import bench
 
 TINY = opt_jax.OPTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, ffn_dim=256,
                          word_embed_proj_dim=64, vocab_size=500)
@@ -85,13 +90,6 @@ def test_counts_agree_with_a_hand_count(tmp_path):
     assert benchmark.agreement(ours, hf, 2 * SEQ)["act_agreement"] == 1.0
 
 
-def test_gpu_suite_is_refused_clearly():
-    with pytest.raises(NotImplementedError, match="gpu device suite is not implemented yet"):
-        benchmark.run_suite(TINY, device_suite="gpu")
-    with pytest.raises(ValueError, match="device_suite"):
-        benchmark.run_suite(TINY, device_suite="tpu")
-
-
 def test_interleaved_rounds_rotate_and_chunk():
     """Rounds of max(chunk) batches; each variant steps its own chunk size; the order rotates between rounds."""
     calls = []
@@ -120,3 +118,81 @@ def test_ngram_cost_on_a_tiny_model(tmp_path):
     assert result["distinct_pairs"] > 0 and result["pair_bytes"] == 16 * result["distinct_pairs"]
     assert result["tokens_counted"] == 3 * 2 * SEQ
     assert result["slowdown"] == pytest.approx(result["without_ngrams_tok_s"] / result["with_ngrams_tok_s"])
+
+
+def test_shrink_config_keeps_head_size_and_ratios():
+    big = opt_jax.for_size("66b")
+    small = benchmark.shrink_config(big, 32)
+    assert small.head_dim == big.head_dim == 128 and small.num_attention_heads == 2
+    assert (small.hidden_size, small.ffn_dim, small.num_hidden_layers, small.vocab_size) == (256, 1024, 4, 1571)
+    assert benchmark.shrink_config(big, 1) == big
+    assert benchmark.shrink_config(opt_jax.for_size("1.3b"), 64).num_attention_heads == 1
+    with pytest.raises(ValueError, match="shrink"):
+        benchmark.shrink_config(big, 0)
+
+
+def test_random_layers_depend_only_on_seed_and_layer():
+    config = benchmark.shrink_config(opt_jax.for_size("1.3b"), 32)
+    four = benchmark.random_layers(config, 0, 4, "bfloat16", 0)
+    two = benchmark.random_layers(config, 1, 2, "bfloat16", 0)  # layers 1 and 2 made in another group
+    other = benchmark.random_layers(config, 1, 2, "bfloat16", 1)
+    fc1 = np.asarray(four["ffn"]["fc1"]["weight"], np.float32)  # [4, f, d]
+    np.testing.assert_array_equal(np.asarray(two["ffn"]["fc1"]["weight"], np.float32), fc1[1:3])
+    assert not np.array_equal(np.asarray(other["ffn"]["fc1"]["weight"], np.float32), fc1[1:3])
+    assert not np.array_equal(fc1[0], fc1[1]) and 0.015 < fc1.std() < 0.025
+    assert four["ffn"]["fc1"]["weight"].dtype.name == "bfloat16"
+    assert (np.asarray(four["attn_norm"]["weight"]) == 1).all() and (np.asarray(four["ffn"]["fc1"]["bias"]) == 0).all()
+    source = benchmark.RandomLayers(config)
+    assert source.layer_bytes == bench.layer_bytes(config, 2) and source.num_layers == 4
+
+
+def test_device_suite_script_on_tiny_shapes():
+    """The gpu suite's whole code path on the CPU at 1/32 of the widths: records, tokens, and consistent figures."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "scripts/benchmark.py", "--device_suite", "gpu", "--sizes", "1.3b,66b", "--shrink", "32",
+           "--seq_len", "16", "--batch_size", "2", "--batches", "4", "--chunk_batches", "2", "--group_size", "1",
+           "--matmul_n", "64"]
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    kinds = [(r["measurement"], r.get("size")) for r in records]
+    assert kinds == [("machine", None), ("matmul", None),
+                     ("resident", "1.3b"), ("compute_only", "1.3b"), ("streamed", "1.3b"), ("summary", "1.3b"),
+                     ("compute_only", "66b"), ("streamed", "66b"), ("summary", "66b")]
+    matmul = records[1]["flops_per_s"]
+    assert matmul > 0 and records[0]["jax_backend"] == "cpu"
+    for r in records:
+        if r["measurement"] in ("resident", "compute_only", "streamed"):
+            assert r["tokens"] == 4 * 2 * 16 and r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds"])
+            assert len(r["step_seconds"]) == (4 if r["measurement"] == "resident" else 2)  # batches, or chunks of 2
+    rows = [r for r in records if r["measurement"] == "summary"]
+    for row in rows:
+        assert (row["layers"], row["groups"], row["group_size"], row["chunks"]) == (4, 4, 1, 2)
+        assert row["matmul_flops_per_s"] == matmul
+        config = benchmark.shrink_config(opt_jax.for_size(row["size"]), 32)
+        assert row["flops_per_token"] == benchmark.model_flops_per_token(config, 16)
+        for name in ("streamed", "compute_only") + (("resident",) if row["size"] == "1.3b" else ()):
+            assert row[f"{name}_tokens"] == 4 * 2 * 16 and row[f"{name}_tok_s"] > 0
+            assert row[f"{name}_fraction_of_matmul"] == pytest.approx(
+                row[f"{name}_tok_s"] * row["flops_per_token"] / matmul)
+        assert row["layer_transfer_s"] > 0 and row["transfer_per_chunk_s"] == pytest.approx(4 * row["layer_transfer_s"])
+        streamed, compute = (next(r for r in records if r["measurement"] == n and r["size"] == row["size"])
+                             for n in ("streamed", "compute_only"))
+        assert row["exposed_transfer_per_chunk_s"] == pytest.approx((streamed["seconds"] - compute["seconds"]) / 2)
+        assert row["transfer_hidden"] == pytest.approx(
+            1 - row["exposed_transfer_per_chunk_s"] / row["transfer_per_chunk_s"])
+        assert row["streamed_time_vs_compute_only"] == pytest.approx(streamed["seconds"] / compute["seconds"])
+    assert "resident_tok_s" not in rows[1] and rows[0]["streamed_time_vs_resident"] == pytest.approx(
+        rows[0]["resident_tok_s"] / rows[0]["streamed_tok_s"])
+    table = [line for line in lines if line.startswith("|")]
+    assert table[0].startswith("| model |") and len(table) == 4
+    assert table[2].startswith("| 1.3b / 32 | 4 x 64 x 256 | 4 (<= 1) |") and table[3].startswith("| 66b / 32 |")
+    assert "Command: `python scripts/benchmark.py --device_suite gpu" in result.stdout
+    assert "Matmul rate" in result.stdout and "Goal" not in result.stdout  # the 66b goal is for the real shape
+
+
+def test_device_suite_refuses_unknown_sizes():
+    with pytest.raises(opt_jax.ConfigError):
+        benchmark.device_suite(benchmark.DeviceSuite(sizes=("7b",)), emit=None, log=None)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from opt_jax.streaming import group_size_for, layer_bytes, split_layers, stream_groups
+from opt_jax.streaming import GroupStream, StackedLayers, group_size_for, layer_bytes, split_layers
 
 
 def test_split_layers_respects_size_and_boundaries():
@@ -16,14 +16,19 @@ def test_split_layers_respects_size_and_boundaries():
         split_layers(range(5), 0)
 
 
-def test_stream_groups_yields_each_group_on_the_device():
-    stacked = {"w": np.arange(6 * 4, dtype=np.float32).reshape(6, 4), "b": {"c": np.ones((6, 2), np.int32)}}
+def test_group_stream_yields_each_group_on_the_device_in_order():
+    stacked = {"w": np.arange(9 * 4, dtype=np.float32).reshape(9, 4), "b": {"c": np.ones((9, 2), np.int32)}}
+    groups = split_layers(range(9), 4)
+    stream = GroupStream(StackedLayers(stacked), groups)
     seen = []
-    for group, params in stream_groups(stacked, split_layers(range(6), 4)):
-        assert isinstance(params["w"], jax.Array)
+    for _ in range(2 * len(groups)):
+        group, params = stream.next()
+        stream.advance(after=jax.numpy.zeros(3))
+        assert isinstance(params["w"], jax.Array) and isinstance(params["b"]["c"], jax.Array)
         np.testing.assert_array_equal(np.asarray(params["w"]), stacked["w"][group.start:group.stop])
         seen.append(group)
-    assert seen == [range(0, 4), range(4, 6)]
+    stream.close()
+    assert seen == 2 * [range(0, 4), range(4, 8), range(8, 9)]
 
 
 class _FakeDevice:
@@ -35,8 +40,8 @@ class _FakeDevice:
 
 
 def test_group_size_from_device_memory():
-    stacked = {"w": np.zeros((64, 1000), np.float32)}  # 4000 bytes a layer
-    assert layer_bytes(stacked) == 4000
+    stacked = StackedLayers({"w": np.zeros((64, 1000), np.float32)})  # 4000 bytes a layer
+    assert layer_bytes(stacked.stacked) == stacked.layer_bytes == 4000 and stacked.num_layers == 64
     # 0.3 of 100 kB free, two groups in flight: 30000 // 8000 = 3 layers.
     assert group_size_for(stacked, _FakeDevice(110_000, 10_000)) == 3
     assert group_size_for(stacked, _FakeDevice(1_000, 999)) == 1
