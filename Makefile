@@ -2,13 +2,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Conversion source: a local HF checkpoint directory (HF_PATH) or a size in the HF cache (SIZE).
+# Conversion source (make convert): a local HF checkpoint directory (HF_PATH) or a size in the HF cache (SIZE).
 HF_PATH ?=
 SIZE ?=
-OUT ?= converted
+CONVERTED ?= converted
+# The main job's output directory and extra flags for scripts/study.py (e.g. ARGS="--model converted/opt-125m").
+OUT ?= out
+ARGS ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install run test test-all
+.PHONY: install run convert test test-all
 
 $(VENV)/.installed: setup.cfg requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +23,19 @@ $(VENV)/.installed: setup.cfg requirements.lock
 
 install: $(VENV)/.installed
 
-# The main job: convert an OPT checkpoint (HF_PATH=dir or SIZE=125m..66b) into OUT;
-# with neither, convert a random-weight OPT-125m-shaped demo checkpoint and run it.
+# The main job: collect statistics of the shipped trained twins on the Python standard library and write
+# the study's report, figures and tables into OUT/report (a few minutes on 2 cores).
 run: install
+	$(PY) scripts/study.py --out '$(OUT)' $(ARGS)
+
+# Convert an OPT checkpoint (HF_PATH=dir or SIZE=125m..66b) into CONVERTED.
+convert: install
 ifneq ($(HF_PATH),)
-	$(PY) scripts/convert.py --hf_path '$(HF_PATH)' --out '$(OUT)'
+	$(PY) scripts/convert.py --hf_path '$(HF_PATH)' --out '$(CONVERTED)'
 else ifneq ($(SIZE),)
-	$(PY) scripts/convert.py --size '$(SIZE)' --out '$(OUT)'
+	$(PY) scripts/convert.py --size '$(SIZE)' --out '$(CONVERTED)'
 else
-	$(PY) scripts/demo.py --out '$(OUT)'
+	@echo "make convert needs HF_PATH=dir or SIZE=125m..66b" && exit 2
 endif
 
 test: install

@@ -325,6 +325,7 @@ def figure_types_per_layer(results: dict[str, PositionalResult], path: str) -> s
         ax.set_title(f"{name}: positional neurons per layer ({len(result.neurons)} in all)")
         ax.set_xlabel("layer index")
         ax.set_ylabel("neurons")
+        ax.set_ylim(bottom=0)
         if row == 0:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="type (strength)",
                       title_fontsize=7)

@@ -40,8 +40,17 @@ def test_convert_script_bad_checkpoint_fails_clearly(pre_ln_model, tmp_path):
     assert result.returncode == 1 and "truncated" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_demo_main_job_runs(tmp_path):
-    result = _run("scripts/demo.py", "--out", str(tmp_path), "--size", "350m", "--layers", "2", "--seq_len", "16")
-    assert result.returncode == 0, result.stderr
-    assert "masks (2, 2, 16, 512) uint8" in result.stdout
-    assert result.stdout.count("% of (token, neuron) pairs active") == 2
+def test_main_job_runs_end_to_end(tmp_path):
+    """The README's main command (scripts/study.py, what `make run` runs), at smoke size."""
+    result = _run("scripts/study.py", "--out", str(tmp_path), "--max_tokens", "3000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    with open(tmp_path / "report" / "report.json") as f:
+        report = json.load(f)
+    assert list(report["models"]) == ["stdlib-4l", "stdlib-4l-nopos"]
+    for name, model in report["models"].items():
+        assert model["tokens"] >= 3000 and model["full_length_sequences"] == model["sequences"]
+        assert f"{name}: {model['tokens']:,} tokens" in result.stdout
+    assert (tmp_path / "report" / "fig8_positional_types.png").stat().st_size > 10_000
+    assert "collect:" in result.stderr and "tokens/s" in result.stderr

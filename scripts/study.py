@@ -1,0 +1,46 @@
+"""The main job: statistics of the models over a corpus, then every analysis (report.json, figures, tables).
+
+  python scripts/study.py                      # the shipped twins on the Python standard library -> out/
+  python scripts/study.py --model converted/opt-125m --corpus pile_val.jsonl.zst --seq_len 2048 \\
+      --max_tokens 5000000 --out out/opt-125m
+"""
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", "out", "output directory: corpus/, stats/<name>/, report/")
+flags.DEFINE_multi_string("model", None, "converted model directories (default: the shipped twins)")
+flags.DEFINE_list("names", None, "a name per model (default: the directories' names)")
+flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs (default: the Python standard "
+                          "library, written to OUT/corpus/stdlib.jsonl)")
+flags.DEFINE_integer("seq_len", 128, "tokens per window; only full-length windows are kept")
+flags.DEFINE_integer("batch_size", 16, "windows per batch")
+flags.DEFINE_integer("max_tokens", 200_000, "tokens collected per model (0: the whole corpus)")
+flags.DEFINE_list("ngram_orders", ["2", "3"], "n-gram orders counted exactly")
+flags.DEFINE_list("analyses", ["dead", "ngrams", "detectors", "suppression", "positional"], "analyses to run")
+flags.DEFINE_bool("overwrite", False, "replace statistics collected with other flags")
+
+
+def main(argv):
+    del argv
+    from analyses import report
+    from analyses.ngrams import NgramBudgetError
+    from analyses.study import run_study
+
+    try:
+        result = run_study(FLAGS.out, FLAGS.model, FLAGS.corpus, FLAGS.names, seq_len=FLAGS.seq_len,
+                           batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens or None,
+                           ngram_orders=[int(k) for k in FLAGS.ngram_orders], analyses=FLAGS.analyses,
+                           overwrite=FLAGS.overwrite)
+    except (ValueError, FileNotFoundError, NgramBudgetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report.summary(result))
+    print(f"report, figures and tables: {FLAGS.out}/report/")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
