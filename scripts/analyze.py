@@ -5,11 +5,10 @@
 Every threshold is a flag with the paper's value as default (see --helpfull).
 """
 
-import sys
-
 from absl import app, flags
 
 from analyses import report
+from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("stats", None, "statistics directories written by scripts/collect.py", required=True)
@@ -33,15 +32,10 @@ for _name, _default in report.flat_thresholds().items():
 def main(argv):
     stats = FLAGS.stats + argv[1:]
     thresholds = report.thresholds_from_flat({name: FLAGS[name].value for name in report.flat_thresholds()})
-    try:
-        result = report.analyze(stats, FLAGS.out, analyses=FLAGS.analyses, names=FLAGS.names,
-                                model_dirs=FLAGS.model, thresholds=thresholds)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(report.summary(result))
-    print(f"report: {FLAGS.out}/report.json")
-    return 0
+    return cli.run(lambda: report.analyze(stats, FLAGS.out, analyses=FLAGS.analyses, names=FLAGS.names,
+                                          model_dirs=FLAGS.model, thresholds=thresholds),
+                   (ValueError, FileNotFoundError),
+                   lambda result: f"{report.summary(result)}\nreport: {FLAGS.out}/report.json")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@
 """
 
 import os
-import sys
 
 from absl import app, flags
+
+from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "converted opt_jax checkpoint directory", required=True)
@@ -57,8 +58,7 @@ def main(argv):
     out = FLAGS.out
     if FLAGS.num_processes > 1:
         out = os.path.join(out, f"process-{FLAGS.process_id}-of-{FLAGS.num_processes}")
-    try:
-        path = analyses.collect(
+    return cli.run(lambda: analyses.collect(
             FLAGS.model, FLAGS.corpus, out, seq_len=FLAGS.seq_len, batch_size=FLAGS.batch_size,
             max_tokens=FLAGS.max_tokens, full_length_only=FLAGS.full_length_only, offload=FLAGS.offload,
             group_size=FLAGS.group_size, chunk_batches=FLAGS.chunk_batches, max_layers=FLAGS.max_layers,
@@ -69,12 +69,8 @@ def main(argv):
             ngram_coverage_fraction=FLAGS.ngram_coverage_fraction,
             flush_every_s=FLAGS.flush_every_s,
             flush_every_batches=FLAGS.flush_every_batches, overwrite=FLAGS.overwrite,
-            process_index=FLAGS.process_id, process_count=FLAGS.num_processes)
-    except (analyses.StatsError, CorpusError, NgramBudgetError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"statistics: {path}")
-    return 0
+            process_index=FLAGS.process_id, process_count=FLAGS.num_processes),
+        (analyses.StatsError, CorpusError, NgramBudgetError, CheckpointError), lambda path: f"statistics: {path}")
 
 
 if __name__ == "__main__":

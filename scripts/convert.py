@@ -4,11 +4,10 @@
   python scripts/convert.py --hf_path /path/to/checkpoint --out DIR   # any local HF checkpoint directory
 """
 
-import sys
-
 from absl import app, flags
 
 import opt_jax
+from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("size", None, f"OPT size, resolved as facebook/opt-SIZE in the HF cache: {', '.join(opt_jax.SIZES)}")
@@ -26,14 +25,9 @@ def main(argv):
     out = FLAGS.out or (f"converted/opt-{FLAGS.size}" if FLAGS.size else None)
     if out is None:
         raise app.UsageError("--out is required with --hf_path")
-    try:
-        path = opt_jax.convert(FLAGS.hf_path or FLAGS.size, out, dtype=FLAGS.dtype, cache_dir=FLAGS.cache_dir,
-                               overwrite=FLAGS.overwrite)
-    except (opt_jax.CheckpointError, opt_jax.ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"converted checkpoint: {path}")
-    return 0
+    return cli.run(lambda: opt_jax.convert(FLAGS.hf_path or FLAGS.size, out, dtype=FLAGS.dtype,
+                                           cache_dir=FLAGS.cache_dir, overwrite=FLAGS.overwrite),
+                   (opt_jax.CheckpointError, opt_jax.ConfigError), lambda path: f"converted checkpoint: {path}")
 
 
 if __name__ == "__main__":

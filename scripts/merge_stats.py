@@ -4,11 +4,11 @@
 """
 
 import glob
-import sys
 
 from absl import app, flags
 
 import analyses
+from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("parts", None, "partial statistics directories (globs allowed)", required=True)
@@ -18,13 +18,8 @@ flags.DEFINE_bool("overwrite", False, "replace existing statistics in --out")
 
 def main(argv):
     parts = sorted({p for pattern in FLAGS.parts + argv[1:] for p in (glob.glob(pattern) or [pattern])})
-    try:
-        path = analyses.merge_stats(parts, FLAGS.out, overwrite=FLAGS.overwrite)
-    except analyses.StatsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"merged {len(parts)} parts into {path}")
-    return 0
+    return cli.run(lambda: analyses.merge_stats(parts, FLAGS.out, overwrite=FLAGS.overwrite),
+                   (analyses.StatsError,), lambda path: f"merged {len(parts)} parts into {path}")
 
 
 if __name__ == "__main__":

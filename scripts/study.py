@@ -5,9 +5,9 @@
       --max_tokens 5000000 --out out/opt-125m
 """
 
-import sys
-
 from absl import app, flags
+
+from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "out", "output directory: corpus/, stats/<name>/, report/")
@@ -29,17 +29,12 @@ def main(argv):
     from analyses.ngrams import NgramBudgetError
     from analyses.study import run_study
 
-    try:
-        result = run_study(FLAGS.out, FLAGS.model, FLAGS.corpus, FLAGS.names, seq_len=FLAGS.seq_len,
-                           batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens or None,
-                           ngram_orders=[int(k) for k in FLAGS.ngram_orders], analyses=FLAGS.analyses,
-                           overwrite=FLAGS.overwrite)
-    except (ValueError, FileNotFoundError, NgramBudgetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(report.summary(result))
-    print(f"report, figures and tables: {FLAGS.out}/report/")
-    return 0
+    return cli.run(lambda: run_study(FLAGS.out, FLAGS.model, FLAGS.corpus, FLAGS.names, seq_len=FLAGS.seq_len,
+                                     batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens or None,
+                                     ngram_orders=[int(k) for k in FLAGS.ngram_orders], analyses=FLAGS.analyses,
+                                     overwrite=FLAGS.overwrite),
+                   (ValueError, FileNotFoundError, NgramBudgetError),
+                   lambda result: f"{report.summary(result)}\nreport, figures and tables: {FLAGS.out}/report/")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@
   # killed, the same command resumes; each step-N/ is a checkpoint for opt_jax.load and scripts/collect.py
 """
 
-import sys
-
 from absl import app, flags
+
+from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "run directory (snapshots step-N/, resume state, log.jsonl)", required=True)
@@ -51,7 +51,8 @@ def main(argv):
     from opt_jax import train
     from opt_jax.corpus import CorpusError
 
-    try:
+
+    def run_training():
         config = train.model_config(
             FLAGS.size, layers=FLAGS.layers, hidden=FLAGS.hidden, heads=FLAGS.heads, ffn=FLAGS.ffn,
             vocab_size=FLAGS.vocab or train.tokenizer_size(FLAGS.tokenizer) or 4096,
@@ -64,12 +65,9 @@ def main(argv):
             save_steps=tuple(int(s) for s in FLAGS.save_steps), save_dtype=FLAGS.save_dtype,
             export_hf=FLAGS.export_hf, save_every_s=FLAGS.save_every_s, log_every=FLAGS.log_every,
             overwrite=FLAGS.overwrite)
-        out = train.train(FLAGS.out, config, options, corpus=FLAGS.corpus, tokenizer=FLAGS.tokenizer)
-    except (train.TrainError, CorpusError, ConfigError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"trained: {out}")
-    return 0
+        return train.train(FLAGS.out, config, options, corpus=FLAGS.corpus, tokenizer=FLAGS.tokenizer)
+
+    return cli.run(run_training, (train.TrainError, CorpusError, ConfigError, OSError), lambda out: f"trained: {out}")
 
 
 if __name__ == "__main__":

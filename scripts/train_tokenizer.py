@@ -5,9 +5,9 @@
   # then: scripts/train.py --tokenizer tokenizers/stdlib-4096 ...; AutoTokenizer.from_pretrained(OUT) loads it
 """
 
-import sys
-
 from absl import app, flags
+
+from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "tokenizer directory to write", required=True)
@@ -23,7 +23,8 @@ def main(argv):
     from opt_jax.corpus import CorpusError, corpus_fingerprint, expand_paths, iter_documents
     from opt_jax.tokenizer import train_tokenizer
 
-    try:
+
+    def run_training():
         if FLAGS.corpus:
             files = expand_paths(FLAGS.corpus)
             documents = iter_documents(files, FLAGS.text_key)
@@ -31,12 +32,9 @@ def main(argv):
         else:
             documents = (d["text"] for d in stdlib_corpus.documents())
             record = {"stdlib": stdlib_corpus.describe()}
-        out = train_tokenizer(documents, FLAGS.vocab, FLAGS.out, record)
-    except (CorpusError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"tokenizer: {out}")
-    return 0
+        return train_tokenizer(documents, FLAGS.vocab, FLAGS.out, record)
+
+    return cli.run(run_training, (CorpusError, ValueError, OSError), lambda out: f"tokenizer: {out}")
 
 
 if __name__ == "__main__":
