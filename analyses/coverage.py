@@ -14,8 +14,6 @@ import numpy as np
 
 # Token rows read at once from a tok_act layer (one stored chunk).
 ROW_BLOCK = 4096
-# Neurons per block when converting dense [items, neurons] tables: bounds the temporary copies.
-NEURON_BLOCK = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,18 +69,6 @@ def covering_counts_of(layer: ItemCounts, fraction: float = 0.95) -> np.ndarray:
     out = np.zeros(layer.num_neurons, np.int64)  # [n]
     neurons, first = np.unique(layer.neurons[reached], return_index=True)  # first reaching triple per neuron
     out[neurons] = ranks[reached][first] + 1
-    return out
-
-
-def covering_counts(counts, fraction: float = 0.95) -> np.ndarray:
-    """Per neuron of a dense [items, neurons] table, the 95% covering count: int64 [neurons] (0 if dead)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    items, neurons = counts.shape
-    out = np.zeros(neurons, np.int64)  # [n]
-    for start in range(0, neurons, NEURON_BLOCK):
-        block = np.asarray(counts[:, start:start + NEURON_BLOCK])  # [i, n]
-        out[start:start + block.shape[1]] = covering_counts_of(ItemCounts.from_dense(block), fraction)
     return out
 
 

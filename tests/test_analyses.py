@@ -222,7 +222,7 @@ def test_item_counts_and_coverage_of_sparse_triples():
         want = [covering(collections.Counter({i: c for i, c in enumerate(dense[:, n]) if c}), fraction)
                 for n in range(9)]
         assert coverage.covering_counts_of(sparse, fraction).tolist() == want
-        assert coverage.covering_counts(dense, fraction).tolist() == want
+        assert coverage.covering_counts_of(coverage.ItemCounts.from_dense(dense), fraction).tolist() == want
 
 
 def test_new_items_per_layer():

@@ -19,13 +19,13 @@ def _loop_coverage(column, fraction):
 
 @pytest.mark.parametrize("fraction", [0.95, 0.5, 1.0])
 def test_covering_counts_match_a_loop(monkeypatch, fraction):
-    monkeypatch.setattr(coverage, "NEURON_BLOCK", 7)  # several blocks, the last one short
+    monkeypatch.setattr(coverage, "ROW_BLOCK", 7)  # dense rows read in several blocks, the last one short
     rng = np.random.default_rng(0)
     counts = rng.integers(0, 5, (40, 23)) * (rng.random((40, 23)) < 0.3)  # [items, neurons], sparse
     counts[:, 3] = 0  # a dead neuron
     counts[:, 4] = 0
     counts[11, 4] = 9  # a single-item neuron
-    got = coverage.covering_counts(counts, fraction)
+    got = coverage.covering_counts_of(coverage.ItemCounts.from_dense(counts), fraction)
     want = [_loop_coverage(counts[:, n].tolist(), fraction) for n in range(23)]
     assert got.tolist() == want
     assert got[3] == 0 and got[4] == 1
@@ -39,4 +39,4 @@ def test_candidates_are_alive_and_covered_by_few_tokens():
     candidates = coverage.ngram_candidates(tok_act, max_coverage=2)
     assert candidates.tolist() == [[True, False, False, False], [False, False, True, False]]
     with pytest.raises(ValueError):
-        coverage.covering_counts(tok_act[0], fraction=0)
+        coverage.covering_counts_of(coverage.ItemCounts.from_dense(tok_act[0]), fraction=0)
