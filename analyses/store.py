@@ -25,6 +25,8 @@ FORMAT = "opt_jax.stats"
 VERSION = 1
 _CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
            {"name": "zstd", "configuration": {"level": 3}}]
+# Blocks a commit writes while it reads and adds the next ones (each at most one chunk).
+WRITES_IN_FLIGHT = 2
 # Rows of tok_act per chunk: keeps a chunk to ~vocab_rows * ffn * 8 bytes uncompressed.
 TOK_ROWS_PER_CHUNK = 4096
 
@@ -131,6 +133,7 @@ class StatsStore:
             store = _create(os.path.join(new_dir, name), value.shape, (max(1, min(len(value), 1 << 22)),))
             if len(value):
                 store.write(value).result()
+        writes = []
         for name in self.manifest["arrays"]:
             if name in replacements:
                 continue
@@ -149,7 +152,11 @@ class StatsStore:
                     if delta_row is not None:
                         value = value + delta_row[block]
                     if value.any():
-                        new[row][block].write(value).result()
+                        writes.append(new[row][block].write(value))  # compressed and written meanwhile
+                    while len(writes) > WRITES_IN_FLIGHT:
+                        writes.pop(0).result()
+        for write in writes:
+            write.result()
         _fsync_tree(new_dir)
         arrays = self.manifest["arrays"] | {n: [len(v)] for n, v in replacements.items()}
         self.manifest = self.manifest | manifest_updates | {"generation": new_gen, "arrays": arrays}

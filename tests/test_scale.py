@@ -38,3 +38,12 @@ def test_measure_runs_each_pass_and_finds_the_planted_neurons(store):
     assert all(r["peak_rss"] > 0 and r["seconds"] > 0 for r in results.values())
     text = scale.table(results, root)
     assert "| analyze |" in text and "positional neurons found: 30" in text
+
+
+def test_commit_speed_table_and_store_contents(tmp_path):
+    text = scale.commit_speed(str(tmp_path / "c"), layers=2, positions=16, neurons=32, in_flight=(0, 2), rounds=1)
+    assert "| 0 |" in text and "| 2 |" in text and text.count("\n") == 3
+    stats = open_stats(str(tmp_path / "c"))
+    counts = np.random.default_rng(0).binomial(1000, 0.05, (16, 32))
+    # two commits (one per setting) each added the same counts: both ways write the same data
+    np.testing.assert_array_equal(np.asarray(stats.pos_act), np.stack([2 * counts] * 2))
