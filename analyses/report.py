@@ -278,7 +278,7 @@ def _tables(results: list[ModelResults], wanted: set, out_dir: str) -> list[str]
         paths.append(_write_csv(f"{out_dir}/trigram_detectors.csv", rows,
                                 ["model", "layer", "neuron", "trigrams", "trigram_strings", "covered_fraction"]))
     if "positional" in wanted:
-        rows = [{"model": r.name} | p for r in results for p in r.positional.neurons]
+        rows = [{"model": r.name} | p for r in results for p in positional.to_rows(r.positional)]
         paths.append(_write_csv(f"{out_dir}/positional_neurons.csv", rows,
                                 ["model", "layer", "neuron", "mi", "type", "strength"]))
     return paths
