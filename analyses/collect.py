@@ -233,14 +233,32 @@ class Runner:
         jax.block_until_ready(self.accs)
 
     def deltas(self) -> dict:
-        """The device counters as store deltas: act whole, pos_act and tok_act one layer at a time."""
+        """The device counters as store deltas: act whole; pos_act and tok_act one block at a time.
+
+        A block (the store's chunk: one layer, some positions or token rows, some neurons) is sliced on the
+        device and only it crosses to the host, so a flush holds at most a chunk of a [vocab, ffn] layer.
+        """
         where = {layer: (gi, j) for gi, g in enumerate(self.groups) for j, layer in enumerate(g)}
         token_layers = self.plan.token_layers
+
+        def block_of(name, layer_of):
+            def read(block):  # (layers, rows, neurons) slices, one layer
+                gi, j = where[layer_of(block[0].start)]
+                return np.asarray(self.accs[gi][name][(j, *block[1:])], np.int64)[None]  # [1, r, n]
+            return read
+
         return {
-            "act": np.concatenate([np.asarray(a["act"]) for a in self.accs]),
-            "pos_act": lambda l: np.asarray(self.accs[where[l][0]]["pos_act"][where[l][1]]),
-            "tok_act": lambda t: np.asarray(self.accs[where[token_layers[t]][0]]["tok_act"][where[token_layers[t]][1]]),
+            "act": np.concatenate([np.asarray(a["act"], np.int64) for a in self.accs]),  # [l, n]
+            "pos_act": block_of("pos_act", lambda l: l),
+            "tok_act": block_of("tok_act", lambda t: token_layers[t]),
         }
+
+
+    def layer_counts(self, name: str, layer: int) -> np.ndarray:
+        """One layer's device counter (`pos_act` by layer, `tok_act` by token layer index) as int64 on the host."""
+        layer = self.plan.token_layers[layer] if name == "tok_act" else layer
+        gi = next(gi for gi, g in enumerate(self.groups) if layer in g)
+        return np.asarray(self.accs[gi][name][layer - self.groups[gi].start], np.int64)
 
 
 def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
@@ -284,7 +302,7 @@ def _ngram_neurons(plan: st.Plan, options: Options) -> tuple[np.ndarray | None, 
     missing = [l for l in plan.token_layers if l not in source.token_layers]
     if missing:
         raise StatsError(f"{where}: has no token statistics for layers {missing}")
-    rows = [source.tok_act[source.token_layers.index(l)] for l in plan.token_layers]  # [v, n] each
+    rows = [source.tok_act.view(source.token_layers.index(l)) for l in plan.token_layers]  # lazy [v, n] each
     tracked = ngram_candidates(rows, options.ngram_max_coverage, options.ngram_coverage_fraction)  # [t, n]
     return tracked, {"path": os.path.abspath(where), "corpus_fingerprint": source.manifest["corpus"]["fingerprint"],
                      "tokens": source.tokens, "tracked_neurons": int(tracked.sum())}
