@@ -52,7 +52,7 @@ def array_layouts(num_layers: int, num_token_layers: int, seq_len: int, vocab: i
 
 def chunk_blocks(shape, chunk) -> list[tuple[slice, ...]]:
     """The chunk-aligned blocks covering an array, in C order; the last block of each axis is cut at its end."""
-    axes = [[slice(start, min(start + step, size)) for start in range(0, size, step)] or [slice(0, 0)]
+    axes = [[slice(start, min(start + step, size)) for start in range(0, size, step)]
             for size, step in zip(shape, chunk)]
     return [tuple(block) for block in itertools.product(*axes)]
 
@@ -164,21 +164,29 @@ class StatsStore:
             if len(value):
                 store.write(value).result()
         writes = []
-        for name in self.manifest["arrays"]:
-            if name in replacements:
-                continue
-            old = self.array(name)
-            chunk = old.chunk_layout.write_chunk.shape
-            new = _create(os.path.join(new_dir, name), old.shape, chunk)
-            delta = deltas.get(name)
-            for block in chunk_blocks(old.shape, chunk):
-                value = old[block].read().result()
-                if delta is not None:
-                    value = value + (delta(block) if callable(delta) else np.asarray(delta)[block])
-                if value.any():
-                    writes.append(new[block].write(value))  # compressed and written meanwhile
-                while len(writes) > WRITES_IN_FLIGHT:
-                    writes.pop(0).result()
+        try:
+            for name in self.manifest["arrays"]:
+                if name in replacements:
+                    continue
+                old = self.array(name)
+                chunk = old.chunk_layout.write_chunk.shape
+                new = _create(os.path.join(new_dir, name), old.shape, chunk)
+                delta = deltas.get(name)
+                for block in chunk_blocks(old.shape, chunk):
+                    value = old[block].read().result()
+                    if delta is not None:
+                        value = value + (delta(block) if callable(delta) else np.asarray(delta)[block])
+                    if value.any():
+                        writes.append(new[block].write(value))  # compressed and written meanwhile
+                    while len(writes) > WRITES_IN_FLIGHT:
+                        writes.pop(0).result()
+        except BaseException:  # interrupted: no write may land after the caller (or a rerun) cleans up
+            for write in writes:
+                try:
+                    write.result()
+                except Exception:  # noqa: BLE001 - the interruption is the error to report
+                    pass
+            raise
         for write in writes:
             write.result()
         _fsync_tree(new_dir)
