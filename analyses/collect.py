@@ -28,7 +28,7 @@ from opt_jax import checkpoint as ckpt
 from opt_jax.bits import unpack_masks
 from opt_jax.model import Params, param_shapes, unflatten
 from opt_jax.progress import Progress
-from opt_jax.streaming import CheckpointLayers, GroupStream, StackedLayers, group_size_for
+from opt_jax.streaming import CheckpointLayers, GroupStream, StackedLayers, group_size_for, put_now
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +139,10 @@ def working_bytes(plan: st.Plan, options: Options, itemsize: int) -> int:
     return ffn + hidden + attention + chunk
 
 
+# Host memory of the interpreter, JAX and XLA's compiled programs beside the arrays (measured: about 1.5 GB).
+RUNTIME_BYTES = 2 * 10**9
+
+
 def flush_bytes() -> int:
     """Host memory of a commit: the blocks in flight, each at most one chunk (old, delta, sum) of int64."""
     return (WRITES_IN_FLIGHT + 3) * CHUNK_CELLS * 8
@@ -168,7 +172,7 @@ def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: 
         host_available = psutil.virtual_memory().available
     if on_host:
         # Loading the weights holds one group twice (read, then copied) before the counters exist.
-        needed = max(weights + counters + working + host, weights + group)
+        needed = max(weights + counters + working + host, weights + group) + RUNTIME_BYTES
         free, where = host_available, f"{device} (host memory, shared with the device)"
     else:
         needed, free, where = weights + counters + working, stats["bytes_limit"] - stats.get("bytes_in_use", 0), device
@@ -211,7 +215,7 @@ class Runner:
         check_memory(plan, self.groups, self.layers.layer_bytes, options, devices[0])
         self.stream = GroupStream(self.layers, self.groups, self.replicated) if options.offload else None
         if not options.offload:
-            self.group_params = [jax.device_put(self.layers.read(g), self.replicated) for g in self.groups]
+            self.group_params = [put_now(self.layers.read(g), self.replicated) for g in self.groups]
         self.ngrams = None  # an NgramTable when n-grams are counted: set by `collect` from the store
         self.ngram_neurons = None  # bool [token_layers, ffn]: the neurons n-grams are counted for (None: all)
         self.reset()

@@ -78,7 +78,8 @@ class CheckpointLayers:
             raise ValueError(f"{self.root}: layers {group.start}..{group.stop - 1} are outside "
                              f"the {self.num_layers} layers read")
         pending = {p: s[group.start:group.stop].read() for p, s in self.stores.items()}  # all reads in flight
-        flat = {p: self._cast(p, group, future) for p, future in pending.items()}
+        # Each raw array is dropped once cast: a group costs its cast size plus one raw parameter, not both whole.
+        flat = {p: self._cast(p, group, pending.pop(p)) for p in list(pending)}
         return unflatten(flat)["layers"]
 
     def _cast(self, path: str, group: range, future) -> np.ndarray:
@@ -88,6 +89,16 @@ class CheckpointLayers:
             raise CheckpointError(f"{os.path.join(self.root, ckpt.PARAMS_DIR, path)}: cannot read layers "
                                   f"{group.start}..{group.stop - 1} ({e})") from None
         return value.astype(self.target, copy=False) if self.target is not None else value
+
+
+def put_now(host: Params, sharding=None) -> Params:
+    """Move parameters to the device and wait until they are there, so the host copy is freed on return.
+
+    `jax.device_put` is asynchronous and keeps the host arrays alive until the copy is done: loading
+    several groups in a row without waiting can hold all their host copies at once (on the CPU, where the
+    device is the host, that is twice the weights).
+    """
+    return jax.block_until_ready(jax.device_put(host, sharding))
 
 
 def group_size_for(source, device=None, fraction: float = 0.3) -> int:
@@ -113,7 +124,7 @@ class GroupStream:
 
     def __init__(self, source, groups: Sequence[range], sharding=None):
         self.source, self.groups, self.sharding = source, list(groups), sharding
-        self.resident = [self._put(source.read(g)) for g in groups] if len(groups) <= 2 else None
+        self.resident = [put_now(source.read(g), sharding) for g in groups] if len(groups) <= 2 else None
         self._order = itertools.cycle(range(len(groups)))
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="opt_jax-layer-reader")
         self._reads = collections.deque()  # (group index, future of its host params)

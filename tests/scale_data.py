@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 
 import numpy as np
 import torch
@@ -154,7 +155,7 @@ def write_random_converted(root: str, config, dtype: str = "float16", seed: int 
     sigma = 0.15 * config.hidden_size ** 0.5
 
     def make(path: str, shape: tuple, layer: int | None) -> np.ndarray:
-        rng = np.random.default_rng([seed, hash(path) % 2**31, -1 if layer is None else layer])
+        rng = np.random.default_rng([seed, zlib.crc32(path.encode()), 0 if layer is None else layer + 1])
         if path.endswith("fc1/bias"):
             return -sigma * rng.uniform(1.0, 4.5, shape)
         if "norm" in path and path.endswith("weight"):

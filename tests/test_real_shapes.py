@@ -23,6 +23,7 @@ import analyses
 import hf_models
 import opt_jax
 import scale_data as sd
+from opt_jax import bench
 from opt_jax import checkpoint as ckpt
 
 pytestmark = pytest.mark.real
@@ -299,9 +300,10 @@ def test_opt_66b_widths_stream_in_bounded_memory(tmp_path):
         assert not os.path.exists(tmp_path / "both" / "data-000001"), "refused before counting anything"
 
     peak, result = peak_rss_of("collect.py", *common, "--out", str(tmp_path / "stats"), "--token_layers", "0")
-    if result.returncode != 0:  # refused up front on a machine with less free memory than CI's
+    if result.returncode != 0 and not os.environ.get("CI"):  # a developer's machine busy with other work
         assert "are free" in result.stdout + result.stderr, result.stderr[-3000:]
         pytest.skip("refused up front: " + (result.stdout + result.stderr).strip().splitlines()[-1])
+    assert result.returncode == 0, f"CI's 24 GB machine must run it:\n{result.stdout[-2000:]}{result.stderr[-4000:]}"
     stats = analyses.open_stats(str(tmp_path / "stats"))
     assert stats.tokens == 512
     act, pos_act = np.asarray(stats.act), [stats.pos_act[l] for l in range(2)]
@@ -312,7 +314,10 @@ def test_opt_66b_widths_stream_in_bounded_memory(tmp_path):
     np.testing.assert_array_equal(tok_total + pos_act[0][0], act[0])  # + the BOS row
     assert 0 < act[0].sum() < 0.5 * 512 * config.ffn_dim
     print(f"66b widths, 2 layers, float32: collect peak RSS {peak / 1e9:.2f} GB")
-    assert peak < 20e9, f"peak RSS {peak / 1e9:.1f} GB"
+    # Weights, the token layer's counters and the embedding (17.4 GB), plus the runtime, a step and one commit
+    # block (measured 19.9 GB in all); no whole [vocab, ffn] layer on the host, which alone is 7.4 GB as int32.
+    arrays = 2 * bench.layer_bytes(config, 4) + config.vocab_size * config.ffn_dim * 4 + config.vocab_size * 9216 * 4
+    assert peak < arrays + 3.5e9, f"peak RSS {peak / 1e9:.1f} GB, arrays {arrays / 1e9:.1f} GB"
 
     # Layer 0 against an independent float64 numpy forward of the same window.
     params = ckpt.read_params(converted, "float32", layers=slice(0, 1))
