@@ -38,6 +38,7 @@ from opt_jax.checkpoint import DTYPES
 from opt_jax.config import OPTConfig
 from opt_jax.model import param_shapes, unflatten
 from opt_jax.streaming import group_size_for, layer_bytes, slice_layers
+from opt_jax.errors import InputError
 
 
 @dataclasses.dataclass
@@ -348,11 +349,11 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
               log: Callable[[str], None] | None = _default_log) -> list[dict]:
     """The cpu suite: every measurement for each seq_len on the same batches; one record each, one row per seq_len."""
     if batches < 1 or warmup < 0:
-        raise ValueError(f"need batches >= 1 and warmup >= 0, got batches={batches}, warmup={warmup}")
+        raise InputError(f"need batches >= 1 and warmup >= 0, got batches={batches}, warmup={warmup}")
     import torch
 
     if jax.default_backend() != "cpu":
-        raise RuntimeError(f"the cpu suite needs JAX on the CPU, but its default backend is "
+        raise InputError(f"the cpu suite needs JAX on the CPU, but its default backend is "
                            f"{jax.default_backend()!r}; set JAX_PLATFORMS=cpu")
     torch.set_num_threads(os.cpu_count())
     emit = emit or (lambda record: None)
@@ -508,7 +509,7 @@ class DeviceSuite:
 def shrink_config(config: OPTConfig, factor: int) -> OPTConfig:
     """Heads, widths and vocabulary divided by `factor` (head size kept), layers too (at least 4); 1: unchanged."""
     if factor < 1:
-        raise ValueError(f"shrink must be >= 1, got {factor}")
+        raise InputError(f"shrink must be >= 1, got {factor}")
     if factor == 1:
         return config
     heads = max(1, config.num_attention_heads // factor)
@@ -582,7 +583,7 @@ class RepeatedGroup:
     def read(self, group: range):
         """The first len(group) layers of the stored group."""
         if len(group) > self.size:
-            raise ValueError(f"a group of {len(group)} layers asked of a stored group of {self.size}")
+            raise InputError(f"a group of {len(group)} layers asked of a stored group of {self.size}")
         if len(group) not in self._prefixes:
             self._prefixes[len(group)] = slice_layers(self.params, range(len(group)))
         return self._prefixes[len(group)]
@@ -631,7 +632,7 @@ def device_suite(settings: DeviceSuite = DeviceSuite(), emit: Callable[[dict], N
     for size in settings.sizes:
         opt_jax.for_size(size)  # an unknown size fails before anything is measured
     if settings.batches < 1 or settings.warmup < 0 or settings.chunk_batches < 1:
-        raise ValueError(f"need batches >= 1, warmup >= 0 and chunk_batches >= 1, got {settings}")
+        raise InputError(f"need batches >= 1, warmup >= 0 and chunk_batches >= 1, got {settings}")
     emit = emit or (lambda record: None)
     log = log or (lambda message: None)
     t0 = time.perf_counter()

@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from opt_jax.errors import InputError
+
 # Token rows read at once from a tok_act layer (one stored chunk).
 ROW_BLOCK = 4096
 
@@ -60,7 +62,7 @@ class ItemCounts:
 def covering_counts_of(layer: ItemCounts, fraction: float = 0.95) -> np.ndarray:
     """Per neuron, the fewest items whose counts reach `fraction` of its activations: int64 [neurons], 0 if none."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise InputError(f"fraction must be in (0, 1], got {fraction}")
     totals = layer.totals()  # [n]
     ranks = layer.ranks()  # [e]
     running = np.cumsum(layer.counts)  # [e]
@@ -138,31 +140,3 @@ def bin_labels(edges=BIN_EDGES) -> list[str]:
         labels.append(f">{low - 1}" if high is None else str(low) if high == low + 1 else f"{low}-{high - 1}")
     return labels
 
-
-def figure(histograms: dict[str, list[dict]], token_layers: dict[str, list[int]], order: int, path: str) -> str:
-    """Figs. 2 / 12 / 13: per token layer, alive neurons binned by how many n-grams cover 95% of their activations."""
-    from analyses.plotting import plt, save
-
-    names = list(histograms)
-    fig, axes = plt.subplots(len(names), 1, figsize=(11, 3.2 * len(names) + 0.8), squeeze=False)
-    what = {1: "tokens", 2: "bigrams", 3: "trigrams"}[order]
-    for ax, name in zip(axes[:, 0], names):
-        rows = histograms[name]  # one dict per token layer
-        labels = rows[0]["bins"] + ["untracked (> K)"] if rows else []
-        table = np.array([r["counts"] + [r["untracked"]] for r in rows], float)  # [t, bins + 1]
-        colours = plt.cm.viridis(np.linspace(0, 0.95, max(table.shape[1] - 1, 1)))
-        bottom = np.zeros(len(rows))
-        x = np.arange(len(rows))
-        for b, label in enumerate(labels):
-            if table[:, b].any():
-                colour = "0.75" if b == len(labels) - 1 else colours[b]
-                ax.bar(x, table[:, b], bottom=bottom, color=colour, label=label)
-                bottom += table[:, b]
-        ax.set_xticks(x, [str(layer) for layer in token_layers[name]])
-        ax.set_xlabel("layer")
-        ax.set_ylabel("alive neurons")
-        ax.set_title(f"{name}: {what} covering 95% of each neuron's activations (BOS excluded)")
-        if rows:
-            ax.legend(title=f"{what} needed", fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle({1: "Fig. 2", 2: "Fig. 12", 3: "Fig. 13"}[order] + f": n-gram coverage, n = {order}")
-    return save(fig, path)

@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from opt_jax.errors import InputError, NgramBudgetError
+
 _INT64_LIMIT = 2**63  # keys must stay below this
-
-
-class NgramBudgetError(RuntimeError):
-    """The distinct (k-gram, neuron) pairs would exceed the table's `max_pairs`; the table is unchanged."""
 
 
 def _check_id_space(vocab: int, order: int, num_neurons: int = 1) -> None:
     """ValueError unless every key vocab**order * num_neurons - 1 fits in int64."""
     if vocab < 1 or order < 1 or num_neurons < 1:
-        raise ValueError(f"vocab, order and num_neurons must be >= 1, got {vocab}, {order}, {num_neurons}")
+        raise InputError(f"vocab, order and num_neurons must be >= 1, got {vocab}, {order}, {num_neurons}")
     if vocab**order * num_neurons > _INT64_LIMIT:
-        raise ValueError(f"vocab**order * num_neurons = {vocab}**{order} * {num_neurons} = "
+        raise InputError(f"vocab**order * num_neurons = {vocab}**{order} * {num_neurons} = "
                          f"{vocab**order * num_neurons} does not fit int64 keys (limit 2**63)")
 
 
@@ -42,9 +40,9 @@ def ngram_ids(input_ids: np.ndarray, order: int, vocab: int) -> np.ndarray:
     _check_id_space(vocab, order)
     x = np.asarray(input_ids)  # [b, s]
     if x.ndim != 2 or (x.size and x.dtype.kind not in "iu"):
-        raise ValueError(f"input_ids must be an integer [batch, seq] array, got {x.dtype} {x.shape}")
+        raise InputError(f"input_ids must be an integer [batch, seq] array, got {x.dtype} {x.shape}")
     if x.size and (x.min() < 0 or x.max() >= vocab):
-        raise ValueError(f"input_ids must lie in [0, {vocab}), got [{x.min()}, {x.max()}]")
+        raise InputError(f"input_ids must lie in [0, {vocab}), got [{x.min()}, {x.max()}]")
     batch, seq = x.shape
     ids = np.full((batch, seq), -1, np.int64)  # [b, s]
     span = seq - order + 1  # positions with a whole k-gram
@@ -60,7 +58,7 @@ def decode_ngrams(ngram_id: np.ndarray, order: int, vocab: int) -> np.ndarray:
     """Token ids [m, order] of n-gram ids (the inverse of `ngram_ids`)."""
     ids = np.asarray(ngram_id, dtype=np.int64)  # [m]
     if ids.size and (ids.min() < 0 or ids.max() >= vocab ** order):
-        raise ValueError(f"{order}-gram ids must lie in [0, {vocab}**{order})")
+        raise InputError(f"{order}-gram ids must lie in [0, {vocab}**{order})")
     tokens = np.empty(ids.shape + (order,), np.int64)  # [m, order]
     for i in range(order - 1, -1, -1):
         ids, tokens[..., i] = np.divmod(ids, vocab)
@@ -71,7 +69,7 @@ def valid_positions(token_mask: np.ndarray, order: int) -> np.ndarray:
     """bool [batch, seq]: positions p >= order whose k-gram lies wholly on real, non-BOS positions."""
     mask = np.asarray(token_mask, dtype=bool)  # [b, s]
     if mask.ndim != 2 or order < 1:
-        raise ValueError(f"token_mask must be [batch, seq] and order >= 1, got {mask.shape}, order {order}")
+        raise InputError(f"token_mask must be [batch, seq] and order >= 1, got {mask.shape}, order {order}")
     batch, seq = mask.shape
     valid = np.zeros((batch, seq), bool)  # [b, s]
     span = seq - order  # k-grams starting at 1 .. seq-order
@@ -87,13 +85,13 @@ def _as_int64(values, name: str) -> np.ndarray:
     """values as a 1-D int64 array; ValueError for other shapes, non-integers or values beyond int64."""
     array = np.asarray(values)
     if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+        raise InputError(f"{name} must be 1-D, got shape {array.shape}")
     if array.size == 0:
         return np.zeros(0, np.int64)
     if array.dtype.kind not in "iu":
-        raise ValueError(f"{name} must be integers, got {array.dtype}")
+        raise InputError(f"{name} must be integers, got {array.dtype}")
     if array.dtype == np.uint64 and array.max() >= _INT64_LIMIT:
-        raise ValueError(f"{name} holds {array.max()}, beyond int64")
+        raise InputError(f"{name} holds {array.max()}, beyond int64")
     return array.astype(np.int64, copy=False)
 
 
@@ -178,9 +176,9 @@ class SparseCounts:
             return
         counts = _as_int64(counts, "counts")
         if counts.shape != keys.shape:
-            raise ValueError(f"keys and counts differ in length: {keys.size} vs {counts.size}")
+            raise InputError(f"keys and counts differ in length: {keys.size} vs {counts.size}")
         if counts.size and counts.min() < 0:
-            raise ValueError("counts must be >= 0")
+            raise InputError("counts must be >= 0")
         self._push(*_reduce(keys, counts))
 
     def merge(self, other: "SparseCounts") -> None:
@@ -218,11 +216,11 @@ class SparseCounts:
         """Counts from sorted unique keys and positive counts (copied); ValueError otherwise."""
         keys, counts = _as_int64(keys, "keys").copy(), _as_int64(counts, "counts").copy()
         if keys.shape != counts.shape:
-            raise ValueError(f"keys and counts differ in length: {keys.size} vs {counts.size}")
+            raise InputError(f"keys and counts differ in length: {keys.size} vs {counts.size}")
         if keys.size > 1 and not (keys[1:] > keys[:-1]).all():
-            raise ValueError("keys must be sorted in increasing order with no duplicates")
+            raise InputError("keys must be sorted in increasing order with no duplicates")
         if counts.size and counts.min() <= 0:
-            raise ValueError("counts must be positive")
+            raise InputError("counts must be positive")
         table = cls()
         table._keys, table._counts = keys, counts
         return table
@@ -235,9 +233,9 @@ class NgramTable:
                  max_pairs: int = 50_000_000):
         self.orders = tuple(sorted({int(k) for k in orders}))
         if not self.orders or len(self.orders) != len(tuple(orders)) or self.orders[0] < 1:
-            raise ValueError(f"orders must be distinct, >= 1 and non-empty, got {orders!r}")
+            raise InputError(f"orders must be distinct, >= 1 and non-empty, got {orders!r}")
         if num_layers < 1 or max_pairs < 0:
-            raise ValueError(f"num_layers must be >= 1 and max_pairs >= 0, got {num_layers}, {max_pairs}")
+            raise InputError(f"num_layers must be >= 1 and max_pairs >= 0, got {num_layers}, {max_pairs}")
         _check_id_space(vocab, max(self.orders), num_neurons)
         self.num_layers, self.num_neurons, self.vocab, self.max_pairs = num_layers, num_neurons, vocab, max_pairs
         self._pairs = {(k, t): SparseCounts() for k in self.orders for t in range(num_layers)}
@@ -270,17 +268,17 @@ class NgramTable:
         ids = np.asarray(input_ids)  # [b, s]
         mask = np.asarray(token_mask)  # [b, s]
         if ids.ndim != 2 or ids.dtype.kind not in "iu" or mask.shape != ids.shape or mask.dtype != bool:
-            raise ValueError(f"need integer input_ids and bool token_mask of one [batch, seq] shape, got "
+            raise InputError(f"need integer input_ids and bool token_mask of one [batch, seq] shape, got "
                              f"{ids.dtype} {ids.shape} and {mask.dtype} {mask.shape}")
         real = ids[mask]  # [r] padded positions may hold any id
         if real.size and (real.min() < 0 or real.max() >= self.vocab):
-            raise ValueError(f"real input_ids must lie in [0, {self.vocab}), got [{real.min()}, {real.max()}]")
+            raise InputError(f"real input_ids must lie in [0, {self.vocab}), got [{real.min()}, {real.max()}]")
         if set(active) != set(range(self.num_layers)):
-            raise ValueError(f"active must hold token layers 0..{self.num_layers - 1}, got {sorted(active)}")
+            raise InputError(f"active must hold token layers 0..{self.num_layers - 1}, got {sorted(active)}")
         active = {t: np.asarray(a) for t, a in active.items()}  # t -> [b, s, n]
         for t, a in active.items():
             if a.shape != ids.shape + (self.num_neurons,) or a.dtype != bool:
-                raise ValueError(f"active[{t}] must be bool {ids.shape + (self.num_neurons,)}, "
+                raise InputError(f"active[{t}] must be bool {ids.shape + (self.num_neurons,)}, "
                                  f"got {a.dtype} {a.shape}")
         return np.where(mask, ids, 0), mask, active
 
@@ -322,7 +320,7 @@ class NgramTable:
         """Add all of other's counts into self (same orders, layers, neurons and vocab); budget-checked."""
         shape = ("orders", "num_layers", "num_neurons", "vocab")
         if any(getattr(self, a) != getattr(other, a) for a in shape):
-            raise ValueError("cannot merge n-gram tables of different " + ", ".join(
+            raise InputError("cannot merge n-gram tables of different " + ", ".join(
                 f"{a} ({getattr(self, a)} vs {getattr(other, a)})" for a in shape
                 if getattr(self, a) != getattr(other, a)))
         near_budget = self._check_budget({key: (c.keys, c.counts) for key, c in other._pairs.items()}, "merging")
@@ -347,13 +345,13 @@ class NgramTable:
         table = cls(orders, num_layers, num_neurons, vocab, max_pairs)
         expected = {f"{name}_{part}" for name, _ in table._named_tables() for part in ("keys", "counts")}
         if set(arrays) != expected:
-            raise ValueError(f"n-gram arrays: missing {sorted(expected - set(arrays))}, "
+            raise InputError(f"n-gram arrays: missing {sorted(expected - set(arrays))}, "
                              f"unexpected {sorted(set(arrays) - expected)}")
         for name, _ in table._named_tables():
             counts = SparseCounts.from_arrays(arrays[f"{name}_keys"], arrays[f"{name}_counts"])
             limit = table._key_limit(name)
             if len(counts) and (counts.keys[0] < 0 or counts.keys[-1] >= limit):
-                raise ValueError(f"{name}_keys must lie in [0, {limit})")
+                raise InputError(f"{name}_keys must lie in [0, {limit})")
             table._set(name, counts)
         if table.num_pairs() > max_pairs:
             raise NgramBudgetError(f"the arrays hold {table.num_pairs():,} n-gram pairs, above max_pairs="
@@ -385,10 +383,10 @@ class NgramTable:
 
     def _order(self, order: int) -> int:
         if order not in self.orders:
-            raise ValueError(f"order {order} is not counted (orders {self.orders})")
+            raise InputError(f"order {order} is not counted (orders {self.orders})")
         return order
 
     def _layer(self, layer: int) -> int:
         if not 0 <= layer < self.num_layers:
-            raise ValueError(f"token layer {layer} is out of range 0..{self.num_layers - 1}")
+            raise InputError(f"token layer {layer} is out of range 0..{self.num_layers - 1}")
         return layer

@@ -19,6 +19,7 @@ import numpy as np
 import tensorstore as ts
 
 from opt_jax.checkpoint import write_json_atomic
+from opt_jax.errors import StatsError
 
 MANIFEST = "manifest.json"
 FORMAT = "opt_jax.stats"
@@ -29,10 +30,6 @@ _CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
 WRITES_IN_FLIGHT = 2
 # Rows of tok_act per chunk: keeps a chunk to ~vocab_rows * ffn * 8 bytes uncompressed.
 TOK_ROWS_PER_CHUNK = 4096
-
-
-class StatsError(ValueError):
-    """A statistics directory that cannot be used as asked; the message names it and the problem."""
 
 
 def array_layouts(num_layers: int, num_token_layers: int, seq_len: int, vocab: int, ffn: int) -> dict:

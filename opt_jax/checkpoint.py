@@ -24,6 +24,7 @@ import tensorstore as ts
 from opt_jax.config import OPTConfig
 from opt_jax.hf_checkpoint import CheckpointError
 from opt_jax.model import param_shapes
+from opt_jax.errors import InputError
 
 FORMAT = "opt_jax.checkpoint"
 VERSION = 1
@@ -38,7 +39,7 @@ def dtype_name(dtype) -> str:
     """Canonical name ('float32', 'bfloat16', 'float16') of a supported parameter dtype."""
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
     if name not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise InputError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     return name
 
 

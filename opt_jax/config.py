@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 
+from opt_jax.errors import ConfigError
+
 # (layers, hidden, heads, ffn, word_embed_proj_dim) of the published checkpoints.
 _SIZE_SHAPES = {
     "125m": (12, 768, 12, 3072, 768),
@@ -18,10 +20,6 @@ _SIZE_SHAPES = {
     "66b": (64, 9216, 72, 36864, 9216),
 }
 SIZES = tuple(_SIZE_SHAPES)
-
-
-class ConfigError(ValueError):
-    """A configuration that opt_jax cannot run faithfully."""
 
 
 @dataclasses.dataclass(frozen=True)

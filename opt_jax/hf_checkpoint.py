@@ -20,9 +20,7 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or converted; the message names the file and the problem."""
+from opt_jax.errors import CheckpointError
 
 
 SAFETENSORS_DTYPES = {

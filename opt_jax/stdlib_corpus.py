@@ -17,6 +17,8 @@ import platform
 import sysconfig
 from collections.abc import Iterator
 
+from opt_jax.errors import MissingError
+
 NAME = "stdlib"  # the corpus argument that names this corpus
 _SKIPPED_DIRS = ("site-packages", "dist-packages", "__pycache__")
 _TEST_DIRS = ("test", "tests", "idle_test")
@@ -35,7 +37,7 @@ def stdlib_files(root: str | None = None, include_tests: bool = False) -> list[s
         subdirs[:] = sorted(d for d in subdirs if d not in _SKIPPED_DIRS and (include_tests or d not in _TEST_DIRS))
         files.extend(os.path.join(directory, name) for name in sorted(names) if name.endswith(".py"))
     if not files:
-        raise FileNotFoundError(f"{root}: no .py files (is this a Python standard library?)")
+        raise MissingError(f"{root}: no .py files (is this a Python standard library?)")
     return sorted(files, key=lambda path: hashlib.sha256(os.path.relpath(path, root).encode()).hexdigest())
 
 

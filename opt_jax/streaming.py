@@ -21,12 +21,13 @@ import numpy as np
 from opt_jax import checkpoint as ckpt
 from opt_jax.hf_checkpoint import CheckpointError
 from opt_jax.model import Params, unflatten
+from opt_jax.errors import InputError
 
 
 def split_layers(layers: Sequence[int], group_size: int, boundaries: Sequence[int] = ()) -> list[range]:
     """Consecutive ranges of at most `group_size` layers that never cross one of `boundaries`."""
     if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
+        raise InputError(f"group_size must be >= 1, got {group_size}")
     start, stop = layers[0], layers[-1] + 1
     cuts = sorted({start, stop, *(b for b in boundaries if start < b < stop)})
     groups = []
@@ -75,7 +76,7 @@ class CheckpointLayers:
     def read(self, group: range) -> Params:
         """The layers of `group` in host memory, stacked, cast to the source's dtype."""
         if not 0 <= group.start < group.stop <= self.num_layers:
-            raise ValueError(f"{self.root}: layers {group.start}..{group.stop - 1} are outside "
+            raise InputError(f"{self.root}: layers {group.start}..{group.stop - 1} are outside "
                              f"the {self.num_layers} layers read")
         pending = {p: s[group.start:group.stop].read() for p, s in self.stores.items()}  # all reads in flight
         flat = {p: self._cast(p, group, future) for p, future in pending.items()}

@@ -14,6 +14,8 @@ import os
 import shutil
 from collections.abc import Iterable
 
+from opt_jax.errors import MissingError, TokenizerError
+
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0, 1, 2, 3 as in OPT
 BOS, PAD, UNK = "</s>", "<pad>", "<unk>"
 RECORD = "training.json"  # what the tokenizer was trained on
@@ -38,7 +40,7 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, out_dir: str, rec
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(SPECIAL_TOKENS) + len(alphabet):
-        raise ValueError(f"vocab_size {vocab_size} is below the {len(SPECIAL_TOKENS) + len(alphabet)} special "
+        raise TokenizerError(f"vocab_size {vocab_size} is below the {len(SPECIAL_TOKENS) + len(alphabet)} special "
                          "and byte tokens a byte-level BPE needs")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -64,7 +66,7 @@ def fingerprint(tokenizer_dir: str) -> str:
     """sha256 of the tokenizer's `tokenizer.json` (its vocabulary, merges and rules)."""
     path = os.path.join(tokenizer_dir, "tokenizer.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer.json (a fast tokenizer directory is needed)")
+        raise MissingError(f"{tokenizer_dir}: no tokenizer.json (a fast tokenizer directory is needed)")
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 

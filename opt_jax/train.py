@@ -54,16 +54,13 @@ from opt_jax.corpus import Corpus, batches, corpus_fingerprint, expand_paths, it
 from opt_jax.export import export_hf
 from opt_jax.model import Params, decoder_layers, embed, flatten, head, init_params, unflatten
 from opt_jax.progress import Progress
+from opt_jax.errors import TrainError
 
 FORMAT = "opt_jax.train"
 VERSION = 1
 RECORD = "train.json"
 LOG = "log.jsonl"
 RESUME_DIR = "resume"
-
-
-class TrainError(ValueError):
-    """A training run that cannot start or continue; the message names the directory or file and the problem."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags
 
+from opt_jax import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("device_suite", "cpu", ["cpu", "gpu"], "what to measure: cpu (JAX and torch on the CPU, against "
                   "HF); gpu (1.3b to 66b shapes on the default JAX device, resident and streamed)")
@@ -58,7 +60,7 @@ def main(argv):
 
     jax.config.update("jax_platforms", "cpu")
     import opt_jax
-    from analyses import StatsError, benchmark
+    from analyses import benchmark
 
     common = _set(batches=FLAGS.batches, warmup=FLAGS.warmup, seed=FLAGS.seed)
     if FLAGS.ngram_cost:
@@ -68,37 +70,32 @@ def main(argv):
                                       workdir=FLAGS.workdir, **common)
         print(json.dumps(result))
         return 0
-    try:
-        rows = benchmark.run_suite(
+
+    def suite():
+        return benchmark.run_suite(
             opt_jax.for_size(FLAGS.size), seq_lens=[int(s) for s in FLAGS.seq_lens],
             tokens_per_batch=FLAGS.tokens_per_batch, workdir=FLAGS.workdir,
             **common, **_set(group_size=FLAGS.group_size, chunk_batches=FLAGS.chunk_batches,
                              matmul_n=FLAGS.matmul_n))
-    except (opt_jax.ConfigError, StatsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"\nCommand: `{' '.join(['python scripts/benchmark.py', *sys.argv[1:]])}`\n")
-    print(benchmark.markdown_table(rows))
-    return 0
+
+    return cli.run(suite, _table(benchmark.markdown_table))
+
+
+def _table(markdown):
+    """The command line, then the rows as a markdown table for BENCHMARKS.md."""
+    return lambda rows: f"\nCommand: `{' '.join(['python scripts/benchmark.py', *sys.argv[1:]])}`\n\n{markdown(rows)}"
 
 
 def gpu():
-    import opt_jax
-    from analyses import StatsError, benchmark
+    from analyses import benchmark
 
     settings = _set(sizes=FLAGS.sizes and tuple(FLAGS.sizes), resident_sizes=FLAGS.resident_sizes and
                     tuple(FLAGS.resident_sizes), shrink=FLAGS.shrink, seq_len=FLAGS.seq_len,
                     batch_size=FLAGS.batch_size, batches=FLAGS.batches, warmup=FLAGS.warmup,
                     chunk_batches=FLAGS.chunk_batches, group_size=FLAGS.group_size,
                     token_layers=FLAGS.token_layers, matmul_n=FLAGS.matmul_n, seed=FLAGS.seed)
-    try:
-        rows = benchmark.device_suite(benchmark.DeviceSuite(**settings))
-    except (opt_jax.ConfigError, StatsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"\nCommand: `{' '.join(['python scripts/benchmark.py', *sys.argv[1:]])}`\n")
-    print(benchmark.device_markdown_table(rows))
-    return 0
+    return cli.run(lambda: benchmark.device_suite(benchmark.DeviceSuite(**settings)),
+                   _table(benchmark.device_markdown_table))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from matplotlib import image
 import opt_jax
 from analyses import open_stats
 from analyses import positional as pn
-from analyses.plotting import DPI
+from analyses import figures
+from analyses.figures import DPI
 from analyses.store import StatsStore, array_layouts
 
 N = 1000  # sequences: tokens at every position
@@ -221,7 +222,7 @@ def test_blocks_and_layer_subset_agree(tmp_path, planted, monkeypatch):
     small = pn.analyze_positional(stats, layers=[2], example_layer=99)
     assert small.neurons == [r for r in planted.neurons if r["layer"] == 2]
     assert small.oscillatory_layer == LAYERS - 1 and small.oscillatory == []
-    assert_png(pn.figure_oscillatory_ranges(small, str(tmp_path / "fig9.png"), "small"), pn.RANGES_SIZE)
+    assert_png(figures.oscillatory_ranges(small, str(tmp_path / "fig9.png"), "small"), figures.RANGES_SIZE)
     with pytest.raises(ValueError, match="collected layers"):
         pn.analyze_positional(stats, layers=[LAYERS])
 
@@ -246,14 +247,14 @@ def assert_png(path, size):
 
 def test_figures(planted, tmp_path):
     skipped = pn.analyze_positional(make_store(tmp_path / "empty", planted_counts(), full_length=0))
-    path = pn.figure_types_per_layer({"planted": planted, "again": planted}, str(tmp_path / "fig8.png"))
-    assert_png(path, (pn.TYPES_WIDTH, 2 * pn.TYPES_ROW_HEIGHT))
-    path = pn.figure_types_per_layer({"planted": planted, "skipped": skipped, "x": planted},
-                                     str(tmp_path / "fig8b.png"))
-    assert_png(path, (pn.TYPES_WIDTH, 3 * pn.TYPES_ROW_HEIGHT))
-    path = pn.figure_example_curves(planted, str(tmp_path / "fig7.png"), "planted")
-    assert_png(path, (pn.CURVE_PANEL[0] * 4, pn.CURVE_PANEL[1]))
-    path = pn.figure_example_curves(skipped, str(tmp_path / "fig7-none.png"), "skipped")
-    assert_png(path, pn.CURVE_PANEL)
-    assert_png(pn.figure_oscillatory_ranges(planted, str(tmp_path / "fig9.png"), "planted"), pn.RANGES_SIZE)
-    assert_png(pn.figure_oscillatory_ranges(skipped, str(tmp_path / "fig9-none.png"), "skipped"), pn.RANGES_SIZE)
+    path = figures.positional_types_per_layer({"planted": planted, "again": planted}, str(tmp_path / "fig8.png"))
+    assert_png(path, (figures.TYPES_WIDTH, 2 * figures.TYPES_ROW_HEIGHT))
+    path = figures.positional_types_per_layer({"planted": planted, "skipped": skipped, "x": planted},
+                                                  str(tmp_path / "fig8b.png"))
+    assert_png(path, (figures.TYPES_WIDTH, 3 * figures.TYPES_ROW_HEIGHT))
+    path = figures.positional_example_curves(planted, str(tmp_path / "fig7.png"), "planted")
+    assert_png(path, (figures.CURVE_PANEL[0] * 4, figures.CURVE_PANEL[1]))
+    path = figures.positional_example_curves(skipped, str(tmp_path / "fig7-none.png"), "skipped")
+    assert_png(path, figures.CURVE_PANEL)
+    assert_png(figures.oscillatory_ranges(planted, str(tmp_path / "fig9.png"), "planted"), figures.RANGES_SIZE)
+    assert_png(figures.oscillatory_ranges(skipped, str(tmp_path / "fig9-none.png"), "skipped"), figures.RANGES_SIZE)
