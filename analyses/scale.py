@@ -142,22 +142,16 @@ def commit_speed(root: str, layers: int = 4, positions: int = 2048, neurons: int
                  rounds: int = 3) -> str:
     """Seconds per commit of a [layers, positions, neurons] store, writing 0 (wait for each block) or more
     blocks while reading the next, alternated in this process; a Markdown table with the ratio to 0."""
-    from analyses import store as store_module
-
     counts = np.random.default_rng(0).binomial(1000, 0.05, (positions, neurons))  # [p, n]
     stats = StatsStore.create(root, {"model": None, "tokens": 0},
                               array_layouts(layers, 0, positions, 16, neurons))
-    default = store_module.WRITES_IN_FLIGHT
     seconds = {k: [] for k in in_flight}
-    try:
-        for _ in range(rounds):
-            for k in in_flight:
-                store_module.WRITES_IN_FLIGHT = k
-                start = time.perf_counter()
-                stats.commit({"pos_act": lambda layer: counts}, {})
-                seconds[k].append(time.perf_counter() - start)
-    finally:
-        store_module.WRITES_IN_FLIGHT = default
+    for _ in range(rounds):
+        for k in in_flight:
+            stats.writes_in_flight = k
+            start = time.perf_counter()
+            stats.commit({"pos_act": lambda layer: counts}, {})
+            seconds[k].append(time.perf_counter() - start)
     cells = layers * positions * neurons * 8 / 1e9
     base = min(seconds[in_flight[0]])
     lines = ["| writes in flight | best seconds per commit | GB/s of int64 cells | x the first |", "|---|---|---|---|"]

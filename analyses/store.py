@@ -26,7 +26,8 @@ FORMAT = "opt_jax.stats"
 VERSION = 1
 _CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
            {"name": "zstd", "configuration": {"level": 3}}]
-# Blocks a commit writes while it reads and adds the next ones (each at most one chunk).
+# Blocks a commit writes while it reads and adds the next ones (each at most one chunk): the default of
+# `StatsStore.writes_in_flight`.
 WRITES_IN_FLIGHT = 2
 # Rows of tok_act per chunk: keeps a chunk to ~vocab_rows * ffn * 8 bytes uncompressed.
 TOK_ROWS_PER_CHUNK = 4096
@@ -76,9 +77,10 @@ def read_manifest(root: str) -> dict:
 class StatsStore:
     """A statistics directory being written: holds the manifest and commits new totals generation by generation."""
 
-    def __init__(self, root: str, manifest: dict):
+    def __init__(self, root: str, manifest: dict, writes_in_flight: int = WRITES_IN_FLIGHT):
         self.root = os.path.abspath(root)
         self.manifest = manifest
+        self.writes_in_flight = writes_in_flight  # blocks a commit writes while it reads the next
 
     @classmethod
     def create(cls, root: str, manifest: dict, layouts: dict) -> "StatsStore":
@@ -150,7 +152,7 @@ class StatsStore:
                         value = value + delta_row[block]
                     if value.any():
                         writes.append(new[row][block].write(value))  # compressed and written meanwhile
-                    while len(writes) > WRITES_IN_FLIGHT:
+                    while len(writes) > self.writes_in_flight:
                         writes.pop(0).result()
         for write in writes:
             write.result()

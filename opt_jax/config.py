@@ -20,28 +20,34 @@ _SIZE_SHAPES = {
     "66b": (64, 9216, 72, 36864, 9216),
 }
 SIZES = tuple(_SIZE_SHAPES)
+ATTENTIONS = ("auto", "blocked", "fused")
+RUNTIME_FIELDS = ("attention", "query_block")  # how a model runs: left out of to_dict
 
 
 @dataclasses.dataclass(frozen=True)
 class OPTConfig:
     """The shape and options of one OPT model (names as in HF `OPTConfig`)."""
 
-    num_hidden_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    ffn_dim: int
-    word_embed_proj_dim: int
-    vocab_size: int = 50272
-    max_position_embeddings: int = 2048
-    do_layer_norm_before: bool = True
-    remove_final_layer_norm: bool = False
-    enable_bias: bool = True
-    layer_norm_elementwise_affine: bool = True
-    layer_norm_eps: float = 1e-5
-    pad_token_id: int = 1
-    bos_token_id: int = 2
-    eos_token_id: int = 2
+    num_hidden_layers: int  # decoder layers
+    hidden_size: int  # width of the residual stream (d)
+    num_attention_heads: int  # attention heads; hidden_size / heads is the head width
+    ffn_dim: int  # FFN neurons per layer (fc1 outputs, the neurons studied)
+    word_embed_proj_dim: int  # width of the token embeddings; != hidden_size means project_in/out (350m)
+    vocab_size: int = 50272  # rows of the token embedding (OPT pads its 50265 tokens to 50272)
+    max_position_embeddings: int = 2048  # longest sequence the learned positions cover
+    do_layer_norm_before: bool = True  # pre-LN (every size but 350m) or post-LN (350m)
+    remove_final_layer_norm: bool = False  # HF's `_remove_final_layer_norm`: no LayerNorm before the head
+    enable_bias: bool = True  # biases on every linear layer
+    layer_norm_elementwise_affine: bool = True  # LayerNorms with a learned scale and shift
+    layer_norm_eps: float = 1e-5  # LayerNorm epsilon
+    pad_token_id: int = 1  # <pad>
+    bos_token_id: int = 2  # </s>, which OPT puts at the start of every sequence
+    eos_token_id: int = 2  # </s>
     positional_embeddings: bool = True  # False: no position embeddings at all (not an HF OPT; never exported)
+    # How the model runs, not what it is (never stored, never compared; a static jit argument like the rest,
+    # so a config with other values compiles its own trace):
+    attention: str = "auto"  # "blocked" (query blocks, for the CPU), "fused" (jax.nn.dot_product_attention), or "auto"
+    query_block: int = 256  # query positions per block of the blocked attention
 
     def __post_init__(self):
         for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", "ffn_dim",
@@ -49,6 +55,10 @@ class OPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.attention not in ATTENTIONS:
+            raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
+        if not isinstance(self.query_block, int) or self.query_block <= 0:
+            raise ConfigError(f"query_block must be a positive integer, got {self.query_block!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by "
                               f"num_attention_heads {self.num_attention_heads}")
@@ -72,8 +82,11 @@ class OPTConfig:
         return -(-self.ffn_dim // 8)
 
     def to_dict(self) -> dict:
-        """The fields as a dict; positional_embeddings only when False, so older manifests compare equal."""
+        """The model's fields as a dict (not how it runs); positional_embeddings only when False, so older
+        manifests compare equal."""
         data = dataclasses.asdict(self)
+        for name in RUNTIME_FIELDS:
+            del data[name]
         if data["positional_embeddings"]:
             del data["positional_embeddings"]
         return data

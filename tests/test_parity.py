@@ -79,19 +79,47 @@ def test_rejects_sequences_longer_than_positions(pair):
 
 
 @pytest.mark.parametrize("attention, block", [("blocked", 4), ("blocked", 256), ("fused", 256)])
-def test_each_attention_implementation_matches_torch(pair, monkeypatch, attention, block):
+def test_each_attention_implementation_matches_torch(pair, attention, block):
     """Both attention paths; blocks of 4 make sequences span several query blocks. Padding left and right."""
     from opt_jax import model as model_module
 
     torch_model, model = pair
-    monkeypatch.setattr(model_module, "QUERY_BLOCK", block)
-    monkeypatch.setattr(model_module, "ATTENTION", attention)
-    forward = jax.jit(model_module.forward, static_argnums=0)  # a fresh trace sees the settings
+    config = model.config.replace(attention=attention, query_block=block)  # static: a trace of its own
+    forward = jax.jit(model_module.forward, static_argnums=0)
     for left in (True, False):
         ids, mask = hf_models.padded_batch(model.config.vocab_size, [17, 10, 2], 17, left=left, seed=9)
         want_logits, want_masks = hf_models.torch_reference(torch_model, ids, mask)
-        logits, masks = forward(model.config, model.params, ids, mask.astype(bool))
+        logits, masks = forward(config, model.params, ids, mask.astype(bool))
         real = mask.astype(bool)
         assert np.abs(np.asarray(logits) - want_logits)[real].max() <= 1e-4
         np.testing.assert_array_equal(opt_jax.unpack_masks(masks, model.config.ffn_dim)[:, real],
                                       want_masks[:, real])
+
+
+def test_attention_choice_after_a_first_compiled_call_takes_effect(monkeypatch):
+    """The attention kind and query block are static config fields: changing them after a call retraces."""
+    import jax.numpy as jnp
+
+    from opt_jax import model as model_module
+    from opt_jax.runtime import _forward
+
+    config = opt_jax.OPTConfig(2, 16, 2, 32, 16, vocab_size=64, max_position_embeddings=16, attention="blocked")
+    params = opt_jax.init_params(config)
+    ids, mask = jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), bool)
+    fused_traces = []
+    real_fused = jax.nn.dot_product_attention
+
+    def counting_fused(*args, **kwargs):
+        fused_traces.append(1)
+        return real_fused(*args, **kwargs)
+
+    monkeypatch.setattr(model_module.jax.nn, "dot_product_attention", counting_fused)
+    blocked_logits, _ = _forward(config, params, ids, mask)
+    assert not fused_traces
+    fused_logits, _ = _forward(config.replace(attention="fused"), params, ids, mask)
+    assert fused_traces, "the fused kernel was not traced: the first compilation was reused"
+    np.testing.assert_allclose(np.asarray(fused_logits), np.asarray(blocked_logits), atol=1e-5)
+    lowered = {b: jax.jit(model_module.forward, static_argnums=0).lower(config.replace(query_block=b), params, ids,
+                                                                       mask).as_text() for b in (2, 8)}
+    assert lowered[2] != lowered[8]
+    assert config.replace(attention="fused").to_dict() == config.to_dict()  # how it runs, not what it is
