@@ -559,8 +559,7 @@ class RandomLayers:
     def __init__(self, config: OPTConfig, dtype: str = "bfloat16", seed: int = 0):
         self.config, self.dtype, self.seed = config, dtype, seed
         self.num_layers = config.num_hidden_layers
-        self.layer_bytes = DTYPES[dtype].itemsize * sum(
-            int(np.prod(shape[1:])) for path, shape in param_shapes(config).items() if path.startswith("layers/"))
+        self.layer_bytes = layer_bytes(config, DTYPES[dtype].itemsize)
 
     def read(self, group: range):
         """The group's layers on the device."""

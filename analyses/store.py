@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 
 import numpy as np
 import tensorstore as ts
 
-from opt_jax.checkpoint import write_json_atomic
+from opt_jax import atomic
+from opt_jax.atomic import write_json as write_json_atomic
 from opt_jax.errors import StatsError
 
 MANIFEST = "manifest.json"
@@ -181,27 +181,8 @@ class StatsStore:
                 _remove(os.path.join(self.root, name))
 
 
-def _remove(path: str) -> None:
-    if os.path.islink(path) or os.path.isfile(path):
-        os.remove(path)
-    elif os.path.isdir(path):
-        shutil.rmtree(path)
-
-
-def _fsync_tree(path: str) -> None:
-    """Flush every file and directory under path to disk before the manifest points at it."""
-    for dirpath, _, filenames in os.walk(path):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+_remove = atomic.remove  # the commit protocol lives in opt_jax.atomic
+_fsync_tree = atomic.fsync_tree
 
 
 class LazyArray:

@@ -54,7 +54,7 @@ def write_file(path: str, write: Callable[[IO], object], binary: bool = False) -
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp"
-    with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+    with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())

@@ -13,6 +13,7 @@ import numpy as np
 from opt_jax.config import OPTConfig
 from opt_jax.export import export_hf
 from opt_jax.model import init_params, param_shapes
+from opt_jax.streaming import layer_bytes
 
 _MEASURE = """
 import json, sys, time
@@ -42,11 +43,6 @@ def measure_in_subprocess(work: str, setup: str = "") -> dict:
     if result.returncode:
         raise RuntimeError(f"measurement failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def layer_bytes(config: OPTConfig, itemsize: int = 4) -> int:
-    """Bytes of one decoder layer's parameters."""
-    return sum(int(np.prod(s[1:])) for p, s in param_shapes(config).items() if p.startswith("layers/")) * itemsize
 
 
 def model_bytes(config: OPTConfig, itemsize: int = 4) -> int:

@@ -17,6 +17,7 @@ import shutil
 
 import numpy as np
 
+from opt_jax import atomic
 from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig, read_hf_config
 from opt_jax.hf_checkpoint import IGNORED_KEYS, CheckpointError, HFCheckpoint
@@ -108,9 +109,11 @@ def _prepare_output(out_dir: str, fingerprint: str, overwrite: bool) -> list[str
     manifest_path = os.path.join(out_dir, ckpt.MANIFEST)
     progress_path = os.path.join(out_dir, ckpt.PROGRESS)
     if os.path.isfile(manifest_path) and not overwrite:
-        with open(manifest_path) as f:
-            if json.load(f).get("fingerprint") == fingerprint:
+        try:
+            if ckpt.read_manifest(out_dir).get("fingerprint") == fingerprint:
                 return None
+        except CheckpointError:
+            pass  # another format: refused below like any other source
         raise CheckpointError(f"{out_dir}: already holds a converted checkpoint of another source or dtype; "
                               "choose another output directory or pass overwrite")
     if os.path.isfile(progress_path) and not overwrite:
@@ -123,11 +126,7 @@ def _prepare_output(out_dir: str, fingerprint: str, overwrite: bool) -> list[str
                               "refusing to write there")
     # A fresh start: our own unfinished (or overwritten) output is cleared.
     for name in (ckpt.MANIFEST, ckpt.PARAMS_DIR):
-        target = os.path.join(out_dir, name)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        elif os.path.exists(target):
-            os.remove(target)
+        atomic.remove(os.path.join(out_dir, name))
     os.makedirs(out_dir, exist_ok=True)
     return []
 
@@ -158,7 +157,7 @@ def convert(source: str, out_dir: str, dtype: str | None = None, cache_dir: str 
         else:
             stores[path] = ckpt.create_array(out_dir, path, shape, dtype, stacked)
     progress_path = os.path.join(out_dir, ckpt.PROGRESS)
-    ckpt.write_json_atomic(progress_path, {"fingerprint": fingerprint, "source": hf_dir, "done_files": done})
+    atomic.write_json(progress_path, {"fingerprint": fingerprint, "source": hf_dir, "done_files": done})
 
     todo = [f for f in source_ckpt.files if os.path.basename(f) not in done]
     target_dtype = ckpt.DTYPES[dtype]
@@ -176,14 +175,11 @@ def convert(source: str, out_dir: str, dtype: str | None = None, cache_dir: str 
             bar.update(value.nbytes)
             del array, value
         done.append(os.path.basename(path))
-        ckpt.write_json_atomic(progress_path, {"fingerprint": fingerprint, "source": hf_dir, "done_files": done})
+        atomic.write_json(progress_path, {"fingerprint": fingerprint, "source": hf_dir, "done_files": done})
 
     for name in ("config.json", *TOKENIZER_FILES):
         if os.path.isfile(os.path.join(hf_dir, name)):
             shutil.copyfile(os.path.join(hf_dir, name), os.path.join(out_dir, name))
-    ckpt.write_json_atomic(os.path.join(out_dir, ckpt.MANIFEST), {
-        "format": ckpt.FORMAT, "version": ckpt.VERSION, "config": config.to_dict(), "dtype": dtype,
-        "params": {p: list(s) for p, s in shapes.items()}, "source": hf_dir, "fingerprint": fingerprint,
-    })
-    os.remove(progress_path)
+    ckpt.write_manifest(out_dir, config, dtype, shapes, hf_dir, fingerprint=fingerprint)
+    atomic.remove(progress_path)
     return out_dir

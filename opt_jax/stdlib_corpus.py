@@ -17,6 +17,7 @@ import platform
 import sysconfig
 from collections.abc import Iterator
 
+from opt_jax import atomic
 from opt_jax.errors import MissingError
 
 NAME = "stdlib"  # the corpus argument that names this corpus
@@ -63,12 +64,9 @@ def write_jsonl(path: str, root: str | None = None, include_tests: bool = False)
     """Write the corpus as a `.jsonl` file at path (atomically, unless it exists); returns path."""
     if os.path.isfile(path):
         return path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+
+    def write(f):
         for document in documents(root, include_tests):
             f.write(json.dumps(document, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+
+    return atomic.write_file(path, write)

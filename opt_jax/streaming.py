@@ -20,8 +20,9 @@ import numpy as np
 
 from opt_jax import checkpoint as ckpt
 from opt_jax.hf_checkpoint import CheckpointError
-from opt_jax.model import Params, unflatten
+from opt_jax.config import OPTConfig
 from opt_jax.errors import InputError
+from opt_jax.model import Params, param_shapes, unflatten
 
 
 def split_layers(layers: Sequence[int], group_size: int, boundaries: Sequence[int] = ()) -> list[range]:
@@ -36,9 +37,13 @@ def split_layers(layers: Sequence[int], group_size: int, boundaries: Sequence[in
     return groups
 
 
-def layer_bytes(stacked: Params) -> int:
-    """Bytes of one layer of a stacked parameter tree (host or device arrays; nothing is sliced)."""
-    return sum(leaf.nbytes // leaf.shape[0] for leaf in jax.tree.leaves(stacked))
+def layer_bytes(layers, itemsize: int = 4) -> int:
+    """Bytes of one decoder layer: of a stacked parameter tree (host or device arrays; nothing is sliced), or of
+    a model of this `OPTConfig` at `itemsize` bytes per value (the one place layer sizes are computed)."""
+    if isinstance(layers, OPTConfig):
+        return itemsize * sum(int(np.prod(shape[1:])) for path, shape in param_shapes(layers).items()
+                              if path.startswith("layers/"))
+    return sum(leaf.nbytes // leaf.shape[0] for leaf in jax.tree.leaves(layers))
 
 
 def slice_layers(stacked: Params, group: range) -> Params:
@@ -71,7 +76,7 @@ class CheckpointLayers:
         self.num_layers = min(num_layers or stored, stored)
         self.target = ckpt.DTYPES[ckpt.dtype_name(dtype)] if dtype else None
         itemsize = (self.target or ckpt.DTYPES[manifest["dtype"]]).itemsize
-        self.layer_bytes = sum(int(np.prod(s[1:])) for s in self.shapes.values()) * itemsize
+        self.layer_bytes = layer_bytes(OPTConfig.from_dict(manifest["config"]), itemsize)
 
     def read(self, group: range) -> Params:
         """The layers of `group` in host memory, stacked, cast to the source's dtype."""

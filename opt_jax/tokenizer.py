@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable
 
+from opt_jax import atomic
 from opt_jax.errors import MissingError, TokenizerError
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0, 1, 2, 3 as in OPT
@@ -41,7 +41,7 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, out_dir: str, rec
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(SPECIAL_TOKENS) + len(alphabet):
         raise TokenizerError(f"vocab_size {vocab_size} is below the {len(SPECIAL_TOKENS) + len(alphabet)} special "
-                         "and byte tokens a byte-level BPE needs")
+                             "and byte tokens a byte-level BPE needs")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -53,13 +53,10 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, out_dir: str, rec
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=PAD,
                                    unk_token=UNK)
     tmp = f"{out_dir.rstrip(os.sep)}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    atomic.remove(tmp)
     fast.save_pretrained(tmp)
-    with open(os.path.join(tmp, RECORD), "w") as f:
-        json.dump((record or {}) | {"vocab_size": vocab_size}, f, indent=2)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
+    atomic.write_json(os.path.join(tmp, RECORD), (record or {}) | {"vocab_size": vocab_size})
+    return atomic.replace_dir(tmp, out_dir)  # the old tokenizer stays until the new one is complete
 
 
 def fingerprint(tokenizer_dir: str) -> str:

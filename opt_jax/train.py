@@ -46,6 +46,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from opt_jax import atomic
 from opt_jax import checkpoint as ckpt
 from opt_jax import stdlib_corpus
 from opt_jax import tokenizer as tokenization
@@ -53,8 +54,8 @@ from opt_jax.config import OPTConfig, for_size, to_hf_dict
 from opt_jax.corpus import Corpus, batches, corpus_fingerprint, expand_paths, iter_documents
 from opt_jax.export import export_hf
 from opt_jax.model import Params, decoder_layers, embed, flatten, head, init_params, unflatten
-from opt_jax.progress import Progress
 from opt_jax.errors import TrainError
+from opt_jax.progress import Progress
 
 FORMAT = "opt_jax.train"
 VERSION = 1
@@ -227,7 +228,7 @@ def _load_tokenizer(tokenizer_dir: str, config: OPTConfig):
 
 def _identity(config: OPTConfig, options: TrainOptions, data: Corpus, tokenizer_dir: str) -> dict:
     """What must not change between a run and its resumption."""
-    return {"config": dataclasses.asdict(config), "options": {k: getattr(options, k) for k in IDENTITY},
+    return {"config": config.to_dict() | {"positional_embeddings": config.positional_embeddings}, "options": {k: getattr(options, k) for k in IDENTITY},
             "corpus_fingerprint": data.fingerprint(), "tokenizer_fingerprint": tokenization.fingerprint(tokenizer_dir)}
 
 
@@ -247,7 +248,7 @@ def _open_run(out_dir: str, identity: dict, overwrite: bool) -> dict:
         return record
     for name in os.listdir(out_dir):
         if name in (RECORD, LOG, RESUME_DIR) or name.startswith("step-"):
-            _remove(os.path.join(out_dir, name))
+            atomic.remove(os.path.join(out_dir, name))
     return {"format": FORMAT, "version": VERSION, "identity": identity, "step": 0, "tokens": 0,
             "cursor": {"epoch": 0, "window": 0}, "state": None, "snapshots": [], "complete": False}
 
@@ -443,7 +444,7 @@ def _loop(trainer: Trainer, state: State, data: Corpus, record: dict, out_dir: s
             write_snapshot(out_dir, state, config, options, tokenizer_dir, record)
         if final:
             _commit(out_dir, record, state, None, complete=True)
-            _remove(os.path.join(out_dir, RESUME_DIR))
+            atomic.remove(os.path.join(out_dir, RESUME_DIR))
             _say(options, f"{out_dir}: trained {state.step} steps, {state.tokens:,} tokens")
             return
         if state.step in options.save_steps or time.monotonic() - last_commit >= options.save_every_s:
@@ -462,8 +463,7 @@ def _log(out_dir: str, state: State, pending: list[dict], lr: float, progress: P
     loss = float(np.dot([m["loss"] for m in metrics], counts) / max(counts.sum(), 1))
     line = {"step": state.step, "loss": loss, "grad_norm": float(np.mean([m["grad_norm"] for m in metrics])),
             "lr": lr, "tokens": state.tokens, "epoch": state.cursor["epoch"]}
-    with open(os.path.join(out_dir, LOG), "a") as f:
-        f.write(json.dumps(line) + "\n")
+    atomic.append_line(os.path.join(out_dir, LOG), json.dumps(line))
     if options.verbose:
         elapsed = time.monotonic() - since[0]
         rate = (state.tokens - since[1]) / elapsed if elapsed > 0 else 0.0
@@ -478,9 +478,7 @@ def _trim_log(out_dir: str, step: int) -> None:
         return
     with open(path) as f:
         lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(f"{path}.tmp", "w") as f:
-        f.writelines(lines)
-    os.replace(f"{path}.tmp", path)
+    atomic.write_file(path, lambda f: f.writelines(lines))
 
 
 def write_snapshot(out_dir: str, state: State, config: OPTConfig, options: TrainOptions, tokenizer_dir: str,
@@ -488,23 +486,20 @@ def write_snapshot(out_dir: str, state: State, config: OPTConfig, options: Train
     """Write out_dir/step-N: a converted checkpoint with the tokenizer (and hf/ where possible), atomically."""
     final = os.path.join(out_dir, f"step-{state.step}")
     tmp = f"{final}.tmp"
-    _remove(tmp)
+    atomic.remove(tmp)
     target = ckpt.DTYPES[ckpt.dtype_name(options.save_dtype)]
     flat = {path: np.asarray(value).astype(target) for path, value in flatten(jax.device_get(state.params)).items()}
     os.makedirs(tmp)
     _copy_tokenizer(tokenizer_dir, tmp)
     if config.positional_embeddings:
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(to_hf_dict(config), f, indent=2)
+        atomic.write_json(os.path.join(tmp, "config.json"), to_hf_dict(config))
         if options.export_hf:
             hf_dtype = np.float16 if options.save_dtype == "float16" else np.float32
             export_hf(config, unflatten(flat), os.path.join(tmp, "hf"), dtype=hf_dtype)
             _copy_tokenizer(tokenizer_dir, os.path.join(tmp, "hf"))
     training = {"step": state.step, "tokens": state.tokens, "run": out_dir} | record["identity"]
     ckpt.write_checkpoint(tmp, config, flat, options.save_dtype, source=out_dir, training=training)
-    _remove(final)
-    os.replace(tmp, final)
-    return final
+    return atomic.replace_dir(tmp, final)
 
 
 def _copy_tokenizer(tokenizer_dir: str, directory: str) -> None:
@@ -517,7 +512,7 @@ def save_resume_state(out_dir: str, state: State) -> str:
     name = os.path.join(RESUME_DIR, f"state-{state.step}")
     final = os.path.join(out_dir, name)
     tmp = f"{final}.tmp"
-    _remove(tmp)
+    atomic.remove(tmp)
     os.makedirs(tmp)
     params, opt_state = jax.device_get((state.params, state.opt_state))
     arrays = {f"params/{path}": value for path, value in flatten(params).items()}
@@ -526,16 +521,14 @@ def save_resume_state(out_dir: str, state: State) -> str:
         np.savez(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
-    _remove(final)
-    os.replace(tmp, final)
-    _fsync_dir(os.path.dirname(final))
+    atomic.replace_dir(tmp, final)
     return name
 
 
 def _commit(out_dir: str, record: dict, state: State, state_name: str | None, complete: bool) -> None:
     """Replace train.json (the commit point), then remove resume states it no longer names."""
     record.update(step=state.step, tokens=state.tokens, cursor=state.cursor, state=state_name, complete=complete)
-    ckpt.write_json_atomic(os.path.join(out_dir, RECORD), record)
+    atomic.write_json(os.path.join(out_dir, RECORD), record)
     _clean_resume_dir(out_dir, state_name)
 
 
@@ -545,19 +538,5 @@ def _clean_resume_dir(out_dir: str, keep: str | None) -> None:
     if os.path.isdir(directory):
         for name in os.listdir(directory):
             if keep is None or os.path.join(RESUME_DIR, name) != keep:
-                _remove(os.path.join(directory, name))
+                atomic.remove(os.path.join(directory, name))
 
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

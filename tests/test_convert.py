@@ -10,7 +10,7 @@ import pytest
 import hf_models
 from kill import kill_when
 import opt_jax
-from opt_jax import checkpoint, conversion as convert_module
+from opt_jax import atomic, checkpoint, conversion as convert_module
 from opt_jax.model import flatten
 
 LAYOUTS = ["safetensors", "sharded_safetensors", "bin", "sharded_bin"]
@@ -102,7 +102,7 @@ def test_layers_are_read_one_at_a_time(pre_ln_dir, tmp_path):
 def test_interrupted_conversion_never_loads_and_resumes(pre_ln_model, tmp_path, monkeypatch, batch, reference):
     hf_dir = hf_models.save(pre_ln_model, str(tmp_path / "hf"), "sharded_safetensors")
     out = str(tmp_path / "out")
-    real_write = checkpoint.write_json_atomic
+    real_write = atomic.write_json
     calls = []
 
     def crash_after_two_files(path, data):
@@ -111,10 +111,10 @@ def test_interrupted_conversion_never_loads_and_resumes(pre_ln_model, tmp_path, 
             calls.append(list(data["done_files"]))
             raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr(checkpoint, "write_json_atomic", crash_after_two_files)
+    monkeypatch.setattr(atomic, "write_json", crash_after_two_files)
     with pytest.raises(KeyboardInterrupt):
         opt_jax.convert(hf_dir, out, verbose=False)
-    monkeypatch.setattr(checkpoint, "write_json_atomic", real_write)
+    monkeypatch.setattr(atomic, "write_json", real_write)
     with pytest.raises(opt_jax.CheckpointError, match="interrupted"):
         opt_jax.load(out)
     # Resuming must not rewrite the files already done: make their tensors unreadable to prove it.
