@@ -294,7 +294,7 @@ def ours_counts(converted_dir: str, config: OPTConfig, batch: tuple) -> dict:
     runner.wait()
     deltas = runner.deltas()
     out = {"act": np.asarray(deltas["act"], np.int64),  # [l, f]
-           "pos_act": np.stack([deltas["pos_act"](l) for l in range(runner.plan.num_layers)]).astype(np.int64)}
+           "pos_act": np.stack([runner.layer_counts("pos_act", l) for l in range(runner.plan.num_layers)])}
     del runner, deltas
     gc.collect()
     return out  # pos_act: [l, s, f]

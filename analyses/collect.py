@@ -17,15 +17,16 @@ import time
 
 import jax
 import numpy as np
+import psutil
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from analyses import statistics as st
 from opt_jax.corpus import Corpus, batches
 from analyses.coverage import ngram_candidates
-from analyses.store import StatsError, StatsStore, array_layouts, open_stats, read_manifest
+from analyses.store import CHUNK_CELLS, WRITES_IN_FLIGHT, StatsError, StatsStore, array_layouts, open_stats, read_manifest
 from opt_jax import checkpoint as ckpt
 from opt_jax.bits import unpack_masks
-from opt_jax.model import Params, unflatten
+from opt_jax.model import Params, param_shapes, unflatten
 from opt_jax.progress import Progress
 from opt_jax.streaming import CheckpointLayers, GroupStream, StackedLayers, group_size_for
 
@@ -127,23 +128,63 @@ class Weights:
         return cls(params["embed"], StackedLayers(params["layers"]))
 
 
-def check_device_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: Options, device) -> None:
-    """Refuse, before allocating anything, a run whose counters and weights alone exceed the device's free memory."""
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if not stats or "bytes_limit" not in stats:
-        return  # the CPU: no separate device memory to plan
-    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+def working_bytes(plan: st.Plan, options: Options, itemsize: int) -> int:
+    """An upper estimate of a step's temporaries: a layer's activations, masks and attention blocks, and in
+    streamed mode the hidden states of every batch of the chunk (computed in `itemsize`-byte floats)."""
+    config, tokens = plan.config, options.batch_size * plan.seq_len
+    ffn = tokens * plan.ffn * (itemsize + 4 + 1)  # fc1 output, the int32 rows scattered into tok_act, the mask
+    hidden = tokens * config.hidden_size * itemsize * 6  # residual, norms, q/k/v, attention and fc2 outputs
+    attention = options.batch_size * config.num_attention_heads * min(plan.seq_len, 256) * plan.seq_len * 4 * 2
+    chunk = options.chunk_batches * tokens * config.hidden_size * itemsize if options.offload else 0
+    return ffn + hidden + attention + chunk
+
+
+def flush_bytes() -> int:
+    """Host memory of a commit: the blocks in flight, each at most one chunk (old, delta, sum) of int64."""
+    return (WRITES_IN_FLIGHT + 3) * CHUNK_CELLS * 8
+
+
+def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: Options, device,
+                 host_available: int | None = None) -> None:
+    """Refuse, before allocating anything, a run that cannot fit in the device's or the host's memory.
+
+    On an accelerator: the counters, the weights on the device and a step's temporaries against its free
+    memory, and the layer groups read ahead plus a commit's blocks against the host's. On the CPU the device
+    is the host: all of it against the available host memory (`psutil`), where a run that does not fit
+    would otherwise be killed by the kernel.
+    """
     batch = options.batch_size if options.ngram_orders and plan.token_layers else None
     counters = st.accumulator_bytes(plan, groups, batch)
     streamed = options.offload and len(groups) > 2
-    weights = layer_bytes * (2 * max(len(g) for g in groups) if streamed else plan.num_layers)
-    if counters + weights > free:
+    group = layer_bytes * max(len(g) for g in groups)
+    weights = 2 * group if streamed else plan.num_layers * layer_bytes
+    params = sum(int(np.prod(shape[1:])) for path, shape in param_shapes(plan.config).items()
+                 if path.startswith("layers/"))
+    working = working_bytes(plan, options, max(1, layer_bytes // params))
+    host = (2 * group if streamed else 0) + flush_bytes()  # groups read ahead, a commit's blocks
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    on_host = not stats or "bytes_limit" not in stats
+    if host_available is None:
+        host_available = psutil.virtual_memory().available
+    if on_host:
+        # Loading the weights holds one group twice (read, then copied) before the counters exist.
+        needed = max(weights + counters + working + host, weights + group)
+        free, where = host_available, f"{device} (host memory, shared with the device)"
+    else:
+        needed, free, where = weights + counters + working, stats["bytes_limit"] - stats.get("bytes_in_use", 0), device
+    if needed > free:
         token_layer = plan.vocab * plan.ffn * 4
         raise StatsError(
-            f"{device}: the counters ({counters / 1e9:.1f} GB, tok_act {len(plan.token_layers)} layers x "
-            f"{token_layer / 1e9:.1f} GB of them) and the weights on the device ({weights / 1e9:.1f} GB) exceed its "
-            f"{free / 1e9:.1f} GB free; collect fewer --token_layers per run (several runs, each with its own --out, "
-            "cover them all) or stream the weights in smaller groups (--offload --group_size)")
+            f"{where}: the counters ({counters / 1e9:.1f} GB, tok_act {len(plan.token_layers)} layers x "
+            f"{token_layer / 1e9:.1f} GB of them), the weights on the device ({weights / 1e9:.1f} GB) and a step's "
+            f"temporaries ({working / 1e9:.1f} GB)" + (f", the groups read ahead and a commit's blocks "
+                                                        f"({host / 1e9:.1f} GB)" if on_host else "")
+            + f" need {needed / 1e9:.1f} GB; {free / 1e9:.1f} GB are free. Collect fewer --token_layers per run "
+            "(several runs, each with its own --out, cover them all), stream the weights in smaller groups "
+            "(--offload --group_size), use a 16-bit --dtype, or a smaller --batch_size")
+    if not on_host and host > host_available:
+        raise StatsError(f"host memory: the layer groups read ahead and a commit's blocks need {host / 1e9:.1f} GB; "
+                         f"{host_available / 1e9:.1f} GB are available. Use a smaller --group_size")
 
 
 class Runner:
@@ -167,7 +208,7 @@ class Runner:
         self.embed_params = jax.device_put({"embed": weights.embed}, self.replicated)
         self.layers = weights.layers
         self.groups = plan.groups((options.group_size or group_size_for(self.layers)) if options.offload else None)
-        check_device_memory(plan, self.groups, self.layers.layer_bytes, options, devices[0])
+        check_memory(plan, self.groups, self.layers.layer_bytes, options, devices[0])
         self.stream = GroupStream(self.layers, self.groups, self.replicated) if options.offload else None
         if not options.offload:
             self.group_params = [jax.device_put(self.layers.read(g), self.replicated) for g in self.groups]
@@ -233,14 +274,32 @@ class Runner:
         jax.block_until_ready(self.accs)
 
     def deltas(self) -> dict:
-        """The device counters as store deltas: act whole, pos_act and tok_act one layer at a time."""
+        """The device counters as store deltas: act whole; pos_act and tok_act one block at a time.
+
+        A block (the store's chunk: one layer, some positions or token rows, some neurons) is sliced on the
+        device and only it crosses to the host, so a flush holds at most a chunk of a [vocab, ffn] layer.
+        """
         where = {layer: (gi, j) for gi, g in enumerate(self.groups) for j, layer in enumerate(g)}
         token_layers = self.plan.token_layers
+
+        def block_of(name, layer_of):
+            def read(block):  # (layers, rows, neurons) slices, one layer
+                gi, j = where[layer_of(block[0].start)]
+                return np.asarray(self.accs[gi][name][(j, *block[1:])], np.int64)[None]  # [1, r, n]
+            return read
+
         return {
-            "act": np.concatenate([np.asarray(a["act"]) for a in self.accs]),
-            "pos_act": lambda l: np.asarray(self.accs[where[l][0]]["pos_act"][where[l][1]]),
-            "tok_act": lambda t: np.asarray(self.accs[where[token_layers[t]][0]]["tok_act"][where[token_layers[t]][1]]),
+            "act": np.concatenate([np.asarray(a["act"], np.int64) for a in self.accs]),  # [l, n]
+            "pos_act": block_of("pos_act", lambda l: l),
+            "tok_act": block_of("tok_act", lambda t: token_layers[t]),
         }
+
+
+    def layer_counts(self, name: str, layer: int) -> np.ndarray:
+        """One layer's device counter (`pos_act` by layer, `tok_act` by token layer index) as int64 on the host."""
+        layer = self.plan.token_layers[layer] if name == "tok_act" else layer
+        gi = next(gi for gi, g in enumerate(self.groups) if layer in g)
+        return np.asarray(self.accs[gi][name][layer - self.groups[gi].start], np.int64)
 
 
 def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
@@ -284,7 +343,7 @@ def _ngram_neurons(plan: st.Plan, options: Options) -> tuple[np.ndarray | None, 
     missing = [l for l in plan.token_layers if l not in source.token_layers]
     if missing:
         raise StatsError(f"{where}: has no token statistics for layers {missing}")
-    rows = [source.tok_act[source.token_layers.index(l)] for l in plan.token_layers]  # [v, n] each
+    rows = [source.tok_act.view(source.token_layers.index(l)) for l in plan.token_layers]  # lazy [v, n] each
     tracked = ngram_candidates(rows, options.ngram_max_coverage, options.ngram_coverage_fraction)  # [t, n]
     return tracked, {"path": os.path.abspath(where), "corpus_fingerprint": source.manifest["corpus"]["fingerprint"],
                      "tokens": source.tokens, "tracked_neurons": int(tracked.sum())}

@@ -14,8 +14,8 @@ import numpy as np
 
 from opt_jax.errors import InputError
 
-# Token rows read at once from a tok_act layer (one stored chunk).
-ROW_BLOCK = 4096
+# Cells read at once from a dense layer (128 MiB of int64): 4096 token rows at 125m's width, 455 at 66b's.
+BLOCK_CELLS = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +40,10 @@ class ItemCounts:
     def from_dense(cls, counts) -> "ItemCounts":
         """From a dense [items, neurons] table (numpy or a lazily read array), a block of rows at a time."""
         rows, num_neurons = counts.shape
+        step = max(1, BLOCK_CELLS // max(num_neurons, 1))
         parts = []
-        for start in range(0, rows, ROW_BLOCK):
-            block = np.asarray(counts[start:start + ROW_BLOCK])  # [i, n]
+        for start in range(0, rows, step):
+            block = np.asarray(counts[start:min(start + step, rows)])  # [i, n]
             item, neuron = np.nonzero(block)  # [e], [e]
             parts.append((item + start, neuron, block[item, neuron]))
         if not parts:
@@ -77,6 +78,9 @@ def covering_counts_of(layer: ItemCounts, fraction: float = 0.95) -> np.ndarray:
 def ngram_candidates(tok_act, max_coverage: int, fraction: float = 0.95) -> np.ndarray:
     """bool [token_layers, neurons]: alive neurons that at most `max_coverage` tokens cover.
 
+    `tok_act` is a sequence of [vocab, neurons] layers (numpy arrays, or `LazyArray.view`s read a block
+    of rows at a time).
+
     Since an n-gram ends in one token, a neuron covered by c tokens needs at least c n-grams: every
     other neuron has n-gram coverage above max_coverage without counting its n-grams.
     """
@@ -93,7 +97,7 @@ DEAD, UNTRACKED = -1, -2  # covering-count codes: never active; alive but its n-
 def item_counts(stats, order: int, t: int, table=None) -> ItemCounts:
     """Token layer t's counts of n-grams of `order` (1 = tokens, from `tok_act`; 2, 3 from the n-gram table)."""
     if order == 1:
-        return ItemCounts.from_dense(stats.tok_act[t])
+        return ItemCounts.from_dense(stats.tok_act.view(t))
     grams, neurons, counts = table.pairs(order, t)  # [m] each
     return ItemCounts.from_triples(grams, neurons, counts, stats.config.ffn_dim)
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from analyses.store import StatsStore, array_layouts, open_stats
+from analyses.store import StatsStore, array_layouts, from_layers, open_stats
 from opt_jax.bench import peak_rss
 from opt_jax.progress import Progress
 
@@ -63,7 +63,7 @@ def write_synthetic_stats(root: str, config, seq_len: int = 2048, sequences: int
         total[:positional] = wave.sum() * sequences
         return total
 
-    store.commit({"act": act, "pos_act": pos_act,
+    store.commit({"act": from_layers(act), "pos_act": from_layers(pos_act),
                   "pos_tokens": np.full(seq_len, sequences, np.int64)},
                  {"tokens": seq_len * sequences, "sequences": sequences, "full_length_sequences": sequences,
                   "complete": True})
@@ -150,7 +150,7 @@ def commit_speed(root: str, layers: int = 4, positions: int = 2048, neurons: int
         for k in in_flight:
             stats.writes_in_flight = k
             start = time.perf_counter()
-            stats.commit({"pos_act": lambda layer: counts}, {})
+            stats.commit({"pos_act": from_layers(lambda layer: counts)}, {})
             seconds[k].append(time.perf_counter() - start)
     cells = layers * positions * neurons * 8 / 1e9
     base = min(seconds[in_flight[0]])

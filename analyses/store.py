@@ -11,6 +11,7 @@ generation; opening the store repairs the symlinks and discards any unfinished g
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 
@@ -29,19 +30,47 @@ _CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
 # Blocks a commit writes while it reads and adds the next ones (each at most one chunk): the default of
 # `StatsStore.writes_in_flight`.
 WRITES_IN_FLIGHT = 2
-# Rows of tok_act per chunk: keeps a chunk to ~vocab_rows * ffn * 8 bytes uncompressed.
-TOK_ROWS_PER_CHUNK = 4096
+# Cells per chunk of the large arrays (32 MiB of int64): bounds what a commit or a reader holds at once,
+# whatever the vocabulary, sequence length or width.
+CHUNK_CELLS = 1 << 22
 
 
 def array_layouts(num_layers: int, num_token_layers: int, seq_len: int, vocab: int, ffn: int) -> dict:
     """name -> (shape, chunk shape) of every array (all int64, zero-filled)."""
     return {
         "act": ((num_layers, ffn), (1, ffn)),
-        "pos_act": ((num_layers, seq_len, ffn), (1, seq_len, ffn)),
+        # Whole positions, blocks of neurons: a [seq, ffn] layer is 604 MB of int64 at 66b.
+        "pos_act": ((num_layers, seq_len, ffn), (1, seq_len, max(1, min(ffn, CHUNK_CELLS // seq_len)))),
         "pos_tokens": ((seq_len,), (seq_len,)),
         "token_occ": ((vocab,), (vocab,)),
-        "tok_act": ((num_token_layers, vocab, ffn), (1, min(vocab, TOK_ROWS_PER_CHUNK), ffn)),
+        # Blocks of whole token rows: a [vocab, ffn] layer is 14.8 GB of int64 at 66b.
+        "tok_act": ((num_token_layers, vocab, ffn), (1, max(1, min(vocab, CHUNK_CELLS // ffn)), ffn)),
     }
+
+
+def chunk_blocks(shape, chunk) -> list[tuple[slice, ...]]:
+    """The chunk-aligned blocks covering an array, in C order; the last block of each axis is cut at its end."""
+    axes = [[slice(start, min(start + step, size)) for start in range(0, size, step)]
+            for size, step in zip(shape, chunk)]
+    return [tuple(block) for block in itertools.product(*axes)]
+
+
+def from_layers(layer_delta):
+    """A block delta (for `StatsStore.commit`) from a function of the layer index giving that layer whole.
+
+    For deltas computed a layer at a time: the last layer is kept, so each is computed once, and a
+    commit then holds one layer of that array in host memory (plus one block).
+    """
+    last = {}
+
+    def block_delta(block):
+        layer = block[0].start
+        if layer not in last:
+            last.clear()
+            last[layer] = np.asarray(layer_delta(layer))
+        return last[layer][block[1:]][None]  # [1, ...]
+
+    return block_delta
 
 
 def _generation_dir(root: str, generation: int) -> str:
@@ -119,8 +148,9 @@ class StatsStore:
     def commit(self, deltas: dict, manifest_updates: dict, replacements: dict | None = None) -> None:
         """Write old totals + deltas as a new generation, then commit it with the manifest updates.
 
-        `deltas[name]` is an array of the full shape, or a function of the first-axis index giving that
-        row (so large arrays are added one layer at a time); missing names are copied unchanged.
+        `deltas[name]` is an array of the full shape, or a function of a block (a tuple of slices, one per
+        axis, as `chunk_blocks` gives them) returning the delta of that block, so that no more than one
+        chunk of a large array is in host memory at once; missing names are copied unchanged.
         `replacements[name]` is a whole 1-D array (any length) that takes the place of `name`.
         """
         replacements = replacements or {}
@@ -133,27 +163,29 @@ class StatsStore:
             if len(value):
                 store.write(value).result()
         writes = []
-        for name in self.manifest["arrays"]:
-            if name in replacements:
-                continue
-            old = self.array(name)
-            chunk = old.chunk_layout.write_chunk.shape
-            new = _create(os.path.join(new_dir, name), old.shape, chunk)
-            delta = deltas.get(name)
-            rows = range(old.shape[0]) if old.ndim > 1 else [slice(None)]
-            # Within a row, blocks of chunk rows: bounded memory even for a [vocab, ffn] row.
-            step = chunk[1] if old.ndim == 3 else None
-            blocks = [slice(i, i + step) for i in range(0, old.shape[1], step)] if step else [slice(None)]
-            for row in rows:
-                delta_row = None if delta is None else (delta(row) if callable(delta) else np.asarray(delta)[row])
-                for block in blocks:
-                    value = old[row][block].read().result()
-                    if delta_row is not None:
-                        value = value + delta_row[block]
+        try:
+            for name in self.manifest["arrays"]:
+                if name in replacements:
+                    continue
+                old = self.array(name)
+                chunk = old.chunk_layout.write_chunk.shape
+                new = _create(os.path.join(new_dir, name), old.shape, chunk)
+                delta = deltas.get(name)
+                for block in chunk_blocks(old.shape, chunk):
+                    value = old[block].read().result()
+                    if delta is not None:
+                        value = value + (delta(block) if callable(delta) else np.asarray(delta)[block])
                     if value.any():
-                        writes.append(new[row][block].write(value))  # compressed and written meanwhile
+                        writes.append(new[block].write(value))  # compressed and written meanwhile
                     while len(writes) > self.writes_in_flight:
                         writes.pop(0).result()
+        except BaseException:  # interrupted: no write may land after the caller (or a rerun) cleans up
+            for write in writes:
+                try:
+                    write.result()
+                except Exception:  # noqa: BLE001 - the interruption is the error to report
+                    pass
+            raise
         for write in writes:
             write.result()
         _fsync_tree(new_dir)
@@ -195,7 +227,12 @@ class LazyArray:
         self.dtype = np.dtype(store.dtype.numpy_dtype)
 
     def __getitem__(self, index) -> np.ndarray:
-        return np.asarray(self._store[index].read().result())
+        """Read `index` (ints and slices, numpy semantics: a slice past the end stops at the end)."""
+        return np.asarray(self._store[_clipped(index, self.shape)].read().result())
+
+    def view(self, index) -> "LazyArray":
+        """A lazy sub-array (e.g. one layer of `tok_act`), read only when indexed."""
+        return LazyArray(self._store[_clipped(index, self.shape)])
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -203,6 +240,15 @@ class LazyArray:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         value = self._store.read().result()
         return value if dtype is None else value.astype(dtype)
+
+
+def _clipped(index, shape) -> tuple:
+    """Index with numpy's slice semantics for tensorstore, which refuses a slice reaching past an axis."""
+    index = index if isinstance(index, tuple) else (index,)
+    out = []
+    for i, size in zip(index, shape):
+        out.append(slice(*i.indices(size)) if isinstance(i, slice) and i.step in (None, 1) else i)
+    return tuple(out) + tuple(index[len(out):])
 
 
 ARRAY_NAMES = ("act", "pos_act", "pos_tokens", "token_occ", "tok_act")
@@ -306,7 +352,7 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
     store = StatsStore.create(out_dir, base | unmerged, layouts)
 
     def summed(name):
-        return lambda row: sum(getattr(s, name)[row] for s in opened)
+        return lambda block: sum(getattr(s, name)[block] for s in opened)
 
     totals = {k: sum(m[k] for m in manifests) for k in ("tokens", "sequences", "full_length_sequences")}
     tables = [s.ngram_table() for s in opened]

@@ -19,7 +19,7 @@ def _loop_coverage(column, fraction):
 
 @pytest.mark.parametrize("fraction", [0.95, 0.5, 1.0])
 def test_covering_counts_match_a_loop(monkeypatch, fraction):
-    monkeypatch.setattr(coverage, "ROW_BLOCK", 7)  # dense rows read in several blocks, the last one short
+    monkeypatch.setattr(coverage, "BLOCK_CELLS", 7 * 23)  # 7 rows a block: several blocks, the last one short
     rng = np.random.default_rng(0)
     counts = rng.integers(0, 5, (40, 23)) * (rng.random((40, 23)) < 0.3)  # [items, neurons], sparse
     counts[:, 3] = 0  # a dead neuron

@@ -1,5 +1,6 @@
 """Streamed collection reads layers lazily: only the groups it needs, two ahead, with bounded host memory."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -120,7 +121,8 @@ def test_parameters_held_in_memory_stream_like_the_checkpoint(tiny_model):
         runner.run(chunk)
         runner.close()
         deltas = runner.deltas()
-        counts.append((deltas["act"], np.stack([deltas["pos_act"](l) for l in range(3)]), deltas["tok_act"](0)))
+        counts.append((deltas["act"], np.stack([runner.layer_counts("pos_act", l) for l in range(3)]),
+                       runner.layer_counts("tok_act", 0)))
     for lazy, held in zip(*counts):
         np.testing.assert_array_equal(lazy, held)
     assert counts[0][0].sum() > 0
@@ -177,8 +179,11 @@ class _FakeDevice:
         return "fake H200"
 
 
+H200_HOST = 128 * 10**9  # the host memory of the GPU machine
+
+
 def test_66b_runs_that_cannot_fit_on_the_device_are_refused_before_allocating():
-    from analyses.collect import Options, check_device_memory, make_plan
+    from analyses.collect import Options, check_memory, make_plan
     from analyses.statistics import accumulator_bytes
 
     config = opt_jax.for_size("66b")
@@ -190,10 +195,26 @@ def test_66b_runs_that_cannot_fit_on_the_device_are_refused_before_allocating():
     pos_act, tok_act = 64 * 2048 * 36864 * 4, 50272 * 36864 * 4
     assert accumulator_bytes(plan, groups) == pos_act + 32 * tok_act + 64 * 36864 * 4  # 19.3 + 237.2 GB
     with pytest.raises(analyses.StatsError, match=r"fake H200: the counters .*tok_act 32 layers x 7.4 GB"):
-        check_device_memory(plan, groups, layer, every, h200)
+        check_memory(plan, groups, layer, every, h200, H200_HOST)
     subset = Options(offload=True, group_size=4, token_layers=tuple(range(11)))  # one of three passes
     plan = make_plan(config, subset)
-    check_device_memory(plan, plan.groups(4), layer, subset, h200)  # 19.3 + 81.5 + 16.3 GB of weights: fits
+    check_memory(plan, plan.groups(4), layer, subset, h200, H200_HOST)  # 19.3 + 81.5 + 16.3 GB of weights: fits
     resident = Options(token_layers=tuple(range(11)))
     with pytest.raises(analyses.StatsError, match=r"weights on the device \(130.5 GB\)"):
-        check_device_memory(plan, plan.groups(), layer, resident, h200)
+        check_memory(plan, plan.groups(), layer, resident, h200, H200_HOST)
+
+
+def test_on_the_cpu_a_run_that_cannot_fit_in_host_memory_is_refused_before_allocating():
+    """Where the device is the host, weights + counters + temporaries are checked against psutil's available."""
+    from analyses.collect import Options, check_memory, make_plan
+
+    config = opt_jax.for_size("66b").replace(num_hidden_layers=2)
+    layer = bench.layer_bytes(config, 4)  # 4.08 GB in float32
+    options = Options(offload=True, group_size=1, token_layers=(0, 1), seq_len=512, batch_size=1)
+    plan = make_plan(config, options)
+    cpu = jax.devices("cpu")[0]
+    with pytest.raises(analyses.StatsError, match=r"host memory, shared with the device.*tok_act 2 layers x 7.4 GB.*"
+                                                  r"weights on the device \(8.2 GB\).*--token_layers.*--dtype"):
+        check_memory(plan, plan.groups(1), layer, options, cpu, host_available=20 * 10**9)
+    one = Options(offload=True, group_size=1, token_layers=(0,), seq_len=512, batch_size=1)
+    check_memory(make_plan(config, one), plan.groups(1), layer, one, cpu, host_available=20 * 10**9)  # 16 GB: fits
