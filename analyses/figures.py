@@ -26,7 +26,6 @@ RANGES_SIZE = (10.0, 6.0)
 
 def _pyplot():
     """matplotlib.pyplot, imported on the first figure drawn."""
-    import matplotlib.ticker
     import matplotlib.pyplot as plt
 
     return plt

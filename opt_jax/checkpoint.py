@@ -23,7 +23,7 @@ import tensorstore as ts
 
 from opt_jax import atomic
 from opt_jax.config import OPTConfig
-from opt_jax.hf_checkpoint import CheckpointError
+from opt_jax.errors import CheckpointError
 from opt_jax.errors import InputError
 from opt_jax.model import param_shapes
 

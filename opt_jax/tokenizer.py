@@ -70,7 +70,7 @@ def fingerprint(tokenizer_dir: str) -> str:
 
 def tokenizer_files(tokenizer_dir: str) -> list[str]:
     """The tokenizer's files in tokenizer_dir that a model directory should hold beside its weights."""
-    from opt_jax.conversion import TOKENIZER_FILES
+    from opt_jax.hf.conversion import TOKENIZER_FILES
 
     return [os.path.join(tokenizer_dir, name) for name in TOKENIZER_FILES
             if os.path.isfile(os.path.join(tokenizer_dir, name))]

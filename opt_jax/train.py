@@ -50,9 +50,10 @@ from opt_jax import atomic
 from opt_jax import checkpoint as ckpt
 from opt_jax import stdlib_corpus
 from opt_jax import tokenizer as tokenization
-from opt_jax.config import OPTConfig, for_size, to_hf_dict
+from opt_jax.config import OPTConfig, for_size
+from opt_jax.hf.config import to_hf_dict
 from opt_jax.corpus import Corpus, batches, corpus_fingerprint, expand_paths, iter_documents
-from opt_jax.export import export_hf
+from opt_jax.hf.export import export_hf
 from opt_jax.model import Params, decoder_layers, embed, flatten, head, init_params, unflatten
 from opt_jax.errors import TrainError
 from opt_jax.progress import Progress

@@ -4,9 +4,9 @@
   python scripts/benchmark.py --seq_lens 512 --batches 2 --workdir /scratch
   python scripts/benchmark.py --device_suite gpu       # 1.3b/6.7b resident vs streamed, 30b/66b streamed, bf16
   python scripts/benchmark.py --device_suite gpu --shrink 32 --seq_len 32 --batch_size 2   # the same, CPU-sized
-cpu: ours (resident and streamed `analyses.collect.Runner`) and the baseline (HF `OPTForCausalLM` with fc1
+cpu: ours (resident and streamed `analyses.collection.Runner`) and the baseline (HF `OPTForCausalLM` with fc1
 forward hooks: full model, and decoder only) run on identical weights and batches; the numpy float32 matmul rate
-is measured too. gpu: `analyses.benchmark.device_suite` on the default JAX device, against its bf16 matmul rate.
+is measured too. gpu: `benchmarks.device` on the default JAX device, against its bf16 matmul rate.
 One JSON line per measurement on stdout, progress on stderr, then a markdown table for BENCHMARKS.md. Flags left
 unset take the suite's own defaults.
 """
@@ -60,25 +60,25 @@ def main(argv):
 
     jax.config.update("jax_platforms", "cpu")
     import opt_jax
-    from analyses import benchmark
+    from benchmarks import cpu, ngram_cost
 
     common = _set(batches=FLAGS.batches, warmup=FLAGS.warmup, seed=FLAGS.seed)
     if FLAGS.ngram_cost:
         seq_len = int(FLAGS.seq_lens[0])
-        result = benchmark.ngram_cost(opt_jax.for_size(FLAGS.size), seq_len,
-                                      benchmark.batch_size_for(seq_len, FLAGS.tokens_per_batch),
-                                      workdir=FLAGS.workdir, **common)
+        result = ngram_cost.ngram_cost(opt_jax.for_size(FLAGS.size), seq_len,
+                                       cpu.batch_size_for(seq_len, FLAGS.tokens_per_batch),
+                                       workdir=FLAGS.workdir, **common)
         print(json.dumps(result))
         return 0
 
     def suite():
-        return benchmark.run_suite(
+        return cpu.run_suite(
             opt_jax.for_size(FLAGS.size), seq_lens=[int(s) for s in FLAGS.seq_lens],
             tokens_per_batch=FLAGS.tokens_per_batch, workdir=FLAGS.workdir,
             **common, **_set(group_size=FLAGS.group_size, chunk_batches=FLAGS.chunk_batches,
                              matmul_n=FLAGS.matmul_n))
 
-    return cli.run(suite, _table(benchmark.markdown_table))
+    return cli.run(suite, _table(cpu.markdown_table))
 
 
 def _table(markdown):
@@ -87,15 +87,15 @@ def _table(markdown):
 
 
 def gpu():
-    from analyses import benchmark
+    from benchmarks import device
 
     settings = _set(sizes=FLAGS.sizes and tuple(FLAGS.sizes), resident_sizes=FLAGS.resident_sizes and
                     tuple(FLAGS.resident_sizes), shrink=FLAGS.shrink, seq_len=FLAGS.seq_len,
                     batch_size=FLAGS.batch_size, batches=FLAGS.batches, warmup=FLAGS.warmup,
                     chunk_batches=FLAGS.chunk_batches, group_size=FLAGS.group_size,
                     token_layers=FLAGS.token_layers, matmul_n=FLAGS.matmul_n, seed=FLAGS.seed)
-    return cli.run(lambda: benchmark.device_suite(benchmark.DeviceSuite(**settings)),
-                   _table(benchmark.device_markdown_table))
+    return cli.run(lambda: device.device_suite(device.DeviceSuite(**settings)),
+                   _table(device.device_markdown_table))
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def test_failure_mid_conversion_leaves_nothing_that_loads(sharded, tmp_path, mon
             raise OSError("simulated I/O error")
         return real_fromfile(*args, **kwargs)
 
-    monkeypatch.setattr("opt_jax.hf_checkpoint.np.fromfile", failing_fromfile)
+    monkeypatch.setattr("opt_jax.hf.weights.np.fromfile", failing_fromfile)
     out = str(tmp_path / "out")
     with pytest.raises(OSError):
         opt_jax.convert(sharded, out, verbose=False)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import opt_jax
-from analyses import benchmark
-from opt_jax import bench
+from benchmarks import cpu, device, ngram_cost, sources
+from benchmarks import conversion as bench
 
 TINY = opt_jax.OPTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, ffn_dim=256,
                          word_embed_proj_dim=64, vocab_size=500)
@@ -20,23 +20,23 @@ SEQ = 32
 def test_flops_per_token_is_the_hand_count():
     per_layer_weights = 4 * 64 * 64 + 2 * 64 * 256  # q, k, v, o; fc1, fc2
     attention = 2 * 2 * SEQ * 64  # scores and values, full sequence
-    assert benchmark.decoder_matmul_params(TINY) == 2 * per_layer_weights
-    assert benchmark.model_flops_per_token(TINY, SEQ) == 2 * (2 * per_layer_weights) + 2 * attention == 212992
+    assert cpu.decoder_matmul_params(TINY) == 2 * per_layer_weights
+    assert cpu.model_flops_per_token(TINY, SEQ) == 2 * (2 * per_layer_weights) + 2 * attention == 212992
 
 
 def test_batches_are_full_length_random_windows():
-    data = benchmark.make_batches(TINY, SEQ, benchmark.batch_size_for(SEQ, 64), 3, seed=1)
+    data = cpu.make_batches(TINY, SEQ, cpu.batch_size_for(SEQ, 64), 3, seed=1)
     assert len(data) == 3
     for ids, mask in data:
         assert ids.shape == mask.shape == (2, SEQ) and ids.dtype.name == "int32" and mask.all()
         assert (ids[:, 0] == TINY.bos_token_id).all() and ((ids[:, 1:] >= 3) & (ids[:, 1:] < 500)).all()
     assert (data[0][0] != data[1][0]).any()
-    assert benchmark.batch_size_for(2048, 4096) == 2 and benchmark.batch_size_for(4096, 1000) == 1
+    assert cpu.batch_size_for(2048, 4096) == 2 and cpu.batch_size_for(4096, 1000) == 1
 
 
 def test_suite_on_a_tiny_model(tmp_path):
     records, messages = [], []
-    rows = benchmark.run_suite(TINY, seq_lens=(SEQ,), tokens_per_batch=2 * SEQ, batches=2, warmup=1,
+    rows = cpu.run_suite(TINY, seq_lens=(SEQ,), tokens_per_batch=2 * SEQ, batches=2, warmup=1,
                                group_size=1, chunk_batches=2, workdir=str(tmp_path), matmul_n=128,
                                emit=records.append, log=messages.append)
     for r in records:
@@ -69,7 +69,7 @@ def test_suite_on_a_tiny_model(tmp_path):
         row["ours_resident_tok_s"] * row["flops_per_token"] / row["numpy_flops_per_s"])
     assert row["numpy_flops_per_s"] == by_kind["numpy_matmul"]["flops_per_s"]
 
-    table = benchmark.markdown_table(rows).splitlines()
+    table = cpu.markdown_table(rows).splitlines()
     assert table[0].startswith("| seq len |") and table[1].startswith("|---")
     assert table[2].startswith(f"| {SEQ} | 2 |") and table[2].count("|") == table[0].count("|")
     assert any("GFLOP/s" in line for line in table[3:]) and any("Peak RSS" in line for line in table[3:])
@@ -79,15 +79,15 @@ def test_counts_agree_with_a_hand_count(tmp_path):
     """The hooked baseline's counters are (fc1 out > 0) summed as stated, against the model's own masks."""
     import numpy as np
 
-    models = benchmark.build_models(TINY, str(tmp_path))
-    batch = benchmark.make_batches(TINY, SEQ, 2, 1, seed=3)[0]
-    hf = benchmark.hf_counts(models.hf_model, batch)
+    models = cpu.build_models(TINY, str(tmp_path))
+    batch = cpu.make_batches(TINY, SEQ, 2, 1, seed=3)[0]
+    hf = cpu.hf_counts(models.hf_model, batch)
     model = opt_jax.load(models.converted_dir)
     fired = opt_jax.unpack_masks(model.forward(batch[0], batch[1]).masks, TINY.ffn_dim)  # [l, b, s, f]
     np.testing.assert_array_equal(hf["pos_act"], fired.sum(axis=1))
     np.testing.assert_array_equal(hf["act"], fired.sum(axis=(1, 2)))
-    ours = benchmark.ours_counts(models.converted_dir, TINY, batch)
-    assert benchmark.agreement(ours, hf, 2 * SEQ)["act_agreement"] == 1.0
+    ours = cpu.ours_counts(models.converted_dir, TINY, batch)
+    assert cpu.agreement(ours, hf, 2 * SEQ)["act_agreement"] == 1.0
 
 
 def test_interleaved_rounds_rotate_and_chunk():
@@ -102,8 +102,8 @@ def test_interleaved_rounds_rotate_and_chunk():
             calls.append((self.name, len(batches)))
             return 0.5 * len(batches)
 
-    data = benchmark.make_batches(TINY, 4, 2, 5)  # one warm-up, four timed
-    out = benchmark.time_interleaved({"a": Fake("a", 1), "b": Fake("b", 2)}, data, warmup=1)
+    data = cpu.make_batches(TINY, 4, 2, 5)  # one warm-up, four timed
+    out = cpu.time_interleaved({"a": Fake("a", 1), "b": Fake("b", 2)}, data, warmup=1)
     assert calls == [("a", 1), ("b", 1),  # warm-up: one batch per step
                      ("a", 1), ("a", 1), ("b", 2),  # round 0
                      ("b", 2), ("a", 1), ("a", 1)]  # round 1, rotated
@@ -113,7 +113,7 @@ def test_interleaved_rounds_rotate_and_chunk():
 
 
 def test_ngram_cost_on_a_tiny_model(tmp_path):
-    result = benchmark.ngram_cost(TINY, seq_len=SEQ, batch_size=2, batches=2, warmup=1, workdir=str(tmp_path),
+    result = ngram_cost.ngram_cost(TINY, seq_len=SEQ, batch_size=2, batches=2, warmup=1, workdir=str(tmp_path),
                                   log=lambda message: None)
     assert result["distinct_pairs"] > 0 and result["pair_bytes"] == 16 * result["distinct_pairs"]
     assert result["tokens_counted"] == 3 * 2 * SEQ
@@ -122,27 +122,27 @@ def test_ngram_cost_on_a_tiny_model(tmp_path):
 
 def test_shrink_config_keeps_head_size_and_ratios():
     big = opt_jax.for_size("66b")
-    small = benchmark.shrink_config(big, 32)
+    small = sources.shrink_config(big, 32)
     assert small.head_dim == big.head_dim == 128 and small.num_attention_heads == 2
     assert (small.hidden_size, small.ffn_dim, small.num_hidden_layers, small.vocab_size) == (256, 1024, 4, 1571)
-    assert benchmark.shrink_config(big, 1) == big
-    assert benchmark.shrink_config(opt_jax.for_size("1.3b"), 64).num_attention_heads == 1
+    assert sources.shrink_config(big, 1) == big
+    assert sources.shrink_config(opt_jax.for_size("1.3b"), 64).num_attention_heads == 1
     with pytest.raises(ValueError, match="shrink"):
-        benchmark.shrink_config(big, 0)
+        sources.shrink_config(big, 0)
 
 
 def test_random_layers_depend_only_on_seed_and_layer():
-    config = benchmark.shrink_config(opt_jax.for_size("1.3b"), 32)
-    four = benchmark.random_layers(config, 0, 4, "bfloat16", 0)
-    two = benchmark.random_layers(config, 1, 2, "bfloat16", 0)  # layers 1 and 2 made in another group
-    other = benchmark.random_layers(config, 1, 2, "bfloat16", 1)
+    config = sources.shrink_config(opt_jax.for_size("1.3b"), 32)
+    four = sources.random_layers(config, 0, 4, "bfloat16", 0)
+    two = sources.random_layers(config, 1, 2, "bfloat16", 0)  # layers 1 and 2 made in another group
+    other = sources.random_layers(config, 1, 2, "bfloat16", 1)
     fc1 = np.asarray(four["ffn"]["fc1"]["weight"], np.float32)  # [4, f, d]
     np.testing.assert_array_equal(np.asarray(two["ffn"]["fc1"]["weight"], np.float32), fc1[1:3])
     assert not np.array_equal(np.asarray(other["ffn"]["fc1"]["weight"], np.float32), fc1[1:3])
     assert not np.array_equal(fc1[0], fc1[1]) and 0.015 < fc1.std() < 0.025
     assert four["ffn"]["fc1"]["weight"].dtype.name == "bfloat16"
     assert (np.asarray(four["attn_norm"]["weight"]) == 1).all() and (np.asarray(four["ffn"]["fc1"]["bias"]) == 0).all()
-    source = benchmark.RandomLayers(config)
+    source = sources.RandomLayers(config)
     assert source.layer_bytes == bench.layer_bytes(config, 2) and source.num_layers == 4
 
 
@@ -171,8 +171,8 @@ def test_device_suite_script_on_tiny_shapes():
     for row in rows:
         assert (row["layers"], row["groups"], row["group_size"], row["chunks"]) == (4, 4, 1, 2)
         assert row["matmul_flops_per_s"] == matmul
-        config = benchmark.shrink_config(opt_jax.for_size(row["size"]), 32)
-        assert row["flops_per_token"] == benchmark.model_flops_per_token(config, 16)
+        config = sources.shrink_config(opt_jax.for_size(row["size"]), 32)
+        assert row["flops_per_token"] == cpu.model_flops_per_token(config, 16)
         for name in ("streamed", "compute_only") + (("resident",) if row["size"] == "1.3b" else ()):
             assert row[f"{name}_tokens"] == 4 * 2 * 16 and row[f"{name}_tok_s"] > 0
             assert row[f"{name}_fraction_of_matmul"] == pytest.approx(
@@ -195,4 +195,4 @@ def test_device_suite_script_on_tiny_shapes():
 
 def test_device_suite_refuses_unknown_sizes():
     with pytest.raises(opt_jax.ConfigError):
-        benchmark.device_suite(benchmark.DeviceSuite(sizes=("7b",)), emit=None, log=None)
+        device.device_suite(device.DeviceSuite(sizes=("7b",)), emit=None, log=None)

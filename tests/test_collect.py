@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 import analyses
 import opt_jax
-from analyses.store import StatsError
+from analyses.collection.store import StatsError
 
 from conftest import DOCS
 
@@ -187,7 +187,7 @@ def test_cli_shows_progress_and_seq_len_error(tiny_model, tiny_corpus, tmp_path)
 
 
 def test_ngram_budget_stops_the_run_cleanly_and_a_larger_budget_finishes_it(tiny_model, tiny_corpus, tmp_path):
-    from analyses.ngrams import NgramBudgetError
+    from analyses.collection.ngrams import NgramBudgetError
 
     out = str(tmp_path / "s")
     kwargs = dict(seq_len=SEQ, batch_size=2, verbose=False, flush_every_batches=1, ngram_orders=(2, 3))

@@ -11,7 +11,7 @@ import pytest
 
 import analyses
 from kill import kill_when
-from analyses.store import ARRAY_NAMES, StatsError
+from analyses.collection.store import ARRAY_NAMES, StatsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ = 12

@@ -5,8 +5,8 @@ import pytest
 
 import hf_models
 import opt_jax
-from opt_jax import bench
-from opt_jax.config import from_hf_dict, to_hf_dict
+from benchmarks import conversion as bench
+from opt_jax.hf.config import from_hf_dict, to_hf_dict
 
 # Parameter counts of the published models, in billions (HF model cards), and PAPER.md's shapes.
 PUBLISHED = {"125m": 0.125, "350m": 0.331, "1.3b": 1.316, "2.7b": 2.652, "6.7b": 6.658, "13b": 12.853,

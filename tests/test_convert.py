@@ -10,7 +10,8 @@ import pytest
 import hf_models
 from kill import kill_when
 import opt_jax
-from opt_jax import atomic, checkpoint, conversion as convert_module
+from opt_jax import atomic, checkpoint
+from opt_jax.hf import conversion as convert_module
 from opt_jax.model import flatten
 
 LAYOUTS = ["safetensors", "sharded_safetensors", "bin", "sharded_bin"]
@@ -165,7 +166,7 @@ def test_size_name_resolves_in_the_local_hub_cache(pre_ln_dir, tmp_path, batch, 
 
 
 def test_size_missing_from_cache_fails_at_once_offline(tmp_path, monkeypatch):
-    from opt_jax import hub
+    from opt_jax.hf import hub
 
     def no_network(*args, **kwargs):
         raise AssertionError("offline resolution must not touch the network")
@@ -180,7 +181,7 @@ def test_size_missing_from_cache_fails_at_once_offline(tmp_path, monkeypatch):
 
 
 def test_unreachable_hub_fails_with_where_it_looked(tmp_path, monkeypatch):
-    from opt_jax import hub
+    from opt_jax.hf import hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "_hub_reachable", lambda endpoint, timeout=3.0: False)
@@ -202,7 +203,7 @@ def test_sigkill_mid_conversion_then_rerun(tmp_path):
     import subprocess
     import sys
 
-    from opt_jax import bench
+    from benchmarks import conversion as bench
 
     config = opt_jax.OPTConfig(num_hidden_layers=16, hidden_size=256, num_attention_heads=4, ffn_dim=1024,
                                word_embed_proj_dim=256, vocab_size=500, max_position_embeddings=64)

@@ -3,7 +3,7 @@
 import numpy as np
 
 import opt_jax
-from opt_jax import bench
+from benchmarks import conversion as bench
 
 
 def test_half_precision_masks_agree_with_float32():

@@ -8,7 +8,7 @@ from opt_jax import cli, errors
 def test_every_user_error_is_an_opt_jax_error():
     import analyses
     import opt_jax
-    from analyses.ngrams import NgramBudgetError
+    from analyses.collection.ngrams import NgramBudgetError
     from opt_jax.corpus import CorpusError
     from opt_jax.train import TrainError
 

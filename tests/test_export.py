@@ -7,8 +7,8 @@ import transformers
 
 import hf_models
 import opt_jax
-from opt_jax.config import from_hf_dict
-from opt_jax.export import export_hf
+from opt_jax.hf.config import from_hf_dict
+from opt_jax.hf.export import export_hf
 
 
 @pytest.mark.parametrize("shape", [hf_models.PRE_LN, hf_models.POST_LN_350M], ids=["pre_ln", "post_ln"])

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from analyses.ngrams import (NgramBudgetError, NgramTable, SparseCounts, ngram_ids, valid_positions)
+from analyses.collection.ngrams import (NgramBudgetError, NgramTable, SparseCounts, ngram_ids, valid_positions)
 
 ORDERS = (2, 3)
 LAYERS = 2

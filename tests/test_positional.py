@@ -12,7 +12,7 @@ from analyses import open_stats
 from analyses import positional as pn
 from analyses import figures
 from analyses.figures import DPI
-from analyses.store import StatsStore, array_layouts
+from analyses.collection.store import StatsStore, array_layouts
 
 N = 1000  # sequences: tokens at every position
 P = 129  # positions, BOS included

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from analyses import scale
+from benchmarks import scale
 from analyses.dead import analyze_dead
-from analyses.store import open_stats
+from analyses.collection.store import open_stats
 from opt_jax.config import for_size
 
 

@@ -14,8 +14,8 @@ import tensorstore as ts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from analyses import store as store_module
-from analyses.store import StatsStore, array_layouts, chunk_blocks, from_layers, merge_stats, open_stats
+from analyses.collection import store as store_module
+from analyses.collection.store import StatsStore, array_layouts, chunk_blocks, from_layers, merge_stats, open_stats
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -6,7 +6,7 @@ import pytest
 
 import analyses
 import opt_jax
-from opt_jax import bench
+from benchmarks import conversion as bench
 from opt_jax import checkpoint as ckpt
 from opt_jax.streaming import CheckpointLayers, GroupStream, StackedLayers, split_layers
 
@@ -105,7 +105,7 @@ def test_streamed_collection_reads_layer_groups_lazily_and_equals_resident(tiny_
 
 
 def test_parameters_held_in_memory_stream_like_the_checkpoint(tiny_model):
-    from analyses.collect import Options, Runner, Weights, make_plan
+    from analyses.collection import Options, Runner, Weights, make_plan
     from opt_jax.model import unflatten
 
     config = ckpt.read_config(tiny_model)
@@ -133,7 +133,7 @@ LAYER_SHAPE = dict(hidden_size=1024, num_attention_heads=16, ffn_dim=4096, word_
                    max_position_embeddings=64)
 
 _RUN = """
-from analyses.collect import Options, Runner, make_plan
+from analyses.collection import Options, Runner, make_plan
 config = checkpoint.read_config({path!r})
 options = Options(seq_len=16, batch_size=2, offload=True, group_size=1, chunk_batches=2, token_layers=(),
                   verbose=False)
@@ -183,8 +183,8 @@ H200_HOST = 128 * 10**9  # the host memory of the GPU machine
 
 
 def test_66b_runs_that_cannot_fit_on_the_device_are_refused_before_allocating():
-    from analyses.collect import Options, check_memory, make_plan
-    from analyses.statistics import accumulator_bytes
+    from analyses.collection.plan import Options, check_memory, make_plan
+    from analyses.collection.statistics import accumulator_bytes
 
     config = opt_jax.for_size("66b")
     layer = bench.layer_bytes(config, 2)  # 2.04 GB in bf16
@@ -206,7 +206,7 @@ def test_66b_runs_that_cannot_fit_on_the_device_are_refused_before_allocating():
 
 def test_on_the_cpu_a_run_that_cannot_fit_in_host_memory_is_refused_before_allocating():
     """Where the device is the host, weights + counters + temporaries are checked against psutil's available."""
-    from analyses.collect import Options, check_memory, make_plan
+    from analyses.collection.plan import Options, check_memory, make_plan
 
     config = opt_jax.for_size("66b").replace(num_hidden_layers=2)
     layer = bench.layer_bytes(config, 4)  # 4.08 GB in float32

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import opt_jax
-from opt_jax import bench
+from benchmarks import conversion as bench
 
 LAYER_SHAPE = dict(hidden_size=512, num_attention_heads=8, ffn_dim=2048, word_embed_proj_dim=512, vocab_size=1000,
                    max_position_embeddings=64)

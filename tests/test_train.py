@@ -21,7 +21,7 @@ from opt_jax import stdlib_corpus, train
 from opt_jax.checkpoint import read_config, read_params
 from opt_jax.config import ConfigError, OPTConfig
 from opt_jax.corpus import Corpus
-from opt_jax.export import export_hf
+from opt_jax.hf.export import export_hf
 from opt_jax.model import flatten
 from opt_jax.tokenizer import train_tokenizer
 

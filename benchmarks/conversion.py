@@ -11,14 +11,14 @@ import tempfile
 import numpy as np
 
 from opt_jax.config import OPTConfig
-from opt_jax.export import export_hf
+from opt_jax.hf.export import export_hf
 from opt_jax.model import init_params, param_shapes
 from opt_jax.streaming import layer_bytes
 
 _MEASURE = """
 import json, sys, time
 import opt_jax
-from opt_jax.bench import peak_rss
+from benchmarks.conversion import peak_rss
 {setup}
 start = time.perf_counter()
 {work}

@@ -6,8 +6,9 @@ import os
 import socket
 import urllib.parse
 
-from opt_jax.config import SIZES, ConfigError
-from opt_jax.hf_checkpoint import CheckpointError
+from opt_jax.config import SIZES
+from opt_jax.errors import ConfigError
+from opt_jax.errors import CheckpointError
 
 # What a conversion needs from a hub repository: weights, configs, tokenizer files.
 _PATTERNS = ["*.json", "*.txt", "*.model"]

@@ -289,8 +289,8 @@ class Stats:
         return OPTConfig.from_dict(self.manifest["config"])
 
     def ngram_table(self, max_pairs: int = 2**62):
-        """The exact n-gram counts of the token layers (an `analyses.ngrams.NgramTable`), None if not collected."""
-        from analyses.ngrams import NgramTable
+        """The exact n-gram counts of the token layers (an `analyses.collection.ngrams.NgramTable`), None if not collected."""
+        from analyses.collection.ngrams import NgramTable
 
         orders = self.manifest.get("ngram_orders") or []
         if not orders or not self.token_layers:

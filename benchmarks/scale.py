@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from analyses.store import StatsStore, array_layouts, from_layers, open_stats
-from opt_jax.bench import peak_rss
+from analyses.collection.store import StatsStore, array_layouts, from_layers, open_stats
+from benchmarks.conversion import peak_rss
 from opt_jax.progress import Progress
 
 PHASES = ("read", "analyze")
@@ -102,7 +102,7 @@ def measure(root: str) -> dict[str, dict]:
     """Each phase in a fresh process (peak RSS is per process), in one invocation."""
     out = {}
     for phase in PHASES:
-        result = subprocess.run([sys.executable, "-m", "analyses.scale", phase, root], capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "benchmarks.scale", phase, root], capture_output=True,
                                 text=True, check=True)
         out[phase] = json.loads(result.stdout.strip().splitlines()[-1])
     return out
@@ -134,7 +134,7 @@ def _disk_mb(root: str) -> float:
     return total / 2 ** 20
 
 
-if __name__ == "__main__":  # one phase, in its own process: python -m analyses.scale PHASE ROOT
+if __name__ == "__main__":  # one phase, in its own process: python -m benchmarks.scale PHASE ROOT
     print(json.dumps(run_phase(sys.argv[1], sys.argv[2])))
 
 

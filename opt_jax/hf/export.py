@@ -8,8 +8,9 @@ import os
 import numpy as np
 from safetensors.numpy import save_file
 
-from opt_jax.config import OPTConfig, to_hf_dict
-from opt_jax.conversion import key_plan
+from opt_jax.config import OPTConfig
+from opt_jax.hf.config import to_hf_dict
+from opt_jax.hf.conversion import key_plan
 from opt_jax.model import Params, flatten
 
 
