@@ -16,16 +16,17 @@ The output directory:
     train.json            the run: identity (config, flags, corpus and tokenizer fingerprints),
                           step, data cursor, the committed resume state, snapshots; replaced atomically
     log.jsonl             every log_every steps: step, mean loss, grad norm, learning rate, tokens
-    resume/state-<N>/     parameters and optimizer state (float32 .npz) after step N
+    resume/<N>/           parameters and optimizer state after step N (orbax `CheckpointManager`)
     step-<N>/             a converted opt_jax checkpoint (`opt_jax.load`, `scripts/collect.py --model`)
                           with the tokenizer; `hf/` inside for models with positional embeddings
     corpus/stdlib.jsonl   the default corpus (`opt_jax.stdlib_corpus`)
     tokenizer/            the default tokenizer, trained on the corpus (`opt_jax.tokenizer`)
 
-A resume state is written to a temporary directory, renamed, then named in `train.json` (the
-commit point); older ones are removed after. A run killed at any moment and started again with
-the same arguments continues from its last commit and ends with the parameters of an
-uninterrupted run. When it finishes, the resume state is removed and `train.json` says complete.
+A resume state is written by orbax's `CheckpointManager` (a temporary directory, finalised by a
+rename once complete; the last `KEEP_RESUME_STATES` kept), then named in `train.json` (the commit
+point). A run killed at any moment and started again with the same arguments discards the states
+`train.json` does not reach, continues from its last commit and ends with the parameters of an
+uninterrupted run. When it finishes, the resume states are removed and `train.json` says complete.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from opt_jax import atomic
@@ -63,6 +65,7 @@ VERSION = 1
 RECORD = "train.json"
 LOG = "log.jsonl"
 RESUME_DIR = "resume"
+KEEP_RESUME_STATES = 2  # the committed resume state and the one before it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,14 +139,18 @@ def train(out_dir: str, config: OPTConfig, options: TrainOptions = TrainOptions(
     record |= {"corpus_files": files, "tokenizer": tokenizer_dir,
                "stdlib": stdlib_corpus.describe() if stdlib else None}
     if record["complete"]:
+        atomic.remove(os.path.join(out_dir, RESUME_DIR))  # a run killed right after its last commit left them
         _say(options, f"{out_dir}: already complete ({record['step']} steps)")
         return out_dir
     trainer = Trainer(config, options)
-    state = trainer.restore(out_dir, record) if record["state"] else trainer.init()
-    if state.step:
-        _say(options, f"{out_dir}: resuming at step {state.step} (epoch {state.cursor['epoch']}, "
-                      f"window {state.cursor['window']})")
-    _loop(trainer, state, data, record, out_dir, tokenizer_dir)
+    with ResumeStates(out_dir) as states:
+        state = trainer.restore(states, record) if record["state"] else trainer.init()
+        if state.step:
+            _say(options, f"{out_dir}: resuming at step {state.step} (epoch {state.cursor['epoch']}, "
+                          f"window {state.cursor['window']})")
+        _loop(trainer, state, data, record, out_dir, tokenizer_dir, states)
+    if record["complete"]:
+        atomic.remove(os.path.join(out_dir, RESUME_DIR))
     return out_dir
 
 
@@ -244,7 +251,11 @@ def _open_run(out_dir: str, identity: dict, overwrite: bool) -> dict:
                 raise TrainError(f"{out_dir}: holds a training run of a different {key} "
                                  f"({_difference(record['identity'].get(key), identity[key])}); "
                                  "use another --out or pass --overwrite")
-        _clean_resume_dir(out_dir, record["state"])
+        if record["state"] is None:
+            atomic.remove(os.path.join(out_dir, RESUME_DIR))
+        else:
+            with ResumeStates(out_dir) as states:
+                states.discard_after(record["state"])
         _trim_log(out_dir, record["step"])
         return record
     for name in os.listdir(out_dir):
@@ -356,20 +367,14 @@ class Trainer:
         opt_state = jax.jit(self.optimizer.init, out_shardings=self.replicated)(params)
         return State(params, opt_state, 0, {"epoch": 0, "window": 0}, 0)
 
-    def restore(self, out_dir: str, record: dict) -> State:
-        """The committed resume state named in the run record."""
-        path = os.path.join(out_dir, record["state"], "state.npz")
-        with np.load(path) as arrays:
-            params = unflatten({k.removeprefix("params/"): arrays[k] for k in arrays.files if k.startswith("params/")})
-            template = jax.eval_shape(self.optimizer.init, params)
-            leaves, treedef = jax.tree.flatten(template)
-            opt_leaves = [arrays[f"opt/{i:05d}"] for i in range(len(leaves))]
-        for leaf, value in zip(leaves, opt_leaves):
-            if leaf.shape != value.shape:
-                raise TrainError(f"{path}: optimizer state {value.shape} does not match this run's {leaf.shape}")
-        params = jax.device_put(params, self.replicated)
-        opt_state = jax.device_put(jax.tree.unflatten(treedef, opt_leaves), self.replicated)
-        return State(params, opt_state, record["step"], dict(record["cursor"]), record["tokens"])
+    def restore(self, states: "ResumeStates", record: dict) -> State:
+        """The committed resume state named in the run record, on the devices as the step wants it."""
+        params = jax.eval_shape(functools.partial(init_params, self.config, self.options.seed))
+        template = {"params": params, "opt_state": jax.eval_shape(self.optimizer.init, params)}
+        template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), template)
+        restored = states.restore(record["state"], template)
+        return State(restored["params"], restored["opt_state"], record["step"], dict(record["cursor"]),
+                     record["tokens"])
 
     def run(self, state: State, ids: np.ndarray, mask: np.ndarray, cursor: dict) -> dict:
         """Advance state by one step on this batch (in place); the step's metrics, still on the device."""
@@ -425,7 +430,8 @@ def _shuffled_blocks(windows: Iterator[np.ndarray], block: int, seed: tuple[int,
 # The loop, snapshots and resume states
 
 
-def _loop(trainer: Trainer, state: State, data: Corpus, record: dict, out_dir: str, tokenizer_dir: str) -> None:
+def _loop(trainer: Trainer, state: State, data: Corpus, record: dict, out_dir: str, tokenizer_dir: str,
+          states: "ResumeStates") -> None:
     """Train to options.steps, logging, snapshotting and committing resume states on the way."""
     options, config = trainer.options, trainer.config
     stream = training_batches(data, options, config.pad_token_id, state.cursor)
@@ -445,11 +451,10 @@ def _loop(trainer: Trainer, state: State, data: Corpus, record: dict, out_dir: s
             write_snapshot(out_dir, state, config, options, tokenizer_dir, record)
         if final:
             _commit(out_dir, record, state, None, complete=True)
-            atomic.remove(os.path.join(out_dir, RESUME_DIR))
             _say(options, f"{out_dir}: trained {state.step} steps, {state.tokens:,} tokens")
             return
         if state.step in options.save_steps or time.monotonic() - last_commit >= options.save_every_s:
-            _commit(out_dir, record, state, save_resume_state(out_dir, state), complete=False)
+            _commit(out_dir, record, state, states.save(state), complete=False)
             last_commit = time.monotonic()
 
 
@@ -508,36 +513,54 @@ def _copy_tokenizer(tokenizer_dir: str, directory: str) -> None:
         shutil.copyfile(path, os.path.join(directory, os.path.basename(path)))
 
 
-def save_resume_state(out_dir: str, state: State) -> str:
-    """Write parameters and optimizer state to resume/state-N (renamed into place); its path relative to out_dir."""
-    name = os.path.join(RESUME_DIR, f"state-{state.step}")
-    final = os.path.join(out_dir, name)
-    tmp = f"{final}.tmp"
-    atomic.remove(tmp)
-    os.makedirs(tmp)
-    params, opt_state = jax.device_get((state.params, state.opt_state))
-    arrays = {f"params/{path}": value for path, value in flatten(params).items()}
-    arrays |= {f"opt/{i:05d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(opt_state))}
-    with open(os.path.join(tmp, "state.npz"), "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    atomic.replace_dir(tmp, final)
-    return name
+class ResumeStates:
+    """The resume states of a run, `out_dir/resume/<step>/`, through orbax's `CheckpointManager`: a state is
+    written to a temporary directory and finalised (renamed) only when complete, the last `KEEP_RESUME_STATES`
+    are kept, and unfinished ones are cleaned up when the manager opens. `train.json` names the committed one."""
+
+    def __init__(self, out_dir: str):
+        options = ocp.CheckpointManagerOptions(max_to_keep=KEEP_RESUME_STATES, create=True,
+                                               enable_async_checkpointing=False, cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(os.path.join(out_dir, RESUME_DIR), options=options)
+
+    def __enter__(self) -> "ResumeStates":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.manager.close()
+
+    def save(self, state: State) -> str:
+        """Write (and finalise) the parameters and optimizer state after state.step; its name for train.json."""
+        tree = {"params": state.params, "opt_state": state.opt_state}
+        self.manager.save(state.step, args=ocp.args.StandardSave(tree), force=True)
+        self.manager.wait_until_finished()
+        return f"{RESUME_DIR}/{state.step}"
+
+    def restore(self, name: str, template) -> dict:
+        """The state `name` (from train.json) as arrays shaped, typed and placed like `template`."""
+        step = _state_step(name)
+        if step not in self.manager.all_steps():
+            raise TrainError(f"{self.manager.directory}: the resume state of step {step} named in {RECORD} is "
+                             "missing; pass --overwrite to start again")
+        try:
+            return self.manager.restore(step, args=ocp.args.StandardRestore(template))
+        except (ValueError, KeyError) as e:  # another model's or optimizer's state
+            raise TrainError(f"{self.manager.directory}/{step}: does not match this run ({e})") from None
+
+    def discard_after(self, name: str) -> None:
+        """Delete the states past the committed one (written before a crash, never committed)."""
+        committed = _state_step(name)
+        for step in self.manager.all_steps():
+            if step > committed:
+                self.manager.delete(step)
+
+
+def _state_step(name: str) -> int:
+    """The step of a resume state's name in train.json ('resume/<step>')."""
+    return int(name.rsplit("/", 1)[-1])
 
 
 def _commit(out_dir: str, record: dict, state: State, state_name: str | None, complete: bool) -> None:
-    """Replace train.json (the commit point), then remove resume states it no longer names."""
+    """Replace train.json (the commit point); orbax keeps the last resume states, older ones go as it writes."""
     record.update(step=state.step, tokens=state.tokens, cursor=state.cursor, state=state_name, complete=complete)
     atomic.write_json(os.path.join(out_dir, RECORD), record)
-    _clean_resume_dir(out_dir, state_name)
-
-
-def _clean_resume_dir(out_dir: str, keep: str | None) -> None:
-    """Remove every resume state but `keep` (unfinished ones included)."""
-    directory = os.path.join(out_dir, RESUME_DIR)
-    if os.path.isdir(directory):
-        for name in os.listdir(directory):
-            if keep is None or os.path.join(RESUME_DIR, name) != keep:
-                atomic.remove(os.path.join(directory, name))
-

@@ -77,3 +77,24 @@ def test_the_rules_see_violations():
     """The checks above are not vacuous: this file's own imports are read, and a planted import is caught."""
     assert "helpers.ROOT" in _imports(__file__)
     assert "analyses.report" in _imports(os.path.join(ROOT, "analyses", "__init__.py"))
+
+
+# Distribution name -> the module it provides, where they differ.
+_IMPORT_NAMES = {"orbax-checkpoint": "orbax", "absl-py": "absl"}
+
+
+def test_every_pinned_dependency_is_imported():
+    """setup.cfg pins nothing the code does not use (jaxlib: the runtime `import jax` loads)."""
+    import configparser
+    import sys
+
+    import jax  # noqa: F401
+
+    config = configparser.ConfigParser()
+    config.read(os.path.join(ROOT, "setup.cfg"))
+    pins = [line.split("==")[0].strip() for line in config["options"]["install_requires"].splitlines() if line.strip()]
+    imported = {_top(imp) for package in ("opt_jax", "analyses", "benchmarks", "scripts")
+                for _, path in _modules(package) for imp in _imports(path)}
+    unused = [pin for pin in pins if _IMPORT_NAMES.get(pin, pin) not in imported
+              and not (pin == "jaxlib" and "jaxlib" in sys.modules)]
+    assert not unused and len(pins) > 10, (unused, pins)

@@ -247,3 +247,26 @@ def test_a_finished_run_is_not_redone_and_other_settings_are_refused(reference, 
     (tmp_path / "notes.txt").write_text("not a run")
     with pytest.raises(train.TrainError, match="is not a training run's directory"):
         train.train(str(tmp_path), config, OPTIONS, corpus=[corpus], tokenizer=tokenizer)
+
+
+def test_resume_states_are_orbax_checkpoints_keeping_the_last_two(tmp_path):
+
+    def state(step):
+        return train.State({"w": jnp.full((2, 3), float(step))}, (jnp.int32(step),), step, {}, 0)
+
+    out = str(tmp_path)
+    with train.ResumeStates(out) as states:
+        names = [states.save(state(step)) for step in (3, 5, 7)]
+        assert names == ["resume/3", "resume/5", "resume/7"]
+        assert sorted(os.listdir(f"{out}/resume")) == ["5", "7"]  # KEEP_RESUME_STATES
+        template = jax.eval_shape(lambda: {"params": state(0).params, "opt_state": state(0).opt_state})
+        restored = states.restore("resume/5", template)
+        np.testing.assert_array_equal(restored["params"]["w"], np.full((2, 3), 5.0))
+        assert int(restored["opt_state"][0]) == 5
+        states.discard_after("resume/5")  # 7 was written but never committed
+        assert sorted(os.listdir(f"{out}/resume")) == ["5"]
+        with pytest.raises(train.TrainError, match="missing"):
+            states.restore("resume/7", template)
+        with pytest.raises(train.TrainError, match="does not match"):
+            states.restore("resume/5", {"params": {"w": jax.ShapeDtypeStruct((4, 4), np.float32)},
+                                        "opt_state": template["opt_state"]})
