@@ -16,8 +16,8 @@ import os
 import numpy as np
 
 from analyses import coverage, dead, detectors, positional, suppression
-from analyses.collection.ngrams import decode_ngrams
 from analyses.collection import open_stats
+from analyses.collection.ngrams import decode_ngrams
 from analyses.tokens import TokenStrings
 from opt_jax import atomic
 from opt_jax.errors import AnalysisError

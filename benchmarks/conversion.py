@@ -17,8 +17,8 @@ from opt_jax.streaming import layer_bytes
 
 _MEASURE = """
 import json, sys, time
-import opt_jax
 from benchmarks.conversion import peak_rss
+import opt_jax
 {setup}
 start = time.perf_counter()
 {work}

@@ -32,8 +32,8 @@ import numpy as np
 
 from benchmarks.conversion import peak_rss
 from opt_jax.config import OPTConfig
-from opt_jax.model import param_shapes
 from opt_jax.errors import InputError
+from opt_jax.model import param_shapes
 
 
 @dataclasses.dataclass

@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from opt_jax import checkpoint as ckpt
-from opt_jax.errors import CheckpointError
 from opt_jax.config import OPTConfig
+from opt_jax.errors import CheckpointError
 from opt_jax.errors import InputError
 from opt_jax.model import Params, param_shapes, unflatten
 

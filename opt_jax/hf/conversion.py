@@ -20,10 +20,10 @@ import numpy as np
 from opt_jax import atomic
 from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig
-from opt_jax.hf.config import read_hf_config
 from opt_jax.errors import CheckpointError
-from opt_jax.hf.weights import IGNORED_KEYS, HFCheckpoint
+from opt_jax.hf.config import read_hf_config
 from opt_jax.hf.hub import resolve_checkpoint
+from opt_jax.hf.weights import IGNORED_KEYS, HFCheckpoint
 from opt_jax.model import param_shapes
 from opt_jax.progress import Progress
 

@@ -7,8 +7,8 @@ import socket
 import urllib.parse
 
 from opt_jax.config import SIZES
-from opt_jax.errors import ConfigError
 from opt_jax.errors import CheckpointError
+from opt_jax.errors import ConfigError
 
 # What a conversion needs from a hub repository: weights, configs, tokenizer files.
 _PATTERNS = ["*.json", "*.txt", "*.model"]
