@@ -88,7 +88,7 @@ def test_every_pinned_dependency_is_imported():
     import configparser
     import sys
 
-    import jax  # noqa: F401
+    import jax  # noqa: F401  (loads jaxlib)
 
     config = configparser.ConfigParser()
     config.read(os.path.join(ROOT, "setup.cfg"))

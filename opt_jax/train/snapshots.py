@@ -60,7 +60,8 @@ class ResumeStates:
     def __init__(self, out_dir: str):
         options = ocp.CheckpointManagerOptions(max_to_keep=KEEP_RESUME_STATES, create=True,
                                                enable_async_checkpointing=False, cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(os.path.join(out_dir, RESUME_DIR), options=options)
+        self.manager = ocp.CheckpointManager(os.path.join(out_dir, RESUME_DIR), options=options,
+                                             item_handlers=ocp.StandardCheckpointHandler())
 
     def __enter__(self) -> "ResumeStates":
         return self
@@ -81,10 +82,12 @@ class ResumeStates:
         if step not in self.manager.all_steps():
             raise TrainError(f"{self.manager.directory}: the resume state of step {step} named in {RECORD} is "
                              "missing; pass --overwrite to start again")
-        try:
-            return self.manager.restore(step, args=ocp.args.StandardRestore(template))
-        except (ValueError, KeyError) as e:  # another model's or optimizer's state
-            raise TrainError(f"{self.manager.directory}/{step}: does not match this run ({e})") from None
+        stored = [(tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves(self.manager.item_metadata(step))]
+        wanted = [(tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves(template)]
+        if stored != wanted:  # another model's or optimizer's state: refused before reading anything
+            raise TrainError(f"{self.manager.directory}/{step}: does not match this run (arrays {stored[:4]}... "
+                             f"stored, {wanted[:4]}... wanted)")
+        return self.manager.restore(step, args=ocp.args.StandardRestore(template))
 
     def discard_after(self, name: str) -> None:
         """Delete the states past the committed one (written before a crash, never committed)."""

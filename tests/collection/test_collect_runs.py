@@ -12,14 +12,9 @@ import pytest
 import analyses
 from kill import kill_when
 from analyses.collection.store import ARRAY_NAMES, StatsError
+from helpers import ROOT, devices_env as _env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ = 12
-
-
-def _env(devices=1):
-    return dict(os.environ, HF_HUB_OFFLINE="1", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                JAX_PLATFORMS="cpu")
 
 
 def _collect_cmd(model, corpus, out, *extra):

@@ -1,17 +1,12 @@
 """The command-line entry points, run as a user runs them."""
 
 import os
-import subprocess
-import sys
 
 import hf_models
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from helpers import offline_env, run_script
 
 def _run(*args, env_extra=None):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    return run_script(*args, env=offline_env(**(env_extra or {})))
 
 
 def test_convert_script_converts_and_shows_progress(pre_ln_dir, tmp_path):

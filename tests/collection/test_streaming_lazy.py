@@ -9,6 +9,7 @@ import opt_jax
 from benchmarks import conversion as bench
 from opt_jax import checkpoint as ckpt
 from opt_jax.streaming import CheckpointLayers, GroupStream, StackedLayers, split_layers
+from helpers import FakeDevice as _FakeDevice
 
 SEQ = 12
 
@@ -166,17 +167,6 @@ def test_streamed_peak_memory_grows_by_less_than_two_layers_from_4_to_16_layers(
     assert eager_growth > 10 * layer, f"the measurement must see a full read (+{eager_growth / 1e6:.0f} MB)"
     assert growth < 2 * layer, (f"streamed peak RSS grew by {growth / 1e6:.0f} MB for 12 more layers "
                                 f"(one layer is {layer / 1e6:.0f} MB; a full read grew by {eager_growth / 1e6:.0f} MB)")
-
-
-class _FakeDevice:
-    def __init__(self, limit, in_use=0):
-        self.stats = {"bytes_limit": limit, "bytes_in_use": in_use}
-
-    def memory_stats(self):
-        return self.stats
-
-    def __str__(self):
-        return "fake H200"
 
 
 H200_HOST = 128 * 10**9  # the host memory of the GPU machine

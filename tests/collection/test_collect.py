@@ -12,6 +12,7 @@ import opt_jax
 from analyses.collection.store import StatsError
 
 from conftest import DOCS
+from helpers import run_script
 
 SEQ = 12
 
@@ -156,33 +157,23 @@ def test_half_precision_collection_runs(tiny_model, tiny_corpus, tmp_path):
 ])
 def test_bad_corpus_gets_a_clear_message_from_the_cli(tiny_model, tmp_path, make_corpus, match):
     import re
-    import subprocess
-    import sys
 
     corpus = make_corpus(tmp_path)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "scripts/collect.py", "--model", tiny_model, "--corpus", corpus,
-                             "--out", str(tmp_path / "out"), "--seq_len", "8"], cwd=root, capture_output=True,
-                            text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    result = run_script("scripts/collect.py", "--model", tiny_model, "--corpus", corpus,
+                        "--out", str(tmp_path / "out"), "--seq_len", "8", timeout=None)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert re.search(match, result.stderr), result.stderr
     assert not os.path.exists(tmp_path / "out" / "manifest.json")
 
 
 def test_cli_shows_progress_and_seq_len_error(tiny_model, tiny_corpus, tmp_path):
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    base = [sys.executable, "scripts/collect.py", "--model", tiny_model, "--corpus", tiny_corpus]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    ok = subprocess.run(base + ["--out", str(tmp_path / "ok"), "--seq_len", "8", "--batch_size", "2",
-                                "--max_tokens", "40"], cwd=root, capture_output=True, text=True, env=env)
+    base = ["scripts/collect.py", "--model", tiny_model, "--corpus", tiny_corpus]
+    ok = run_script(*base, "--out", str(tmp_path / "ok"), "--seq_len", "8", "--batch_size", "2", "--max_tokens", "40",
+                    timeout=None)
     assert ok.returncode == 0, ok.stderr
     assert re.search(r"collect: [\d,]+/40 tokens \(\d+%\)", ok.stdout + ok.stderr) and "tokens/s" in ok.stdout + ok.stderr
     assert "left" in ok.stdout + ok.stderr
-    bad = subprocess.run(base + ["--out", str(tmp_path / "bad"), "--seq_len", "64"], cwd=root,
-                         capture_output=True, text=True, env=env)
+    bad = run_script(*base, "--out", str(tmp_path / "bad"), "--seq_len", "64", timeout=None)
     assert bad.returncode == 1 and "exceeds the model's 40 positions" in bad.stderr
 
 

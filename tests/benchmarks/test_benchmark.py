@@ -1,9 +1,6 @@
 """The collection benchmark on a tiny model: structure and invariants (counts agree, FLOPs, ratios), never timings."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +8,7 @@ import pytest
 import opt_jax
 from benchmarks import cpu, device, ngram_cost, sources
 from benchmarks import conversion as bench
+from helpers import offline_env, run_script
 
 TINY = opt_jax.OPTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, ffn_dim=256,
                          word_embed_proj_dim=64, vocab_size=500)
@@ -148,12 +146,9 @@ def test_random_layers_depend_only_on_seed_and_layer():
 
 def test_device_suite_script_on_tiny_shapes():
     """The gpu suite's whole code path on the CPU at 1/32 of the widths: records, tokens, and consistent figures."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "scripts/benchmark.py", "--device_suite", "gpu", "--sizes", "1.3b,66b", "--shrink", "32",
-           "--seq_len", "16", "--batch_size", "2", "--batches", "4", "--chunk_batches", "2", "--group_size", "1",
-           "--matmul_n", "64"]
-    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1"))
+    result = run_script("scripts/benchmark.py", "--device_suite", "gpu", "--sizes", "1.3b,66b", "--shrink", "32",
+                        "--seq_len", "16", "--batch_size", "2", "--batches", "4", "--chunk_batches", "2",
+                        "--group_size", "1", "--matmul_n", "64", env=offline_env(JAX_PLATFORMS="cpu"))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     records = [json.loads(line) for line in lines if line.startswith("{")]

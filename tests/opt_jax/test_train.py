@@ -24,8 +24,8 @@ from opt_jax.corpus import Corpus
 from opt_jax.hf.export import export_hf
 from opt_jax.model import flatten
 from opt_jax.tokenizer import train_tokenizer
+from helpers import ROOT, devices_env as _env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB, SEQ, STEPS = 320, 16, 20
 SHAPE = dict(layers=2, hidden=32, heads=4, ffn=64, vocab_size=VOCAB, max_positions=SEQ)
 OPTIONS = train.TrainOptions(seq_len=SEQ, batch_size=4, steps=STEPS, lr=1e-2, warmup_steps=2, save_steps=(5,),
@@ -63,11 +63,6 @@ def _cli(out, corpus, tokenizer, *extra):
             "--layers", "2", "--hidden", "32", "--heads", "4", "--ffn", "64", "--vocab", str(VOCAB),
             "--seq_len", str(SEQ), "--batch_size", "4", "--steps", str(STEPS), "--lr", "1e-2", "--warmup_steps", "2",
             "--save_steps", "5", "--shuffle_windows", "8", "--log_every", "1", *extra]
-
-
-def _env(devices=1):
-    return dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def _batch(corpus, tokenizer):

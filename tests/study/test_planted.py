@@ -7,21 +7,16 @@ Each step runs its script, as a user would. The report must recover exactly the 
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from matplotlib import image
 
 import planted
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from helpers import run_script
 
 def run(script, *args):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args], capture_output=True,
-                            text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"}, cwd=ROOT)
+    result = run_script(os.path.join("scripts", script), *args, timeout=None)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from opt_jax.streaming import GroupStream, StackedLayers, group_size_for, layer_bytes, split_layers
+from helpers import FakeDevice as _FakeDevice
 
 
 def test_split_layers_respects_size_and_boundaries():
@@ -29,14 +30,6 @@ def test_group_stream_yields_each_group_on_the_device_in_order():
         seen.append(group)
     stream.close()
     assert seen == 2 * [range(0, 4), range(4, 8), range(8, 9)]
-
-
-class _FakeDevice:
-    def __init__(self, limit, in_use):
-        self.stats = {"bytes_limit": limit, "bytes_in_use": in_use}
-
-    def memory_stats(self):
-        return self.stats
 
 
 def test_group_size_from_device_memory():
