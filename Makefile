@@ -11,7 +11,7 @@ OUT ?= out
 ARGS ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install run convert test test-all
+.PHONY: install run convert test test-real test-all
 
 $(VENV)/.installed: setup.cfg requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,11 @@ else
 endif
 
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m 'not slow' tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m 'not slow and not real' tests
+
+# The pipeline at OPT's real dimensions (125m, 350m, 66b widths): about 15 minutes, up to ~18 GB of memory.
+test-real: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -s -m real tests
 
 test-all: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

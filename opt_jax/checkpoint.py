@@ -69,16 +69,25 @@ def open_array(root: str, path: str) -> ts.TensorStore:
 
 def write_checkpoint(root: str, config: OPTConfig, flat: dict[str, np.ndarray], dtype: str, source: str,
                      **extra) -> str:
-    """Write parameters (by '/'-joined path) into root as a complete checkpoint, the manifest last."""
+    """Write parameters (by '/'-joined path) into root as a complete checkpoint, the manifest last.
+
+    A stacked parameter (`layers/...`) may be given as a function of the layer index returning that layer, so
+    that a checkpoint larger than memory is written one layer at a time.
+    """
     dtype = dtype_name(dtype)
-    shapes = {path: tuple(np.shape(value)) for path, value in flat.items()}
     expected = param_shapes(config)
+    shapes = {path: expected.get(path) if callable(value) and path.startswith("layers/") else tuple(np.shape(value))
+              for path, value in flat.items()}
     if shapes != expected:
         wrong = sorted(set(shapes.items()) ^ set(expected.items()))[:5]
         raise CheckpointError(f"{root}: parameters do not match the config (differences: {wrong})")
     for path, value in flat.items():
-        value = np.asarray(value).astype(DTYPES[dtype], copy=False)
-        create_array(root, path, value.shape, dtype, path.startswith("layers/")).write(value).result()
+        store = create_array(root, path, shapes[path], dtype, path.startswith("layers/"))
+        if callable(value):
+            for layer in range(shapes[path][0]):
+                store[layer].write(np.asarray(value(layer)).astype(DTYPES[dtype], copy=False)).result()
+        else:
+            store.write(np.asarray(value).astype(DTYPES[dtype], copy=False)).result()
     return write_manifest(root, config, dtype, shapes, source, **extra)
 
 
