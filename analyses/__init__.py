@@ -1,8 +1,13 @@
-"""The study: activation statistics over a corpus, and the paper's analyses of them."""
+"""Two programs over activation statistics, kept apart.
 
-from analyses.collect import collect
+Collection (`analyses.collection`): a converted model over a corpus -> a statistics store. The study
+(`dead`, `coverage`, `detectors`, `suppression`, `positional` -> `report`, figures in `figures`; `study`
+runs collection then the study end to end) reads stores only through `analyses.collection.open_stats`.
+Importing `analyses` imports no plotting library.
+"""
+
+from analyses.collection import Stats, StatsError, collect, merge_stats, open_stats
 from analyses.report import Thresholds, analyze
-from analyses.store import Stats, StatsError, merge_stats, open_stats
 from analyses.study import run_study
 
 __all__ = ["Stats", "StatsError", "Thresholds", "analyze", "collect", "merge_stats", "open_stats", "run_study"]

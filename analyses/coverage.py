@@ -1,91 +1,18 @@
 """How many items (tokens, n-grams) cover a neuron's activations: the paper's 95% coverage count.
 
-Every analysis of items works on one layer's `ItemCounts`: the non-zero (item, neuron, count) triples,
-from a dense `tok_act` layer (read a block of token rows at a time) or from an n-gram table. Memory is
-then bounded by the number of non-zero counts, which is small where the analyses are interesting
-(sparse layers) and at most one dense layer elsewhere.
+Every analysis of items works on one layer's `ItemCounts` (`analyses.collection.candidates`, which also
+picks the neurons collection counts n-grams for): the non-zero (item, neuron, count) triples, from a dense
+`tok_act` layer (read a block of token rows at a time) or from an n-gram table. Memory is then bounded by the
+number of non-zero counts, which is small where the analyses are interesting (sparse layers) and at most one
+dense layer elsewhere.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-# Cells read at once from a dense layer (128 MiB of int64): 4096 token rows at 125m's width, 455 at 66b's.
-BLOCK_CELLS = 1 << 24
-
-
-@dataclasses.dataclass(frozen=True)
-class ItemCounts:
-    """Non-zero activation counts of one layer, sorted by neuron then by count, largest first."""
-
-    items: np.ndarray  # int64 [e]: token id or n-gram id
-    neurons: np.ndarray  # int64 [e]
-    counts: np.ndarray  # int64 [e], > 0
-    num_neurons: int
-
-    @classmethod
-    def from_triples(cls, items, neurons, counts, num_neurons: int) -> "ItemCounts":
-        """Sort (item, neuron, count) triples, dropping zero counts."""
-        items, neurons, counts = (np.asarray(a, np.int64) for a in (items, neurons, counts))  # [e] each
-        keep = counts > 0  # [e]
-        items, neurons, counts = items[keep], neurons[keep], counts[keep]
-        order = np.lexsort((items, -counts, neurons))  # [e]
-        return cls(items[order], neurons[order], counts[order], num_neurons)
-
-    @classmethod
-    def from_dense(cls, counts) -> "ItemCounts":
-        """From a dense [items, neurons] table (numpy or a lazily read array), a block of rows at a time."""
-        rows, num_neurons = counts.shape
-        step = max(1, BLOCK_CELLS // max(num_neurons, 1))
-        parts = []
-        for start in range(0, rows, step):
-            block = np.asarray(counts[start:min(start + step, rows)])  # [i, n]
-            item, neuron = np.nonzero(block)  # [e], [e]
-            parts.append((item + start, neuron, block[item, neuron]))
-        if not parts:
-            return cls.from_triples([], [], [], num_neurons)
-        return cls.from_triples(*(np.concatenate(p) for p in zip(*parts)), num_neurons)
-
-    def totals(self) -> np.ndarray:
-        """Activations per neuron: int64 [neurons]."""
-        return np.bincount(self.neurons, self.counts, minlength=self.num_neurons).astype(np.int64)
-
-    def ranks(self) -> np.ndarray:
-        """Each triple's place among its neuron's items, 0 = the most frequent: int64 [e]."""
-        starts = np.searchsorted(self.neurons, self.neurons, side="left")  # [e]
-        return np.arange(len(self.neurons)) - starts
-
-
-def covering_counts_of(layer: ItemCounts, fraction: float = 0.95) -> np.ndarray:
-    """Per neuron, the fewest items whose counts reach `fraction` of its activations: int64 [neurons], 0 if none."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    totals = layer.totals()  # [n]
-    ranks = layer.ranks()  # [e]
-    running = np.cumsum(layer.counts)  # [e]
-    before_neuron = (running - layer.counts)[np.arange(len(ranks)) - ranks]  # [e]: sum of earlier neurons
-    reached = running - before_neuron >= fraction * totals[layer.neurons]  # [e]
-    out = np.zeros(layer.num_neurons, np.int64)  # [n]
-    neurons, first = np.unique(layer.neurons[reached], return_index=True)  # first reaching triple per neuron
-    out[neurons] = ranks[reached][first] + 1
-    return out
-
-
-def ngram_candidates(tok_act, max_coverage: int, fraction: float = 0.95) -> np.ndarray:
-    """bool [token_layers, neurons]: alive neurons that at most `max_coverage` tokens cover.
-
-    `tok_act` is a sequence of [vocab, neurons] layers (numpy arrays, or `LazyArray.view`s read a block
-    of rows at a time).
-
-    Since an n-gram ends in one token, a neuron covered by c tokens needs at least c n-grams: every
-    other neuron has n-gram coverage above max_coverage without counting its n-grams.
-    """
-    rows = [covering_counts_of(ItemCounts.from_dense(tok_act[t]), fraction) for t in range(len(tok_act))]
-    coverage = np.stack(rows) if rows else np.zeros((0, 0), np.int64)  # [t, n]
-    return (coverage >= 1) & (coverage <= max_coverage)
-
+from analyses.collection.candidates import (  # noqa: F401 - the study's names for them too
+    BLOCK_CELLS, ItemCounts, covering_counts_of, ngram_candidates)
 
 # Histogram bins of covering counts: [1, 2), [2, 3), ..., [1001, inf) (the paper's Figs. 2, 12, 13 bin alike).
 BIN_EDGES = (1, 2, 3, 4, 5, 6, 11, 21, 51, 101, 501, 1001)
@@ -142,31 +69,3 @@ def bin_labels(edges=BIN_EDGES) -> list[str]:
         labels.append(f">{low - 1}" if high is None else str(low) if high == low + 1 else f"{low}-{high - 1}")
     return labels
 
-
-def figure(histograms: dict[str, list[dict]], token_layers: dict[str, list[int]], order: int, path: str) -> str:
-    """Figs. 2 / 12 / 13: per token layer, alive neurons binned by how many n-grams cover 95% of their activations."""
-    from analyses.plotting import plt, save
-
-    names = list(histograms)
-    fig, axes = plt.subplots(len(names), 1, figsize=(11, 3.2 * len(names) + 0.8), squeeze=False)
-    what = {1: "tokens", 2: "bigrams", 3: "trigrams"}[order]
-    for ax, name in zip(axes[:, 0], names):
-        rows = histograms[name]  # one dict per token layer
-        labels = rows[0]["bins"] + ["untracked (> K)"] if rows else []
-        table = np.array([r["counts"] + [r["untracked"]] for r in rows], float)  # [t, bins + 1]
-        colours = plt.cm.viridis(np.linspace(0, 0.95, max(table.shape[1] - 1, 1)))
-        bottom = np.zeros(len(rows))
-        x = np.arange(len(rows))
-        for b, label in enumerate(labels):
-            if table[:, b].any():
-                colour = "0.75" if b == len(labels) - 1 else colours[b]
-                ax.bar(x, table[:, b], bottom=bottom, color=colour, label=label)
-                bottom += table[:, b]
-        ax.set_xticks(x, [str(layer) for layer in token_layers[name]])
-        ax.set_xlabel("layer")
-        ax.set_ylabel("alive neurons")
-        ax.set_title(f"{name}: {what} covering 95% of each neuron's activations (BOS excluded)")
-        if rows:
-            ax.legend(title=f"{what} needed", fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle({1: "Fig. 2", 2: "Fig. 12", 3: "Fig. 13"}[order] + f": n-gram coverage, n = {order}")
-    return save(fig, path)

@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from analyses.plotting import Curve, per_layer_figure
+from opt_jax.errors import AnalysisError
 
 
 @dataclasses.dataclass
@@ -26,7 +26,7 @@ class DeadResult:
 def analyze_dead(stats) -> DeadResult:
     """Dead fraction and alive neurons' mean activation frequency per layer of a statistics directory."""
     if stats.tokens == 0:
-        raise ValueError(f"{stats.root}: the run counted no tokens")
+        raise AnalysisError(f"{stats.root}: the run counted no tokens")
     layers = stats.act.shape[0]
     alive = np.zeros(stats.act.shape, bool)  # [l, n]
     fraction = np.zeros(layers)  # [l]
@@ -39,16 +39,3 @@ def analyze_dead(stats) -> DeadResult:
             frequency[layer] = act[alive[layer]].mean() / stats.tokens
     return DeadResult(fraction, frequency, alive, stats.config.num_hidden_layers)
 
-
-def figures(results: dict[str, DeadResult], out_dir: str) -> list[str]:
-    """Fig. 1a (dead fraction per layer) and Fig. 1b (alive neurons' mean frequency), one curve per model."""
-    def curves(field):
-        return {name: Curve(np.arange(len(r.alive)), getattr(r, field), r.num_layers) for name, r in results.items()}
-
-    return [
-        per_layer_figure("Fig. 1a: dead neurons per layer (never activated on the corpus)", "dead neurons",
-                         curves("fraction_per_layer"), f"{out_dir}/fig1a_dead_neurons.png", percent=True),
-        per_layer_figure("Fig. 1b: mean activation frequency of the alive neurons", "activations / tokens",
-                         curves("alive_mean_frequency_per_layer"), f"{out_dir}/fig1b_alive_frequency.png",
-                         percent=True, note="a gap: a layer with no alive neuron"),
-    ]

@@ -14,7 +14,6 @@ import dataclasses
 import numpy as np
 
 from analyses.coverage import ItemCounts, covering_counts_of
-from analyses.plotting import Curve, per_layer_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,28 +74,3 @@ def new_items(per_layer: list[LayerDetectors]) -> tuple[np.ndarray, np.ndarray, 
         previous = items
     return tuple(np.array(v, np.int64) for v in (detected, cumulative, new_overall, new_vs_previous))
 
-
-def figures(results: dict[str, list[LayerDetectors]], num_layers: dict[str, int], kind: str,
-            out_dir: str) -> list[str]:
-    """Figs. 3a, 3b, 4 (kind 'token') or 14a, 14b, 15 (kind 'trigram'): one curve per model."""
-    figure_ids = {"token": ("3a", "3b", "4"), "trigram": ("14a", "14b", "15")}[kind]
-    items = {"token": "tokens", "trigram": "trigrams"}[kind]
-    counts = {name: new_items(layers) for name, layers in results.items()}
-
-    def curve(name, values, dashed=None):
-        return Curve(np.array([d.layer for d in results[name]]), values, num_layers[name], dashed)
-
-    paths = [
-        per_layer_figure(f"Fig. {figure_ids[0]}: {kind}-detecting neurons per layer", f"{kind} detectors",
-                         {n: curve(n, [len(d.neurons) for d in results[n]]) for n in results},
-                         f"{out_dir}/fig{figure_ids[0]}_{kind}_detectors.png"),
-        per_layer_figure(f"Fig. {figure_ids[1]}: {items} with a detector, per layer (solid) and cumulative "
-                         "(dashed)", f"detected {items}",
-                         {n: curve(n, c[0], dashed=c[1]) for n, c in counts.items()},
-                         f"{out_dir}/fig{figure_ids[1]}_detected_{items}.png"),
-        per_layer_figure(f"Fig. {figure_ids[2]}: newly detected {items}: new overall (solid), new vs the "
-                         "previous layer (dashed)", f"new {items}",
-                         {n: curve(n, c[2], dashed=c[3]) for n, c in counts.items()},
-                         f"{out_dir}/fig{figure_ids[2]}_new_{items}.png", dashed_label="new vs previous layer"),
-    ]
-    return paths

@@ -52,7 +52,7 @@ import dataclasses
 
 import numpy as np
 
-from analyses.plotting import plt, relative_depth, save
+from opt_jax.errors import AnalysisError
 
 TYPES = ("oscillatory", "both extremes", "one extreme", "other")
 STRENGTHS = ("strong", "weak")
@@ -62,12 +62,6 @@ NEURON_BLOCK = 4096
 # Differences below this are rounding of the running sums in the noise measure, taken as 0.
 ROUNDING = 1e-9
 SKIPPED_NOTE = "no full-length sequences: positional analysis skipped"
-
-# Figure sizes in inches (the PNG is this times plotting.DPI pixels).
-TYPES_ROW_HEIGHT = 3.0
-TYPES_WIDTH = 14.0
-CURVE_PANEL = (4.5, 3.4)
-RANGES_SIZE = (10.0, 6.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +237,7 @@ def analyze_positional(stats, thresholds: PositionalThresholds = PositionalThres
     model_layers = stats.config.num_hidden_layers
     layers = list(range(num_layers)) if layers is None else sorted({int(l) for l in layers})
     if any(not 0 <= l < num_layers for l in layers):
-        raise ValueError(f"layers must lie in 0..{num_layers - 1} (the collected layers), got {layers}")
+        raise AnalysisError(f"layers must lie in 0..{num_layers - 1} (the collected layers), got {layers}")
     example_layer = min(max(example_layer, 0), num_layers - 1)
     result = PositionalResult([], np.zeros((num_layers, len(TYPES), len(STRENGTHS)), np.int64), num_layers,
                               model_layers, layers, {}, example_layer, [], thresholds)
@@ -303,100 +297,3 @@ def to_rows(result: PositionalResult) -> list[dict]:
     """The positional neurons as CSV rows (layer, neuron, mi, type, strength), by layer then neuron."""
     return sorted((dict(row) for row in result.neurons), key=lambda r: (r["layer"], r["neuron"]))
 
-
-def _text_panel(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10, transform=ax.transAxes)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def figure_types_per_layer(results: dict[str, PositionalResult], path: str) -> str:
-    """Fig. 8: positional neurons per layer by type and strength (a row per model), and totals by relative depth."""
-    rows = max(len(results), 1)
-    fig = plt.figure(figsize=(TYPES_WIDTH, TYPES_ROW_HEIGHT * rows))
-    grid = fig.add_gridspec(rows, 2, width_ratios=(2.2, 1))
-    depth_ax = fig.add_subplot(grid[:, 1])
-    for row, (name, result) in enumerate(results.items()):
-        ax = fig.add_subplot(grid[row, 0])
-        if result.note == SKIPPED_NOTE:
-            _text_panel(ax, f"{name}: {result.note}")
-            continue
-        _stacked_bars(ax, result)
-        ax.set_title(f"{name}: positional neurons per layer ({len(result.neurons)} in all)")
-        ax.set_xlabel("layer index")
-        ax.set_ylabel("neurons")
-        ax.set_ylim(bottom=0)
-        if row == 0:
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="type (strength)",
-                      title_fontsize=7)
-        totals = result.counts.sum(axis=(1, 2))  # [layers]
-        depth = relative_depth(result.model_layers)[result.layers]  # [analysed]
-        depth_ax.plot(depth, totals[result.layers], "o-", markersize=3, label=name)
-    if not results:
-        _text_panel(depth_ax, "no models")
-    depth_ax.set_title("positional neurons by relative depth")
-    depth_ax.set_xlabel("relative depth (layer / (layers - 1))")
-    depth_ax.set_ylabel("positional neurons")
-    depth_ax.grid(alpha=0.3)
-    if depth_ax.lines:
-        depth_ax.legend(fontsize=8)
-    return save(fig, path)
-
-
-def _stacked_bars(ax, result: PositionalResult) -> None:
-    """Bars per layer: one segment per (type, strength), strong solid, weak lighter and hatched."""
-    x = np.arange(result.num_layers)  # [layers]
-    bottom = np.zeros(result.num_layers)  # [layers]
-    for code, name in enumerate(TYPES):
-        for s, strength in enumerate(STRENGTHS):
-            values = result.counts[:, code, s].astype(float)  # [layers]
-            weak = strength == "weak"
-            ax.bar(x, values, bottom=bottom, color=f"C{code}", alpha=0.45 if weak else 1.0,
-                   hatch="//" if weak else None, edgecolor=f"C{code}", linewidth=0.5, label=f"{name} ({strength})")
-            bottom += values
-    ax.set_xticks(x[::max(1, result.num_layers // 16)])
-    ax.grid(axis="y", alpha=0.3)
-
-
-def figure_example_curves(result: PositionalResult, path: str, name: str) -> str:
-    """Fig. 7: fr(p) against position for the highest-MI neuron of each type found, one panel per type."""
-    found = [result.examples[t] for t in TYPES if t in result.examples]
-    fig, axes = plt.subplots(1, max(len(found), 1), squeeze=False,
-                             figsize=(CURVE_PANEL[0] * max(len(found), 1), CURVE_PANEL[1]))
-    if not found:
-        _text_panel(axes[0, 0], f"{name}: no positional neurons" + (f"\n({result.note})" if result.note else ""))
-    for ax, c in zip(axes[0], found):
-        ax.plot(c.positions, c.frequency, lw=1, color=f"C{TYPES.index(c.type)}")
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_title(f"{c.type} ({c.strength})\nlayer {c.layer}, neuron {c.neuron}, MI {c.mi:.3f}", fontsize=9)
-        ax.set_xlabel("position")
-        ax.set_ylabel("activation frequency")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{name}: example positional neurons")
-    return save(fig, path)
-
-
-def figure_oscillatory_ranges(result: PositionalResult, path: str, name: str) -> str:
-    """Fig. 9: where each strong oscillatory neuron of one layer is on (fr >= on_threshold), by first on-position."""
-    fig, ax = plt.subplots(figsize=RANGES_SIZE)
-    layer = result.oscillatory_layer
-    threshold = result.thresholds.on_threshold
-    curves = result.oscillatory
-    if not curves:
-        reason = (result.note if result.note == SKIPPED_NOTE else
-                  "none found" if layer in result.layers else "layer not analysed")
-        _text_panel(ax, f"{name}, layer {layer}: no strong oscillatory neurons ({reason})")
-    else:
-        on = np.stack([c.frequency >= threshold for c in curves])  # [neurons, kept]
-        first = np.where(on.any(axis=1), np.argmax(on, axis=1), on.shape[1])  # [neurons]
-        order = np.argsort(first, kind="stable")  # [neurons]
-        positions = curves[0].positions  # [kept]
-        ax.imshow(on[order], aspect="auto", cmap="Greys", interpolation="nearest", vmin=0, vmax=1,
-                  extent=(positions[0] - 0.5, positions[-1] + 0.5, len(curves) - 0.5, -0.5))
-        if len(curves) <= 40:
-            ax.set_yticks(range(len(curves)), [str(curves[i].neuron) for i in order], fontsize=7)
-        ax.set_xlabel("position")
-        ax.set_ylabel("neuron (sorted by first on-position)")
-    ax.set_title(f"{name}: strong oscillatory neurons of layer {layer} ({len(curves)}); "
-                 f"black = on (frequency >= {threshold:g})")
-    return save(fig, path)

@@ -16,10 +16,11 @@ import os
 import numpy as np
 
 from analyses import coverage, dead, detectors, positional, suppression
-from analyses.ngrams import decode_ngrams
-from analyses.store import open_stats
+from analyses.collection import open_stats
+from analyses.collection.ngrams import decode_ngrams
 from analyses.tokens import TokenStrings
-from opt_jax.checkpoint import write_json_atomic
+from opt_jax import atomic
+from opt_jax.errors import AnalysisError
 from opt_jax.progress import Progress
 
 ANALYSES = ("dead", "ngrams", "detectors", "suppression", "positional")
@@ -118,11 +119,11 @@ def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=
     """Run `analyses` on each statistics directory; write report.json, figures and tables into out_dir."""
     unknown = set(analyses) - set(ANALYSES)
     if unknown:
-        raise ValueError(f"unknown analyses {sorted(unknown)}; choose from {', '.join(ANALYSES)}")
+        raise AnalysisError(f"unknown analyses {sorted(unknown)}; choose from {', '.join(ANALYSES)}")
     wanted = set(analyses) | ({"detectors"} if "suppression" in analyses else set())
     names = list(names) if names else [os.path.basename(os.path.normpath(d)) for d in stats_dirs]
     if len(names) != len(stats_dirs) or len(set(names)) != len(names):
-        raise ValueError(f"need one distinct name per statistics directory, got {names}: pass names")
+        raise AnalysisError(f"need one distinct name per statistics directory, got {names}: pass names")
     model_dirs = list(model_dirs) if model_dirs else [None] * len(stats_dirs)
     results = []
     for name, stats_dir, model_dir in zip(names, stats_dirs, model_dirs):
@@ -135,7 +136,7 @@ def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=
     report = {"format": FORMAT, "version": VERSION, "analyses": sorted(wanted), "thresholds": thresholds.to_json(),
               "figures": [os.path.basename(f) for f in figures], "tables": [os.path.basename(t) for t in tables],
               "models": {r.name: _model_json(r, wanted) for r in results}}
-    write_json_atomic(os.path.join(out_dir, "report.json"), report)
+    atomic.write_json(os.path.join(out_dir, "report.json"), report)
     return report
 
 
@@ -194,34 +195,38 @@ def _analyze_token_layers(r: ModelResults, wanted: set, thresholds: Thresholds, 
 
 
 def _figures(results: list[ModelResults], wanted: set, thresholds: Thresholds, out_dir: str) -> list[str]:
+    from analyses import figures  # matplotlib only when figures are drawn
+
     paths = []
     num_layers = {r.name: r.stats.config.num_hidden_layers for r in results}
     if "dead" in wanted:
-        paths += dead.figures({r.name: r.dead for r in results}, out_dir)
+        paths += figures.dead_figures({r.name: r.dead for r in results}, out_dir)
     if "ngrams" in wanted:
         for order, fig in ((1, "fig2"), (2, "fig12"), (3, "fig13")):
             having = [r for r in results if order in r.histograms]
             if having:
-                paths.append(coverage.figure({r.name: r.histograms[order] for r in having},
-                                             {r.name: r.stats.token_layers for r in having}, order,
-                                             f"{out_dir}/{fig}_coverage_n{order}.png"))
+                paths.append(figures.coverage_figure({r.name: r.histograms[order] for r in having},
+                                                     {r.name: r.stats.token_layers for r in having}, order,
+                                                     f"{out_dir}/{fig}_coverage_n{order}.png"))
     if "detectors" in wanted:
-        paths += detectors.figures({r.name: r.token_detectors for r in results}, num_layers, "token", out_dir)
+        paths += figures.detector_figures({r.name: r.token_detectors for r in results}, num_layers, "token",
+                                          out_dir)
         having = [r for r in results if r.trigram_detectors]
         if having:
-            paths += detectors.figures({r.name: r.trigram_detectors for r in having}, num_layers, "trigram", out_dir)
+            paths += figures.detector_figures({r.name: r.trigram_detectors for r in having}, num_layers,
+                                              "trigram", out_dir)
     if "suppression" in wanted:
         for r in results:
-            paths.append(suppression.figure(r.suppression, r.strings,
-                                            f"{out_dir}/fig5_suppression_{r.name}.png", r.name))
+            paths.append(figures.suppression_figure(r.suppression, r.strings,
+                                                    f"{out_dir}/fig5_suppression_{r.name}.png", r.name))
     if "positional" in wanted:
         found = {r.name: r.positional for r in results}
-        paths.append(positional.figure_types_per_layer(found, f"{out_dir}/fig8_positional_types.png"))
+        paths.append(figures.positional_types_per_layer(found, f"{out_dir}/fig8_positional_types.png"))
         for r in results:
-            paths.append(positional.figure_example_curves(r.positional, f"{out_dir}/fig7_positional_examples_"
-                                                                        f"{r.name}.png", r.name))
-            paths.append(positional.figure_oscillatory_ranges(r.positional, f"{out_dir}/fig9_oscillatory_ranges_"
-                                                                            f"{r.name}.png", r.name))
+            paths.append(figures.positional_example_curves(r.positional, f"{out_dir}/fig7_positional_examples_"
+                                                                         f"{r.name}.png", r.name))
+            paths.append(figures.oscillatory_ranges(r.positional, f"{out_dir}/fig9_oscillatory_ranges_"
+                                                                  f"{r.name}.png", r.name))
     return paths
 
 
@@ -306,13 +311,12 @@ def _trigrams(r: ModelResults, ngram_ids) -> np.ndarray:
 
 
 def _write_csv(path: str, rows: list[dict], columns: list[str]) -> str:
-    partial = path + ".partial"
-    with open(partial, "w", newline="") as f:
+    def write(f):
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(partial, path)
-    return path
+
+    return atomic.write_file(path, write)
 
 
 def _floats(values) -> list:

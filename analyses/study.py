@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from analyses import report
-from analyses.collect import collect
+from analyses.collection import collect
 from opt_jax import shipped, stdlib_corpus
 
 

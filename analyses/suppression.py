@@ -90,33 +90,3 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     order = np.argsort(np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")  # [r, k]
     return np.take_along_axis(part, order, axis=1).astype(np.int64)
 
-
-def figure(suppression: Suppression, strings, path: str, name: str, rows: int = 12, shown: int = 5) -> str:
-    """Fig. 5 as a table: for some detectors, their triggers, top promoted and top suppressed tokens."""
-    from analyses.plotting import plt, save
-
-    count = len(suppression.neurons)
-    picked = np.unique(np.linspace(0, count - 1, min(rows, count)).round().astype(int)) if count else []
-
-    def words(ids):
-        return ", ".join(repr(s) for s in strings(ids[:shown]))
-
-    cells = [[f"{suppression.layers[i]}:{suppression.neurons[i]}",
-              words(suppression.triggers[i]) + ("  (all < 0)" if (suppression.trigger_scores[i] < 0).all() else ""),
-              words(suppression.top_promoted[i]), words(suppression.top_suppressed[i])] for i in picked]
-    fig, ax = plt.subplots(figsize=(14, 0.4 * max(len(cells), 1) + 1.0))
-    ax.axis("off")
-    if cells:
-        table = ax.table(cellText=cells, colLabels=["layer:neuron", "trigger tokens", f"top {shown} promoted",
-                                                    f"top {shown} suppressed"],
-                         loc="center", cellLoc="left", colWidths=[0.09, 0.27, 0.32, 0.32])
-        table.auto_set_font_size(False)
-        table.set_fontsize(8)
-        table.scale(1, 1.4)
-    else:
-        ax.text(0.5, 0.5, "no token detectors found", ha="center", va="center", fontsize=14)
-    fraction = suppression.fraction_all_triggers_negative()
-    summary = "n/a" if fraction is None else f"{fraction:.0%}"
-    ax.set_title(f"Fig. 5 ({name}): token detectors' updates projected onto the vocabulary; detectors whose "
-                 f"triggers all score < 0: {summary} of {count}", fontsize=10)
-    return save(fig, path)

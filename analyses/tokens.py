@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from opt_jax.errors import MissingError, TokenizerError
+
 
 class TokenStrings:
     """Decodes single token ids (and id sequences) with the model directory's tokenizer."""
@@ -14,12 +16,12 @@ class TokenStrings:
         from transformers import AutoTokenizer
 
         if not model_dir or not os.path.isdir(model_dir):
-            raise FileNotFoundError(f"{model_dir}: model directory not found (needed for its tokenizer and "
+            raise MissingError(f"{model_dir}: model directory not found (needed for its tokenizer and "
                                     "weights; pass --model to point at it)")
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
         except (OSError, ValueError) as e:
-            raise ValueError(f"{model_dir}: cannot load the tokenizer ({e})") from None
+            raise TokenizerError(f"{model_dir}: cannot load the tokenizer ({e})") from None
         self._size = len(self._tokenizer)
 
     def __call__(self, ids) -> list[str]:

@@ -21,8 +21,10 @@ import ml_dtypes
 import numpy as np
 import tensorstore as ts
 
+from opt_jax import atomic
 from opt_jax.config import OPTConfig
-from opt_jax.hf_checkpoint import CheckpointError
+from opt_jax.errors import CheckpointError
+from opt_jax.errors import InputError
 from opt_jax.model import param_shapes
 
 FORMAT = "opt_jax.checkpoint"
@@ -38,18 +40,8 @@ def dtype_name(dtype) -> str:
     """Canonical name ('float32', 'bfloat16', 'float16') of a supported parameter dtype."""
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
     if name not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise InputError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     return name
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    """Write JSON so that readers see either the old file or the whole new one."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _spec(root: str, path: str) -> dict:
@@ -96,8 +88,13 @@ def write_checkpoint(root: str, config: OPTConfig, flat: dict[str, np.ndarray], 
                 store[layer].write(np.asarray(value(layer)).astype(DTYPES[dtype], copy=False)).result()
         else:
             store.write(np.asarray(value).astype(DTYPES[dtype], copy=False)).result()
-    write_json_atomic(os.path.join(root, MANIFEST), {
-        "format": FORMAT, "version": VERSION, "config": config.to_dict(), "dtype": dtype,
+    return write_manifest(root, config, dtype, shapes, source, **extra)
+
+
+def write_manifest(root: str, config: OPTConfig, dtype: str, shapes: dict, source: str, **extra) -> str:
+    """Commit a converted checkpoint: its manifest, written last (atomically), once every array is complete."""
+    atomic.write_json(os.path.join(root, MANIFEST), {
+        "format": FORMAT, "version": VERSION, "config": config.to_dict(), "dtype": dtype_name(dtype),
         "params": {path: list(shape) for path, shape in shapes.items()}, "source": source, **extra})
     return root
 

@@ -1,19 +1,28 @@
-"""How the scripts end: a line on stdout when the work is done, or, for an error they expect (bad input
-named with its file), `error: message` on stderr and exit status 1, never a traceback."""
+"""How the scripts end: a line on stdout when the work is done, or, for an error a user can cause (an
+`opt_jax.errors.OptJaxError`: bad input named with its file), `error: message` on stderr and exit status 1.
+Any other exception is a bug: it propagates, shows its traceback and the script exits with status 1."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 
+from opt_jax.errors import OptJaxError
 
-def run(action: Callable[[], object], expected: tuple[type[BaseException], ...],
-        done: Callable[[object], str]) -> int:
-    """Exit status of `action()`: 0 after printing `done(result)`; 1 after printing an expected error."""
+
+def run(action: Callable[[], object], done: Callable[[object], str]) -> int:
+    """Exit status of `action()`: 0 after printing `done(result)`; 1 after printing an `OptJaxError`."""
     try:
         result = action()
-    except expected as e:
+    except OptJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(done(result))
     return 0
+
+
+def headless_figures() -> None:
+    """Draw figures without a display (the Agg backend); scripts call this, libraries never choose a backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")

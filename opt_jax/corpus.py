@@ -18,6 +18,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import zstandard
 
+from opt_jax.errors import CorpusError, InputError
+
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 _TXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst")
 SUFFIXES = _JSONL_SUFFIXES + _TXT_SUFFIXES
@@ -25,10 +27,6 @@ SUFFIXES = _JSONL_SUFFIXES + _TXT_SUFFIXES
 _GLOB_CHARACTERS = "*?["
 _HASH_BLOCK = 1 << 20
 _READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
-
-
-class CorpusError(ValueError):
-    """A corpus path or file that cannot be used; the message names the file (and line) and the problem."""
 
 
 def expand_paths(paths: Sequence[str]) -> list[str]:
@@ -196,9 +194,9 @@ def token_windows(documents: Iterable[str], tokenizer: Any, seq_len: int, bos_id
                   full_length_only: bool = False, encode_batch: int = 64) -> Iterator[np.ndarray]:
     """Token windows (int32 arrays of at most seq_len tokens), each starting with BOS."""
     if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2 (BOS and one token), got {seq_len}")
+        raise InputError(f"seq_len must be at least 2 (BOS and one token), got {seq_len}")
     if encode_batch < 1:
-        raise ValueError(f"encode_batch must be at least 1, got {encode_batch}")
+        raise InputError(f"encode_batch must be at least 1, got {encode_batch}")
     windows = (window for tokens in _document_tokens(documents, tokenizer, encode_batch)
                for window in _cut(tokens, seq_len, bos_id))
     if full_length_only:
@@ -224,7 +222,7 @@ def batches(windows: Iterable[np.ndarray], batch_size: int, seq_len: int, pad_id
             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Fixed-shape batches: (ids int32 [batch, seq_len], mask bool [batch, seq_len]), right-padded with pad_id."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     return (_padded(rows, batch_size, seq_len, pad_id) for rows in _groups(windows, batch_size))
 
 
@@ -234,7 +232,7 @@ def _padded(rows: list[np.ndarray], batch_size: int, seq_len: int, pad_id: int) 
     mask = np.zeros((batch_size, seq_len), dtype=bool)
     for row, window in enumerate(rows):
         if len(window) > seq_len:
-            raise ValueError(f"a window of {len(window)} tokens does not fit seq_len {seq_len}")
+            raise InputError(f"a window of {len(window)} tokens does not fit seq_len {seq_len}")
         ids[row, :len(window)] = window
         mask[row, :len(window)] = True
     return ids, mask
@@ -270,7 +268,7 @@ class Corpus:
     def windows(self, skip: int = 0) -> Iterator[np.ndarray]:
         """The corpus's token windows, less the first `skip` (to resume a run)."""
         if skip < 0:
-            raise ValueError(f"skip must be at least 0, got {skip}")
+            raise InputError(f"skip must be at least 0, got {skip}")
         return itertools.islice(self._windows_of(iter_documents(self.files, self.text_key)), skip, None)
 
     def check_not_empty(self) -> None:

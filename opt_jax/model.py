@@ -9,6 +9,7 @@ streamed from host memory a group at a time.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -64,33 +65,35 @@ def layer_norm(config: OPTConfig, param_dtype, name: str) -> LayerNorm:
     return LayerNorm(config.layer_norm_elementwise_affine, config.layer_norm_eps, param_dtype, name=name)
 
 
-# On the CPU, attention runs one slice of (batch x head) rows at a time, its queries in blocks of
-# QUERY_BLOCK positions, each block against only the keys up to its end: about half the work of the
-# full causal matrix, in pieces that stay in cache (measured in BENCHMARKS.md). Elsewhere it is
-# `jax.nn.dot_product_attention`, which the accelerator's fused kernels implement.
-QUERY_BLOCK = 256
-ATTENTION = "auto"  # "auto" (by backend), "blocked" or "fused"
+def causal_attention(q, key, value, token_mask, kind: str = "auto",
+                     query_block: int = 256):  # [b, q, h, k], [b, t, h, k], [b, t, h, k], [b, t]
+    """Softmax attention of each query over the real keys at or before it: [batch, seq, heads, head_dim].
 
-
-def causal_attention(q, key, value, token_mask):  # [b, q, h, k], [b, t, h, k], [b, t, h, k], [b, t]
-    """Softmax attention of each query over the real keys at or before it: [batch, seq, heads, head_dim]."""
-    kind = ATTENTION if ATTENTION != "auto" else ("blocked" if jax.default_backend() == "cpu" else "fused")
+    `kind` (static, `OPTConfig.attention`): "fused" is `jax.nn.dot_product_attention`, which an
+    accelerator's fused kernels implement; "blocked" runs one slice of (batch x head) rows at a time, its
+    queries in blocks of `query_block` positions, each block against only the keys up to its end: about
+    half the work of the full causal matrix, in pieces that stay in cache (BENCHMARKS.md); "auto" is
+    blocked on the CPU, fused elsewhere.
+    """
+    if kind == "auto":
+        kind = "blocked" if jax.default_backend() == "cpu" else "fused"
     if kind == "fused":
         return jax.nn.dot_product_attention(q, key, value, mask=token_mask[:, None, None, :], scale=1.0,
                                             is_causal=True)
     b, s, h, k = q.shape
     rows = [jnp.transpose(t, (0, 2, 1, 3)).reshape(b * h, s, k) for t in (q, key, value)]  # [b*h, s, k]
     key_mask = jnp.repeat(token_mask, h, axis=0)  # [b*h, t]
-    out = jax.lax.map(_blocked_row, (*rows, key_mask), batch_size=max(1, 4096 // s))  # [b*h, s, k]
+    out = jax.lax.map(functools.partial(_blocked_row, query_block=query_block), (*rows, key_mask),
+                      batch_size=max(1, 4096 // s))  # [b*h, s, k]
     return jnp.transpose(out.reshape(b, h, s, k), (0, 2, 1, 3))  # [b, s, h, k]
 
 
-def _blocked_row(inputs):
+def _blocked_row(inputs, query_block: int):
     """Causal attention of one (batch, head) row, query block by query block: [seq, head_dim]."""
     q, key, value, key_mask = inputs  # [s, k], [t, k], [t, k], [t]
     outputs = []
-    for start in range(0, q.shape[0], QUERY_BLOCK):
-        stop = min(start + QUERY_BLOCK, q.shape[0])
+    for start in range(0, q.shape[0], query_block):
+        stop = min(start + query_block, q.shape[0])
         scores = jnp.einsum("qk,tk->qt", q[start:stop], key[:stop], preferred_element_type=jnp.float32)  # [q, t]
         causal = jnp.arange(stop)[None, :] <= jnp.arange(start, stop)[:, None]  # [q, t]
         probs = jax.nn.softmax(jnp.where(causal & key_mask[None, :stop], scores, _NEG), axis=-1)  # [q, t]
@@ -112,7 +115,8 @@ class Attention(nn.Module):
             return Linear("bsd,hkd->bshk", (h, k, d), bias, self.param_dtype, name=name)(x)
 
         q = project("q_proj") * (k ** -0.5)  # [b, q, h, k]
-        context = causal_attention(q, project("k_proj"), project("v_proj"), token_mask)  # [b, q, h, k]
+        context = causal_attention(q, project("k_proj"), project("v_proj"), token_mask, c.attention,
+                                   c.query_block)  # [b, q, h, k]
         out_bias = (d,) if c.enable_bias else None
         return Linear("bqhk,dhk->bqd", (d, h, k), out_bias, self.param_dtype, name="o_proj")(context)
 

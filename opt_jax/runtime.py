@@ -12,6 +12,7 @@ import numpy as np
 from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig
 from opt_jax.model import Params, forward, unflatten
+from opt_jax.errors import InputError
 
 
 @dataclasses.dataclass
@@ -50,15 +51,15 @@ class Model:
         """Logits and packed FFN masks for a batch; masks are zero at padded positions."""
         input_ids = jnp.asarray(input_ids, jnp.int32)  # [b, s]
         if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
+            raise InputError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
         if input_ids.shape[1] > self.config.max_position_embeddings:
-            raise ValueError(f"sequence of {input_ids.shape[1]} tokens exceeds the model's "
+            raise InputError(f"sequence of {input_ids.shape[1]} tokens exceeds the model's "
                              f"{self.config.max_position_embeddings} positions")
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, bool)  # [b, s]
         attention_mask = jnp.asarray(attention_mask).astype(bool)  # [b, s]
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}")
+            raise InputError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}")
         logits, masks = _forward(self.config, self.device_params(), input_ids, attention_mask)
         return Output(logits=logits, masks=masks)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from opt_jax.errors import InputError, MissingError
+
 DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shipped_models")
 NAMES = ("stdlib-4l", "stdlib-4l-nopos")
 
@@ -16,8 +18,8 @@ NAMES = ("stdlib-4l", "stdlib-4l-nopos")
 def path(name: str) -> str:
     """The directory of the shipped model `name` (one of NAMES)."""
     if name not in NAMES:
-        raise ValueError(f"no shipped model {name!r}; the shipped models are {', '.join(NAMES)}")
+        raise InputError(f"no shipped model {name!r}; the shipped models are {', '.join(NAMES)}")
     where = os.path.join(DIRECTORY, name)
     if not os.path.isfile(os.path.join(where, "opt_jax.json")):
-        raise FileNotFoundError(f"{where}: the shipped model is missing (a partial checkout?)")
+        raise MissingError(f"{where}: the shipped model is missing (a partial checkout?)")
     return where

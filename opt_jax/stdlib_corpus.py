@@ -17,6 +17,9 @@ import platform
 import sysconfig
 from collections.abc import Iterator
 
+from opt_jax import atomic
+from opt_jax.errors import MissingError
+
 NAME = "stdlib"  # the corpus argument that names this corpus
 _SKIPPED_DIRS = ("site-packages", "dist-packages", "__pycache__")
 _TEST_DIRS = ("test", "tests", "idle_test")
@@ -35,7 +38,7 @@ def stdlib_files(root: str | None = None, include_tests: bool = False) -> list[s
         subdirs[:] = sorted(d for d in subdirs if d not in _SKIPPED_DIRS and (include_tests or d not in _TEST_DIRS))
         files.extend(os.path.join(directory, name) for name in sorted(names) if name.endswith(".py"))
     if not files:
-        raise FileNotFoundError(f"{root}: no .py files (is this a Python standard library?)")
+        raise MissingError(f"{root}: no .py files (is this a Python standard library?)")
     return sorted(files, key=lambda path: hashlib.sha256(os.path.relpath(path, root).encode()).hexdigest())
 
 
@@ -61,12 +64,9 @@ def write_jsonl(path: str, root: str | None = None, include_tests: bool = False)
     """Write the corpus as a `.jsonl` file at path (atomically, unless it exists); returns path."""
     if os.path.isfile(path):
         return path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+
+    def write(f):
         for document in documents(root, include_tests):
             f.write(json.dumps(document, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+
+    return atomic.write_file(path, write)

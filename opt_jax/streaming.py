@@ -19,14 +19,16 @@ import jax
 import numpy as np
 
 from opt_jax import checkpoint as ckpt
-from opt_jax.hf_checkpoint import CheckpointError
-from opt_jax.model import Params, unflatten
+from opt_jax.config import OPTConfig
+from opt_jax.errors import CheckpointError
+from opt_jax.errors import InputError
+from opt_jax.model import Params, param_shapes, unflatten
 
 
 def split_layers(layers: Sequence[int], group_size: int, boundaries: Sequence[int] = ()) -> list[range]:
     """Consecutive ranges of at most `group_size` layers that never cross one of `boundaries`."""
     if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
+        raise InputError(f"group_size must be >= 1, got {group_size}")
     start, stop = layers[0], layers[-1] + 1
     cuts = sorted({start, stop, *(b for b in boundaries if start < b < stop)})
     groups = []
@@ -35,9 +37,13 @@ def split_layers(layers: Sequence[int], group_size: int, boundaries: Sequence[in
     return groups
 
 
-def layer_bytes(stacked: Params) -> int:
-    """Bytes of one layer of a stacked parameter tree (host or device arrays; nothing is sliced)."""
-    return sum(leaf.nbytes // leaf.shape[0] for leaf in jax.tree.leaves(stacked))
+def layer_bytes(layers, itemsize: int = 4) -> int:
+    """Bytes of one decoder layer: of a stacked parameter tree (host or device arrays; nothing is sliced), or of
+    a model of this `OPTConfig` at `itemsize` bytes per value (the one place layer sizes are computed)."""
+    if isinstance(layers, OPTConfig):
+        return itemsize * sum(int(np.prod(shape[1:])) for path, shape in param_shapes(layers).items()
+                              if path.startswith("layers/"))
+    return sum(leaf.nbytes // leaf.shape[0] for leaf in jax.tree.leaves(layers))
 
 
 def slice_layers(stacked: Params, group: range) -> Params:
@@ -70,12 +76,12 @@ class CheckpointLayers:
         self.num_layers = min(num_layers or stored, stored)
         self.target = ckpt.DTYPES[ckpt.dtype_name(dtype)] if dtype else None
         itemsize = (self.target or ckpt.DTYPES[manifest["dtype"]]).itemsize
-        self.layer_bytes = sum(int(np.prod(s[1:])) for s in self.shapes.values()) * itemsize
+        self.layer_bytes = layer_bytes(OPTConfig.from_dict(manifest["config"]), itemsize)
 
     def read(self, group: range) -> Params:
         """The layers of `group` in host memory, stacked, cast to the source's dtype."""
         if not 0 <= group.start < group.stop <= self.num_layers:
-            raise ValueError(f"{self.root}: layers {group.start}..{group.stop - 1} are outside "
+            raise InputError(f"{self.root}: layers {group.start}..{group.stop - 1} are outside "
                              f"the {self.num_layers} layers read")
         pending = {p: s[group.start:group.stop].read() for p, s in self.stores.items()}  # all reads in flight
         # Each raw array is dropped once cast: a group costs its cast size plus one raw parameter, not both whole.

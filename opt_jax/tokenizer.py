@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable
+
+from opt_jax import atomic
+from opt_jax.errors import MissingError, TokenizerError
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0, 1, 2, 3 as in OPT
 BOS, PAD, UNK = "</s>", "<pad>", "<unk>"
@@ -38,8 +40,8 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, out_dir: str, rec
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(SPECIAL_TOKENS) + len(alphabet):
-        raise ValueError(f"vocab_size {vocab_size} is below the {len(SPECIAL_TOKENS) + len(alphabet)} special "
-                         "and byte tokens a byte-level BPE needs")
+        raise TokenizerError(f"vocab_size {vocab_size} is below the {len(SPECIAL_TOKENS) + len(alphabet)} special "
+                             "and byte tokens a byte-level BPE needs")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -51,27 +53,24 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, out_dir: str, rec
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=PAD,
                                    unk_token=UNK)
     tmp = f"{out_dir.rstrip(os.sep)}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    atomic.remove(tmp)
     fast.save_pretrained(tmp)
-    with open(os.path.join(tmp, RECORD), "w") as f:
-        json.dump((record or {}) | {"vocab_size": vocab_size}, f, indent=2)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
+    atomic.write_json(os.path.join(tmp, RECORD), (record or {}) | {"vocab_size": vocab_size})
+    return atomic.replace_dir(tmp, out_dir)  # the old tokenizer stays until the new one is complete
 
 
 def fingerprint(tokenizer_dir: str) -> str:
     """sha256 of the tokenizer's `tokenizer.json` (its vocabulary, merges and rules)."""
     path = os.path.join(tokenizer_dir, "tokenizer.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer.json (a fast tokenizer directory is needed)")
+        raise MissingError(f"{tokenizer_dir}: no tokenizer.json (a fast tokenizer directory is needed)")
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 
 
 def tokenizer_files(tokenizer_dir: str) -> list[str]:
     """The tokenizer's files in tokenizer_dir that a model directory should hold beside its weights."""
-    from opt_jax.conversion import TOKENIZER_FILES
+    from opt_jax.hf.conversion import TOKENIZER_FILES
 
     return [os.path.join(tokenizer_dir, name) for name in TOKENIZER_FILES
             if os.path.isfile(os.path.join(tokenizer_dir, name))]

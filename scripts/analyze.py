@@ -31,10 +31,10 @@ for _name, _default in report.flat_thresholds().items():
 
 def main(argv):
     stats = FLAGS.stats + argv[1:]
+    cli.headless_figures()
     thresholds = report.thresholds_from_flat({name: FLAGS[name].value for name in report.flat_thresholds()})
     return cli.run(lambda: report.analyze(stats, FLAGS.out, analyses=FLAGS.analyses, names=FLAGS.names,
                                           model_dirs=FLAGS.model, thresholds=thresholds),
-                   (ValueError, FileNotFoundError),
                    lambda result: f"{report.summary(result)}\nreport: {FLAGS.out}/report.json")
 
 

@@ -4,9 +4,9 @@
   python scripts/benchmark.py --seq_lens 512 --batches 2 --workdir /scratch
   python scripts/benchmark.py --device_suite gpu       # 1.3b/6.7b resident vs streamed, 30b/66b streamed, bf16
   python scripts/benchmark.py --device_suite gpu --shrink 32 --seq_len 32 --batch_size 2   # the same, CPU-sized
-cpu: ours (resident and streamed `analyses.collect.Runner`) and the baseline (HF `OPTForCausalLM` with fc1
+cpu: ours (resident and streamed `analyses.collection.Runner`) and the baseline (HF `OPTForCausalLM` with fc1
 forward hooks: full model, and decoder only) run on identical weights and batches; the numpy float32 matmul rate
-is measured too. gpu: `analyses.benchmark.device_suite` on the default JAX device, against its bf16 matmul rate.
+is measured too. gpu: `benchmarks.device` on the default JAX device, against its bf16 matmul rate.
 One JSON line per measurement on stdout, progress on stderr, then a markdown table for BENCHMARKS.md. Flags left
 unset take the suite's own defaults.
 """
@@ -15,6 +15,8 @@ import json
 import sys
 
 from absl import app, flags
+
+from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("device_suite", "cpu", ["cpu", "gpu"], "what to measure: cpu (JAX and torch on the CPU, against "
@@ -58,47 +60,42 @@ def main(argv):
 
     jax.config.update("jax_platforms", "cpu")
     import opt_jax
-    from analyses import StatsError, benchmark
+    from benchmarks import cpu, ngram_cost
 
     common = _set(batches=FLAGS.batches, warmup=FLAGS.warmup, seed=FLAGS.seed)
     if FLAGS.ngram_cost:
         seq_len = int(FLAGS.seq_lens[0])
-        result = benchmark.ngram_cost(opt_jax.for_size(FLAGS.size), seq_len,
-                                      benchmark.batch_size_for(seq_len, FLAGS.tokens_per_batch),
-                                      workdir=FLAGS.workdir, **common)
+        result = ngram_cost.ngram_cost(opt_jax.for_size(FLAGS.size), seq_len,
+                                       cpu.batch_size_for(seq_len, FLAGS.tokens_per_batch),
+                                       workdir=FLAGS.workdir, **common)
         print(json.dumps(result))
         return 0
-    try:
-        rows = benchmark.run_suite(
+
+    def suite():
+        return cpu.run_suite(
             opt_jax.for_size(FLAGS.size), seq_lens=[int(s) for s in FLAGS.seq_lens],
             tokens_per_batch=FLAGS.tokens_per_batch, workdir=FLAGS.workdir,
             **common, **_set(group_size=FLAGS.group_size, chunk_batches=FLAGS.chunk_batches,
                              matmul_n=FLAGS.matmul_n))
-    except (opt_jax.ConfigError, StatsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"\nCommand: `{' '.join(['python scripts/benchmark.py', *sys.argv[1:]])}`\n")
-    print(benchmark.markdown_table(rows))
-    return 0
+
+    return cli.run(suite, _table(cpu.markdown_table))
+
+
+def _table(markdown):
+    """The command line, then the rows as a markdown table for BENCHMARKS.md."""
+    return lambda rows: f"\nCommand: `{' '.join(['python scripts/benchmark.py', *sys.argv[1:]])}`\n\n{markdown(rows)}"
 
 
 def gpu():
-    import opt_jax
-    from analyses import StatsError, benchmark
+    from benchmarks import device
 
     settings = _set(sizes=FLAGS.sizes and tuple(FLAGS.sizes), resident_sizes=FLAGS.resident_sizes and
                     tuple(FLAGS.resident_sizes), shrink=FLAGS.shrink, seq_len=FLAGS.seq_len,
                     batch_size=FLAGS.batch_size, batches=FLAGS.batches, warmup=FLAGS.warmup,
                     chunk_batches=FLAGS.chunk_batches, group_size=FLAGS.group_size,
                     token_layers=FLAGS.token_layers, matmul_n=FLAGS.matmul_n, seed=FLAGS.seed)
-    try:
-        rows = benchmark.device_suite(benchmark.DeviceSuite(**settings))
-    except (opt_jax.ConfigError, StatsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"\nCommand: `{' '.join(['python scripts/benchmark.py', *sys.argv[1:]])}`\n")
-    print(benchmark.device_markdown_table(rows))
-    return 0
+    return cli.run(lambda: device.device_suite(device.DeviceSuite(**settings)),
+                   _table(device.device_markdown_table))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ def main(argv):
     del argv
     import os
 
-    from analyses import scale
-    from analyses.store import StatsError, open_stats
+    from benchmarks import scale
+    from analyses.collection.store import StatsError, open_stats
     from opt_jax.config import for_size
 
     config = for_size(FLAGS.size)

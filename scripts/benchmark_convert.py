@@ -10,7 +10,7 @@ import json
 from absl import app, flags
 
 import opt_jax
-from opt_jax import bench
+from benchmarks import conversion as bench
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["125m", "350m"], "OPT sizes to convert (random weights, float32 checkpoints)")

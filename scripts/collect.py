@@ -51,9 +51,6 @@ def main(argv):
     if FLAGS.num_processes > 1:
         jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     import analyses
-    from analyses.ngrams import NgramBudgetError
-    from opt_jax import CheckpointError
-    from opt_jax.corpus import CorpusError
 
     out = FLAGS.out
     if FLAGS.num_processes > 1:
@@ -70,7 +67,7 @@ def main(argv):
             flush_every_s=FLAGS.flush_every_s,
             flush_every_batches=FLAGS.flush_every_batches, overwrite=FLAGS.overwrite,
             process_index=FLAGS.process_id, process_count=FLAGS.num_processes),
-        (analyses.StatsError, CorpusError, NgramBudgetError, CheckpointError), lambda path: f"statistics: {path}")
+        lambda path: f"statistics: {path}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def main(argv):
         raise app.UsageError("--out is required with --hf_path")
     return cli.run(lambda: opt_jax.convert(FLAGS.hf_path or FLAGS.size, out, dtype=FLAGS.dtype,
                                            cache_dir=FLAGS.cache_dir, overwrite=FLAGS.overwrite),
-                   (opt_jax.CheckpointError, opt_jax.ConfigError), lambda path: f"converted checkpoint: {path}")
+                   lambda path: f"converted checkpoint: {path}")
 
 
 if __name__ == "__main__":

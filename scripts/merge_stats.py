@@ -19,7 +19,7 @@ flags.DEFINE_bool("overwrite", False, "replace existing statistics in --out")
 def main(argv):
     parts = sorted({p for pattern in FLAGS.parts + argv[1:] for p in (glob.glob(pattern) or [pattern])})
     return cli.run(lambda: analyses.merge_stats(parts, FLAGS.out, overwrite=FLAGS.overwrite),
-                   (analyses.StatsError,), lambda path: f"merged {len(parts)} parts into {path}")
+                   lambda path: f"merged {len(parts)} parts into {path}")
 
 
 if __name__ == "__main__":

@@ -25,15 +25,14 @@ flags.DEFINE_bool("overwrite", False, "replace statistics collected with other f
 
 def main(argv):
     del argv
+    cli.headless_figures()
     from analyses import report
-    from analyses.ngrams import NgramBudgetError
     from analyses.study import run_study
 
     return cli.run(lambda: run_study(FLAGS.out, FLAGS.model, FLAGS.corpus, FLAGS.names, seq_len=FLAGS.seq_len,
                                      batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens or None,
                                      ngram_orders=[int(k) for k in FLAGS.ngram_orders], analyses=FLAGS.analyses,
                                      overwrite=FLAGS.overwrite),
-                   (ValueError, FileNotFoundError, NgramBudgetError),
                    lambda result: f"{report.summary(result)}\nreport, figures and tables: {FLAGS.out}/report/")
 
 

@@ -47,10 +47,7 @@ flags.DEFINE_bool("overwrite", False, "replace a training run of other settings 
 
 def main(argv):
     del argv
-    from opt_jax import ConfigError
     from opt_jax import train
-    from opt_jax.corpus import CorpusError
-
 
     def run_training():
         config = train.model_config(
@@ -67,7 +64,7 @@ def main(argv):
             overwrite=FLAGS.overwrite)
         return train.train(FLAGS.out, config, options, corpus=FLAGS.corpus, tokenizer=FLAGS.tokenizer)
 
-    return cli.run(run_training, (train.TrainError, CorpusError, ConfigError, OSError), lambda out: f"trained: {out}")
+    return cli.run(run_training, lambda out: f"trained: {out}")
 
 
 if __name__ == "__main__":

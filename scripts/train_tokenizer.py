@@ -20,9 +20,8 @@ flags.DEFINE_string("text_key", "text", "JSON key of the text in .jsonl files")
 def main(argv):
     del argv
     from opt_jax import stdlib_corpus
-    from opt_jax.corpus import CorpusError, corpus_fingerprint, expand_paths, iter_documents
+    from opt_jax.corpus import corpus_fingerprint, expand_paths, iter_documents
     from opt_jax.tokenizer import train_tokenizer
-
 
     def run_training():
         if FLAGS.corpus:
@@ -34,7 +33,7 @@ def main(argv):
             record = {"stdlib": stdlib_corpus.describe()}
         return train_tokenizer(documents, FLAGS.vocab, FLAGS.out, record)
 
-    return cli.run(run_training, (CorpusError, ValueError, OSError), lambda out: f"tokenizer: {out}")
+    return cli.run(run_training, lambda out: f"tokenizer: {out}")
 
 
 if __name__ == "__main__":

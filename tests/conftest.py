@@ -1,10 +1,17 @@
-"""Shared fixtures: tiny random HF OPT checkpoints written the way transformers writes them."""
+"""Shared fixtures: tiny random HF OPT checkpoints written the way transformers writes them.
+
+Test files live in folders mirroring the packages (`tests/opt_jax/`, `tests/collection/`, ...). The shared
+modules (`helpers`, `hf_models`, `planted`, `kill`) are imported from this folder, and the repository root
+comes first on the path, so that `import opt_jax` finds the package and never the folder of its tests.
+"""
 
 import os
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(__file__))
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _TESTS)
+sys.path.insert(0, os.path.dirname(_TESTS))
 
 import pytest  # noqa: E402
 

@@ -13,21 +13,20 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-import torch
 
 import analyses
 import hf_models
 import opt_jax
 import scale_data as sd
-from opt_jax import bench
+from helpers import devices_env
+from helpers import run_script as run_python
 from opt_jax import checkpoint as ckpt
+from opt_jax.streaming import layer_bytes
 
 pytestmark = pytest.mark.real
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ = 2048
 # Detector thresholds loose enough that random weights have detectors to compare; the paper's are checked too.
 LOOSE = {"detector_max_tokens": 20, "detector_max_trigrams": 60, "detector_coverage": 0.8,
@@ -36,9 +35,7 @@ BIN_EDGES = (1, 2, 3, 4, 5, 6, 11, 21, 51, 101, 501, 1001)
 
 
 def run_script(name: str, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, f"scripts/{name}", *args], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    result = run_python(f"scripts/{name}", *args, env=devices_env(1), timeout=timeout)
     assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result
 
@@ -46,13 +43,11 @@ def run_script(name: str, *args: str, timeout: int = 1800) -> subprocess.Complet
 def peak_rss_of(name: str, *args: str) -> tuple[int, str]:
     """Run a script in a fresh interpreter that reports its own peak RSS (VmHWM) at exit: (bytes, stdout)."""
     code = ("import runpy, sys, atexit\n"
-            "from opt_jax.bench import peak_rss\n"
+            "from benchmarks.conversion import peak_rss\n"
             "atexit.register(lambda: print('PEAK_RSS', peak_rss(), flush=True))\n"
             f"sys.argv = ['scripts/{name}', *{list(args)!r}]\n"
             f"runpy.run_path('scripts/{name}', run_name='__main__')\n")
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=3000)
+    result = run_python("-c", code, env=devices_env(1), timeout=3000)
     peak = [int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("PEAK_RSS")]
     return (peak[0] if peak else -1), result
 
@@ -287,9 +282,8 @@ def test_opt_66b_widths_stream_in_bounded_memory(tmp_path):
     windows = sd.full_windows(docs, 512)[:1]  # [1, 512]
     common = ["--model", converted, "--corpus", corpus, "--seq_len", "512", "--batch_size", "1", "--offload",
               "--group_size", "1", "--dtype", "float32", "--full_length_only", "--max_tokens", "512"]
-    refused = subprocess.run([sys.executable, "scripts/collect.py", *common, "--out", str(tmp_path / "both"),
-                              "--token_layers", "0,1"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                             env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    refused = run_python("scripts/collect.py", *common, "--out", str(tmp_path / "both"), "--token_layers", "0,1",
+                         env=devices_env(1))
     import psutil
 
     if refused.returncode == 0:
@@ -316,7 +310,7 @@ def test_opt_66b_widths_stream_in_bounded_memory(tmp_path):
     print(f"66b widths, 2 layers, float32: collect peak RSS {peak / 1e9:.2f} GB")
     # Weights, the token layer's counters and the embedding (17.4 GB), plus the runtime, a step and one commit
     # block (measured 19.9 GB in all); no whole [vocab, ffn] layer on the host, which alone is 7.4 GB as int32.
-    arrays = 2 * bench.layer_bytes(config, 4) + config.vocab_size * config.ffn_dim * 4 + config.vocab_size * 9216 * 4
+    arrays = 2 * layer_bytes(config, 4) + config.vocab_size * config.ffn_dim * 4 + config.vocab_size * 9216 * 4
     assert peak < arrays + 3.5e9, f"peak RSS {peak / 1e9:.1f} GB, arrays {arrays / 1e9:.1f} GB"
 
     # Layer 0 against an independent float64 numpy forward of the same window.
@@ -332,7 +326,7 @@ def numpy_layer0_fc1(config, params: dict, ids: np.ndarray) -> np.ndarray:
     """fc1 outputs of layer 0 (pre-LN OPT) for one window, in float64 numpy, written from the OPT paper's and
     HF's definitions (positions offset by 2, queries scaled by head_dim ** -0.5, causal softmax): [seq, ffn]."""
     p = {k: v.astype(np.float64)[0] if k.startswith("layers/") else v.astype(np.float64) for k, v in params.items()}
-    s, heads = len(ids), config.num_attention_heads
+    s = len(ids)
     x = p["embed/tokens"][ids] + p["embed/positions"][np.arange(s) + 2]  # [s, d]
 
     def norm(h, name):  # [s, d]

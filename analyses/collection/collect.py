@@ -1,0 +1,180 @@
+"""Corpus -> forward passes -> activation statistics in a resumable tensorstore directory (`collect`).
+
+The window stream is cut into fixed batches (global batch b holds windows b*B .. b*B+B-1).
+Process p of P takes the batches with b % P == p. Weights are either resident on the device
+(one jitted step per batch) or streamed a layer group at a time over a chunk of batches
+(layer-major: each group crosses to the device once per chunk), read lazily from the converted
+checkpoint (or sliced from parameters a caller holds in memory) two groups ahead. Statistics
+stay on the device until a flush commits them (see `analyses.collection.store`); the manifest's cursor
+is the next global batch, so a rerun continues exactly where the last commit left off.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from analyses.collection import statistics as st
+from analyses.collection.candidates import ngram_candidates
+from analyses.collection.plan import IDENTITY, Options, make_plan
+from analyses.collection.runner import Runner
+from analyses.collection.store import StatsStore, array_layouts, open_stats, read_manifest
+from opt_jax import checkpoint as ckpt
+from opt_jax.corpus import Corpus, batches
+from opt_jax.errors import StatsError
+from opt_jax.progress import Progress
+
+
+def _identity(model_path: str, config, corpus: Corpus, plan: st.Plan, options: Options, source: dict | None) -> dict:
+    flags = {k: getattr(options, k) for k in IDENTITY}
+    flags["token_layers"] = list(plan.token_layers)
+    flags["ngram_orders"] = list(options.ngram_orders)
+    return {"model": os.path.abspath(model_path), "config": config.to_dict(), "ngram_candidates_source": source,
+            "corpus": {"paths": list(corpus.files), "fingerprint": corpus.fingerprint(),
+                       "text_key": options.text_key},
+            "flags": flags, "process": {"index": options.process_index, "count": options.process_count}}
+
+
+def _open_store(out_dir: str, identity: dict, plan: st.Plan, options: Options) -> StatsStore:
+    if os.path.isfile(os.path.join(out_dir, "manifest.json")) and not options.overwrite:
+        manifest = read_manifest(out_dir)
+        for key in identity:
+            if manifest.get(key) != identity[key]:
+                raise StatsError(f"{out_dir}: holds statistics of a different {key} "
+                                 f"({manifest.get(key)!r} there, {identity[key]!r} now); "
+                                 "use another --out or pass --overwrite")
+        return StatsStore.open(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not options.overwrite:
+        raise StatsError(f"{out_dir}: exists, is not empty and is not a statistics directory")
+    layouts = array_layouts(plan.num_layers, len(plan.token_layers), plan.seq_len, plan.vocab, plan.ffn)
+    start = identity | {"token_layers": list(plan.token_layers), "layers": plan.num_layers,
+                        "ngram_orders": list(options.ngram_orders), "tokens": 0,
+                        "sequences": 0, "full_length_sequences": 0, "cursor": {"next_batch": 0, "stream_tokens": 0},
+                        "complete": False}
+    return StatsStore.create(out_dir, start, layouts)
+
+
+def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
+    """Collect activation statistics of the model at model_path over the corpus into out_dir."""
+    options = Options(**flags)
+    config = ckpt.read_config(model_path)
+    plan = make_plan(config, options)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    corpus = Corpus(list(corpus_paths), tokenizer, options.seq_len, config.bos_token_id,
+                    text_key=options.text_key, full_length_only=options.full_length_only)
+    corpus.check_not_empty()
+    tracked, source = _ngram_neurons(plan, options) if options.ngram_orders else (None, None)
+    identity = _identity(model_path, config, corpus, plan, options, source)
+    store = _open_store(out_dir, identity, plan, options)
+    if store.manifest["complete"] and _reached(store.manifest, options):
+        _say(options, f"{out_dir}: already complete ({store.manifest['tokens']:,} tokens)")
+        return store.root
+    counting = options.ngram_orders and plan.token_layers
+    ngrams = open_stats(store.root).ngram_table(options.ngram_max_pairs) if counting else None
+    runner = Runner(model_path, plan, options, ngrams=ngrams, ngram_neurons=tracked if counting else None)
+    try:
+        _run(runner, store, corpus, options, config.pad_token_id)
+    finally:
+        runner.close()
+    return store.root
+
+
+def _ngram_neurons(plan: st.Plan, options: Options) -> tuple[np.ndarray | None, dict | None]:
+    """The neurons whose n-grams are counted, bool [token_layers, ffn] (None: all), and where they came from."""
+    if not options.ngram_candidates_from:
+        return None, None
+    source = open_stats(options.ngram_candidates_from)
+    where = options.ngram_candidates_from
+    if source.manifest["config"] != plan.config.to_dict():
+        raise StatsError(f"{where}: statistics of another model; n-gram candidates must come from the same one")
+    if not source.manifest["complete"]:
+        raise StatsError(f"{where}: the run is not complete; finish it before choosing n-gram candidates from it")
+    missing = [l for l in plan.token_layers if l not in source.token_layers]
+    if missing:
+        raise StatsError(f"{where}: has no token statistics for layers {missing}")
+    rows = [source.tok_act.view(source.token_layers.index(l)) for l in plan.token_layers]  # lazy [v, n] each
+    tracked = ngram_candidates(rows, options.ngram_max_coverage, options.ngram_coverage_fraction)  # [t, n]
+    return tracked, {"path": os.path.abspath(where), "corpus_fingerprint": source.manifest["corpus"]["fingerprint"],
+                     "tokens": source.tokens, "tracked_neurons": int(tracked.sum())}
+
+
+def _reached(manifest: dict, options: Options) -> bool:
+    limit = options.max_tokens
+    return manifest["cursor"].get("exhausted", False) or (limit is not None and
+                                                          manifest["cursor"]["stream_tokens"] >= limit)
+
+
+def _say(options: Options, message: str) -> None:
+    if options.verbose:
+        print(message, flush=True)
+
+
+def _run(runner: Runner, store: StatsStore, corpus: Corpus, options: Options, pad_id: int) -> None:
+    cursor = dict(store.manifest["cursor"])
+    next_batch, stream_tokens = cursor["next_batch"], cursor["stream_tokens"]
+    windows = corpus.windows(skip=next_batch * options.batch_size)
+    stream = batches(windows, options.batch_size, options.seq_len, pad_id)
+    host = _zero_host(runner.plan)
+    progress = Progress("collect", options.max_tokens, " tokens", enabled=options.verbose, initial=stream_tokens)
+    chunk_size = options.chunk_batches if options.offload else 1
+    chunk, pending_tokens, batches_since_flush, last_flush = [], 0, 0, time.monotonic()
+    exhausted = True
+    for ids, mask in stream:
+        if options.max_tokens is not None and stream_tokens >= options.max_tokens:
+            exhausted = False
+            break
+        batch_tokens = int(mask.sum())
+        stream_tokens += batch_tokens
+        if next_batch % options.process_count == options.process_index:
+            chunk.append((ids, mask))
+            for name, value in st.host_counts(ids, mask, runner.plan.vocab).items():
+                host[name] += value
+            pending_tokens += batch_tokens
+        next_batch += 1
+        progress.update(batch_tokens)
+        if len(chunk) == chunk_size:
+            runner.run(chunk)
+            chunk, batches_since_flush = [], batches_since_flush + 1
+            due = (options.flush_every_batches and batches_since_flush >= options.flush_every_batches) or \
+                time.monotonic() - last_flush >= options.flush_every_s or \
+                pending_tokens + chunk_size * options.batch_size * options.seq_len > st.MAX_TOKENS_PER_FLUSH
+            if due:
+                _flush(runner, store, host, {"next_batch": next_batch, "stream_tokens": stream_tokens}, False)
+                host, pending_tokens, batches_since_flush, last_flush = _zero_host(runner.plan), 0, 0, time.monotonic()
+    if chunk:
+        runner.run(chunk)
+    _flush(runner, store, host, {"next_batch": next_batch, "stream_tokens": stream_tokens, "exhausted": exhausted},
+           True)
+    progress.update(0, force=True)
+
+
+def _zero_host(plan: st.Plan) -> dict:
+    return {"tokens": np.int64(0), "pos_tokens": np.zeros(plan.seq_len, np.int64),
+            "token_occ": np.zeros(plan.vocab, np.int64), "sequences": np.int64(0),
+            "full_length_sequences": np.int64(0)}
+
+
+def _flush(runner: Runner, store: StatsStore, host: dict, cursor: dict, complete: bool) -> None:
+    """Commit device and host counts with the cursor they reach, then empty the counters."""
+    deltas = runner.deltas() | {"pos_tokens": host["pos_tokens"], "token_occ": host["token_occ"]}
+    m = store.manifest
+    store.commit(deltas, {
+        "tokens": int(m["tokens"] + host["tokens"]), "sequences": int(m["sequences"] + host["sequences"]),
+        "full_length_sequences": int(m["full_length_sequences"] + host["full_length_sequences"]),
+        "cursor": cursor, "complete": complete,
+    }, replacements=_ngram_arrays(runner))
+    runner.reset()
+
+
+def _ngram_arrays(runner: Runner) -> dict | None:
+    """The n-gram tables as 1-D arrays, and `tracked_neurons` (flat t * ffn + n) when only some are tracked."""
+    if runner.ngrams is None:
+        return None
+    arrays = runner.ngrams.to_arrays()
+    if runner.ngram_neurons is not None:
+        arrays["tracked_neurons"] = np.flatnonzero(runner.ngram_neurons)  # [m]
+    return arrays

@@ -1,0 +1,126 @@
+"""What a collection run collects, and whether it fits: the flags (`Options`), the plan they make for a
+model (`make_plan`: layers, token layers, groups), and the memory check done before anything is allocated."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import psutil
+
+from analyses.collection import statistics as st
+from analyses.collection.store import CHUNK_CELLS, WRITES_IN_FLIGHT
+from opt_jax.errors import StatsError
+from opt_jax.model import param_shapes
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Collection flags; those in IDENTITY must match to resume a run."""
+
+    seq_len: int = 2048
+    batch_size: int = 8
+    max_tokens: int | None = None
+    full_length_only: bool = False
+    offload: bool = False
+    group_size: int | None = None  # layers per streamed group (default: from device memory)
+    chunk_batches: int = 4  # batches per streamed chunk (each group moves once per chunk)
+    max_layers: int | None = None
+    token_layers: tuple[int, ...] | None = None  # default: the first half of the model's layers
+    dtype: str | None = None
+    text_key: str = "text"
+    ngram_orders: tuple[int, ...] = ()  # exact n-gram counts of the token layers, e.g. (2, 3); () for none
+    ngram_max_pairs: int = 50_000_000  # distinct (n-gram, neuron) pairs kept in host memory, 16 B each
+    ngram_candidates_from: str | None = None  # a finished run: track only neurons few tokens cover there
+    ngram_max_coverage: int = 50  # ... at most this many tokens
+    ngram_coverage_fraction: float = 0.95  # ... covering this fraction of the neuron's activations
+    flush_every_s: float = 300.0
+    flush_every_batches: int | None = None
+    overwrite: bool = False
+    process_index: int = 0
+    process_count: int = 1
+    verbose: bool = True
+
+
+IDENTITY = ("seq_len", "batch_size", "full_length_only", "max_layers", "token_layers", "dtype", "text_key",
+            "ngram_orders", "ngram_candidates_from", "ngram_max_coverage", "ngram_coverage_fraction")
+
+
+def make_plan(config, options: Options) -> st.Plan:
+    """What a run with these options collects from a model of this config; refuses impossible options."""
+    num_layers = min(options.max_layers or config.num_hidden_layers, config.num_hidden_layers)
+    token_layers = options.token_layers
+    if token_layers is None:
+        token_layers = tuple(range(min(config.num_hidden_layers // 2, num_layers)))
+    token_layers = tuple(sorted(set(token_layers)))
+    bad = [l for l in token_layers if not 0 <= l < num_layers]
+    if bad:
+        raise StatsError(f"token_layers {bad} are outside the {num_layers} collected layers")
+    if options.seq_len > config.max_position_embeddings:
+        raise StatsError(f"seq_len {options.seq_len} exceeds the model's {config.max_position_embeddings} positions")
+    if options.seq_len < 2:
+        raise StatsError(f"seq_len must be at least 2 (BOS and one token), got {options.seq_len}")
+    return st.Plan(config, num_layers, token_layers, options.seq_len)
+
+
+def working_bytes(plan: st.Plan, options: Options, itemsize: int) -> int:
+    """An upper estimate of a step's temporaries: a layer's activations, masks and attention blocks, and in
+    streamed mode the hidden states of every batch of the chunk (computed in `itemsize`-byte floats)."""
+    config, tokens = plan.config, options.batch_size * plan.seq_len
+    ffn = tokens * plan.ffn * (itemsize + 4 + 1)  # fc1 output, the int32 rows scattered into tok_act, the mask
+    hidden = tokens * config.hidden_size * itemsize * 6  # residual, norms, q/k/v, attention and fc2 outputs
+    attention = options.batch_size * config.num_attention_heads * min(plan.seq_len, 256) * plan.seq_len * 4 * 2
+    chunk = options.chunk_batches * tokens * config.hidden_size * itemsize if options.offload else 0
+    return ffn + hidden + attention + chunk
+
+
+# Host memory of the interpreter, JAX and XLA's compiled programs beside the arrays (measured: about 1.5 GB).
+RUNTIME_BYTES = 2 * 10**9
+
+
+def flush_bytes() -> int:
+    """Host memory of a commit: the blocks in flight, each at most one chunk (old, delta, sum) of int64."""
+    return (WRITES_IN_FLIGHT + 3) * CHUNK_CELLS * 8
+
+
+def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: Options, device,
+                 host_available: int | None = None) -> None:
+    """Refuse, before allocating anything, a run that cannot fit in the device's or the host's memory.
+
+    On an accelerator: the counters, the weights on the device and a step's temporaries against its free
+    memory, and the layer groups read ahead plus a commit's blocks against the host's. On the CPU the device
+    is the host: all of it against the available host memory (`psutil`), where a run that does not fit
+    would otherwise be killed by the kernel.
+    """
+    batch = options.batch_size if options.ngram_orders and plan.token_layers else None
+    counters = st.accumulator_bytes(plan, groups, batch)
+    streamed = options.offload and len(groups) > 2
+    group = layer_bytes * max(len(g) for g in groups)
+    weights = 2 * group if streamed else plan.num_layers * layer_bytes
+    params = sum(int(np.prod(shape[1:])) for path, shape in param_shapes(plan.config).items()
+                 if path.startswith("layers/"))
+    working = working_bytes(plan, options, max(1, layer_bytes // params))
+    host = (2 * group if streamed else 0) + flush_bytes()  # groups read ahead, a commit's blocks
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    on_host = not stats or "bytes_limit" not in stats
+    if host_available is None:
+        host_available = psutil.virtual_memory().available
+    if on_host:
+        # Loading the weights holds one group twice (read, then copied) before the counters exist.
+        needed = max(weights + counters + working + host, weights + group) + RUNTIME_BYTES
+        free, where = host_available, f"{device} (host memory, shared with the device)"
+    else:
+        needed, free, where = weights + counters + working, stats["bytes_limit"] - stats.get("bytes_in_use", 0), device
+    if needed > free:
+        token_layer = plan.vocab * plan.ffn * 4
+        raise StatsError(
+            f"{where}: the counters ({counters / 1e9:.1f} GB, tok_act {len(plan.token_layers)} layers x "
+            f"{token_layer / 1e9:.1f} GB of them), the weights on the device ({weights / 1e9:.1f} GB) and a step's "
+            f"temporaries ({working / 1e9:.1f} GB)" + (f", the groups read ahead and a commit's blocks "
+                                                        f"({host / 1e9:.1f} GB)" if on_host else "")
+            + f" need {needed / 1e9:.1f} GB; {free / 1e9:.1f} GB are free. Collect fewer --token_layers per run "
+            "(several runs, each with its own --out, cover them all), stream the weights in smaller groups "
+            "(--offload --group_size), use a 16-bit --dtype, or a smaller --batch_size")
+    if not on_host and host > host_available:
+        raise StatsError(f"host memory: the layer groups read ahead and a commit's blocks need {host / 1e9:.1f} GB; "
+                         f"{host_available / 1e9:.1f} GB are available. Use a smaller --group_size")

@@ -1,0 +1,194 @@
+"""The device side of a collection run: weights in, batches through, counters out.
+
+`Runner` holds what one run keeps on the device (the embedding, the counters, the mesh) and runs chunks of
+batches through an executor, one of two behind the same small interface (`run(chunk, fired)`, `close()`):
+`Resident` (every collected layer on the device, one jitted step per batch) and `Streamed` (layer groups
+read from a layer source two groups ahead and moved to the device one group ahead, layer-major over the
+chunk). Both give identical counters. When n-grams are counted, the runner copies the token layers'
+packed masks to the host after each batch and adds them to its `NgramTable`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from analyses.collection import statistics as st
+from analyses.collection.plan import Options, check_memory
+from opt_jax import checkpoint as ckpt
+from opt_jax.bits import unpack_masks
+from opt_jax.errors import StatsError
+from opt_jax.model import Params, unflatten
+from opt_jax.streaming import CheckpointLayers, GroupStream, StackedLayers, group_size_for, put_now
+
+
+@dataclasses.dataclass
+class Weights:
+    """What a Runner computes with: the embedding parameters and a source of stacked layer groups."""
+
+    embed: Params
+    layers: object  # a layer source (`opt_jax.streaming`): num_layers, layer_bytes, read(group)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, dtype: str | None = None, num_layers: int | None = None) -> "Weights":
+        """The embedding read now; the layers read lazily, a group at a time, when they are needed."""
+        embed = unflatten(ckpt.read_params(path, dtype, layers=slice(0, 0)))["embed"]
+        return cls(embed, CheckpointLayers(path, dtype, num_layers))
+
+    @classmethod
+    def in_memory(cls, params: Params) -> "Weights":
+        """Parameters a caller already holds ({'embed', 'layers'} as `opt_jax.init_params` makes them)."""
+        return cls(params["embed"], StackedLayers(params["layers"]))
+
+
+class Resident:
+    """Every collected layer group on the device for the whole run; one jitted step per batch."""
+
+    stream = None
+
+    def __init__(self, runner: "Runner"):
+        self.runner = runner
+        self.group_params = [put_now(runner.layers.read(g), runner.replicated) for g in runner.groups]
+
+    def run(self, on_device: list, fired: list) -> None:
+        """Each batch through the whole model in one step, counting into the runner's counters."""
+        r = self.runner
+        for bi, (ids, mask) in enumerate(on_device):
+            r.accs = st.resident_step(r.plan.config, r.embed_params, self.group_params, ids, mask, r.accs)
+            for gi in range(len(r.groups)):
+                r.keep_masks(gi, fired[bi])
+
+    def close(self) -> None:
+        """Nothing runs ahead."""
+
+
+class Streamed:
+    """Layer groups streamed from the source: each crosses to the device once per chunk of batches."""
+
+    def __init__(self, runner: "Runner"):
+        self.runner = runner
+        self.stream = GroupStream(runner.layers, runner.groups, runner.replicated)
+
+    def run(self, on_device: list, fired: list) -> None:
+        """The whole chunk through group 0, then group 1, ... (layer-major)."""
+        r = self.runner
+        hidden = [st.embed_step(r.plan.config, r.embed_params, ids, mask) for ids, mask in on_device]
+        for gi in range(len(r.groups)):
+            self._group(gi, on_device, hidden, fired)
+
+    def _group(self, gi: int, on_device: list, hidden: list, fired: list) -> None:
+        """Run every batch of the chunk through group gi, then move the next group in once group gi-1 is done."""
+        r = self.runner
+        before = (tuple(hidden), r.accs[gi - 1])  # outputs of group gi-1 (gi = 0: of the previous chunk's last)
+        group, params = self.stream.next()
+        assert group == r.groups[gi], (group, r.groups[gi])
+        for bi, (ids, mask) in enumerate(on_device):
+            hidden[bi], r.accs[gi] = st.group_step(r.plan.config, params, hidden[bi], mask, ids, r.accs[gi])
+            r.keep_masks(gi, fired[bi])
+        # Group gi is dispatched: while it computes, group gi+1 crosses and gi+2 is read. Waiting for gi-1 first
+        # keeps at most two groups on the device and two in host memory however far ahead the host runs.
+        self.stream.advance(after=before)
+
+    def close(self) -> None:
+        """Stop reading layers ahead."""
+        self.stream.close()
+
+
+class Runner:
+    """Holds the device state of one run: the executor (resident or streamed) and the counters.
+
+    Also the unit benchmarks time: `Runner(model_path or Weights, make_plan(config, options), options).run(batches)`.
+    `ngrams` (an `NgramTable`) counts n-grams of the token layers' masks; `ngram_neurons` (bool
+    [token_layers, ffn]) restricts them to some neurons (None: all).
+    """
+
+    def __init__(self, model: str | Weights, plan: st.Plan, options: Options, ngrams=None,
+                 ngram_neurons: np.ndarray | None = None):
+        self.plan, self.options = plan, options
+        self.ngrams, self.ngram_neurons = ngrams, ngram_neurons
+        devices = jax.local_devices()
+        if options.batch_size % len(devices):
+            raise StatsError(f"batch_size {options.batch_size} is not divisible by the {len(devices)} local devices")
+        mesh = Mesh(np.array(devices), ("data",))
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.data = NamedSharding(mesh, PartitionSpec("data"))
+        weights = model if isinstance(model, Weights) else \
+            Weights.from_checkpoint(model, options.dtype, plan.num_layers)
+        if weights.layers.num_layers < plan.num_layers:
+            raise StatsError(f"the weights have {weights.layers.num_layers} layers; the plan needs {plan.num_layers}")
+        self.embed_params = jax.device_put({"embed": weights.embed}, self.replicated)
+        self.layers = weights.layers
+        self.groups = plan.groups((options.group_size or group_size_for(self.layers)) if options.offload else None)
+        check_memory(plan, self.groups, self.layers.layer_bytes, options, devices[0])
+        self.executor = Streamed(self) if options.offload else Resident(self)
+        self.reset()
+
+    @property
+    def stream(self) -> GroupStream | None:
+        """The group stream of a streamed run (None when resident)."""
+        return self.executor.stream
+
+    def reset(self) -> None:
+        """Empty the device counters (after a commit)."""
+        batch = self.options.batch_size if self.options.ngram_orders and self.plan.token_layers else None
+        self.accs = []  # the old counters go first: at 66b two sets would not fit on the device
+        for g in self.groups:
+            self.accs.append(jax.device_put(st.zero_accumulators(self.plan, g, batch), self.replicated))
+
+    def run(self, chunk: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Add the activations of a list of batches into the device counters."""
+        on_device = [(jax.device_put(ids, self.data), jax.device_put(mask, self.data)) for ids, mask in chunk]
+        fired = [{} for _ in chunk]  # per batch: token layer index -> packed masks, for n-grams
+        self.executor.run(on_device, fired)
+        if self.ngrams is not None:
+            for (ids, mask), packed in zip(chunk, fired):
+                active = {t: unpack_masks(m, self.plan.ffn) for t, m in packed.items()}  # [b, s, n] each
+                if self.ngram_neurons is not None:
+                    active = {t: a & self.ngram_neurons[t] for t, a in active.items()}  # [b, s, n] each
+                self.ngrams.add(ids, mask, active)
+
+    def keep_masks(self, gi: int, into: dict) -> None:
+        """Copy a token group's packed masks of the batch just run to the host (they are overwritten next)."""
+        if self.ngrams is None or "masks" not in self.accs[gi]:
+            return
+        masks = np.asarray(self.accs[gi]["masks"])  # [g, b, s, n / 8]
+        for j, layer in enumerate(self.groups[gi]):
+            into[self.plan.token_layers.index(layer)] = masks[j]
+
+    def close(self) -> None:
+        """Stop reading layers ahead (streamed mode); the counters stay readable."""
+        self.executor.close()
+
+    def wait(self) -> None:
+        """Block until every dispatched step has finished (for timing)."""
+        jax.block_until_ready(self.accs)
+
+    def deltas(self) -> dict:
+        """The device counters as store deltas: act whole; pos_act and tok_act one block at a time.
+
+        A block (the store's chunk: one layer, some positions or token rows, some neurons) is sliced on the
+        device and only it crosses to the host, so a flush holds at most a chunk of a [vocab, ffn] layer.
+        """
+        where = {layer: (gi, j) for gi, g in enumerate(self.groups) for j, layer in enumerate(g)}
+        token_layers = self.plan.token_layers
+
+        def block_of(name, layer_of):
+            def read(block):  # (layers, rows, neurons) slices, one layer
+                gi, j = where[layer_of(block[0].start)]
+                return np.asarray(self.accs[gi][name][(j, *block[1:])], np.int64)[None]  # [1, r, n]
+            return read
+
+        return {
+            "act": np.concatenate([np.asarray(a["act"], np.int64) for a in self.accs]),  # [l, n]
+            "pos_act": block_of("pos_act", lambda l: l),
+            "tok_act": block_of("tok_act", lambda t: token_layers[t]),
+        }
+
+    def layer_counts(self, name: str, layer: int) -> np.ndarray:
+        """One layer's device counter (`pos_act` by layer, `tok_act` by token layer index) as int64 on the host."""
+        layer = self.plan.token_layers[layer] if name == "tok_act" else layer
+        gi = next(gi for gi, g in enumerate(self.groups) if layer in g)
+        return np.asarray(self.accs[gi][name][layer - self.groups[gi].start], np.int64)

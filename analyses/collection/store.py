@@ -1,0 +1,367 @@
+"""The statistics store: zarr3 arrays and `manifest.json`, committed atomically, readable by any tool.
+
+Contract: `<out>/manifest.json` and arrays opened with tensorstore as
+`{"driver": "zarr3", "kvstore": "file://<out>/<name>"}`. Each `<out>/<name>` is a symlink into
+`<out>/data-<generation>/<name>`. A flush writes the new totals into a fresh generation
+directory, then replaces `manifest.json` (the commit point), then repoints the symlinks and
+removes the old generation. A crash at any moment leaves the manifest describing a complete
+generation; opening the store repairs the symlinks and discards any unfinished generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+
+import numpy as np
+import tensorstore as ts
+
+from opt_jax import atomic
+from opt_jax.atomic import write_json as write_json_atomic
+from opt_jax.errors import StatsError
+
+MANIFEST = "manifest.json"
+FORMAT = "opt_jax.stats"
+VERSION = 1
+_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
+           {"name": "zstd", "configuration": {"level": 3}}]
+# Blocks a commit writes while it reads and adds the next ones (each at most one chunk): the default of
+# `StatsStore.writes_in_flight`.
+WRITES_IN_FLIGHT = 2
+# Cells per chunk of the large arrays (32 MiB of int64): bounds what a commit or a reader holds at once,
+# whatever the vocabulary, sequence length or width.
+CHUNK_CELLS = 1 << 22
+
+
+def array_layouts(num_layers: int, num_token_layers: int, seq_len: int, vocab: int, ffn: int) -> dict:
+    """name -> (shape, chunk shape) of every array (all int64, zero-filled)."""
+    return {
+        "act": ((num_layers, ffn), (1, ffn)),
+        # Whole positions, blocks of neurons: a [seq, ffn] layer is 604 MB of int64 at 66b.
+        "pos_act": ((num_layers, seq_len, ffn), (1, seq_len, max(1, min(ffn, CHUNK_CELLS // seq_len)))),
+        "pos_tokens": ((seq_len,), (seq_len,)),
+        "token_occ": ((vocab,), (vocab,)),
+        # Blocks of whole token rows: a [vocab, ffn] layer is 14.8 GB of int64 at 66b.
+        "tok_act": ((num_token_layers, vocab, ffn), (1, max(1, min(vocab, CHUNK_CELLS // ffn)), ffn)),
+    }
+
+
+def chunk_blocks(shape, chunk) -> list[tuple[slice, ...]]:
+    """The chunk-aligned blocks covering an array, in C order; the last block of each axis is cut at its end."""
+    axes = [[slice(start, min(start + step, size)) for start in range(0, size, step)]
+            for size, step in zip(shape, chunk)]
+    return [tuple(block) for block in itertools.product(*axes)]
+
+
+def from_layers(layer_delta):
+    """A block delta (for `StatsStore.commit`) from a function of the layer index giving that layer whole.
+
+    For deltas computed a layer at a time: the last layer is kept, so each is computed once, and a
+    commit then holds one layer of that array in host memory (plus one block).
+    """
+    last = {}
+
+    def block_delta(block):
+        layer = block[0].start
+        if layer not in last:
+            last.clear()
+            last[layer] = np.asarray(layer_delta(layer))
+        return last[layer][block[1:]][None]  # [1, ...]
+
+    return block_delta
+
+
+def _generation_dir(root: str, generation: int) -> str:
+    return os.path.join(root, f"data-{generation:06d}")
+
+
+def _spec(path: str) -> dict:
+    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
+
+
+def _create(path: str, shape, chunk) -> ts.TensorStore:
+    metadata = {"shape": list(shape), "data_type": "int64", "fill_value": 0, "codecs": _CODECS,
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}}}
+    return ts.open(_spec(path) | {"metadata": metadata, "create": True, "delete_existing": True}).result()
+
+
+def _open(path: str) -> ts.TensorStore:
+    return ts.open(_spec(path), open=True).result()
+
+
+def read_manifest(root: str) -> dict:
+    """The manifest of a statistics directory, with a clear error when there is none."""
+    path = os.path.join(root, MANIFEST)
+    if not os.path.isfile(path):
+        raise StatsError(f"{root}: not a statistics directory ({MANIFEST} is missing)")
+    with open(path) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise StatsError(f"{path}: unsupported format {manifest.get('format')!r} v{manifest.get('version')!r}")
+    return manifest
+
+
+class StatsStore:
+    """A statistics directory being written: holds the manifest and commits new totals generation by generation."""
+
+    def __init__(self, root: str, manifest: dict, writes_in_flight: int = WRITES_IN_FLIGHT):
+        self.root = os.path.abspath(root)
+        self.manifest = manifest
+        self.writes_in_flight = writes_in_flight  # blocks a commit writes while it reads the next
+
+    @classmethod
+    def create(cls, root: str, manifest: dict, layouts: dict) -> "StatsStore":
+        """A fresh store: generation 0 holds zero arrays; the manifest is written last."""
+        root = os.path.abspath(root)
+        os.makedirs(root, exist_ok=True)
+        for name in os.listdir(root):
+            if name.startswith("data-") or name == MANIFEST or name in layouts:
+                _remove(os.path.join(root, name))
+        gen_dir = _generation_dir(root, 0)
+        for name, (shape, chunk) in layouts.items():
+            _create(os.path.join(gen_dir, name), shape, chunk)
+        manifest = manifest | {"format": FORMAT, "version": VERSION, "generation": 0,
+                               "arrays": {n: list(s) for n, (s, _) in layouts.items()}}
+        write_json_atomic(os.path.join(root, MANIFEST), manifest)
+        store = cls(root, manifest)
+        store._link()
+        return store
+
+    @classmethod
+    def open(cls, root: str) -> "StatsStore":
+        """An existing store, repaired after any crash (links to the committed generation, no stray data)."""
+        store = cls(root, read_manifest(root))
+        store._link()
+        store._remove_other_generations()
+        return store
+
+    @property
+    def generation_dir(self) -> str:
+        return _generation_dir(self.root, self.manifest["generation"])
+
+    def array(self, name: str) -> ts.TensorStore:
+        """The committed array `name`."""
+        return _open(os.path.join(self.generation_dir, name))
+
+    def commit(self, deltas: dict, manifest_updates: dict, replacements: dict | None = None) -> None:
+        """Write old totals + deltas as a new generation, then commit it with the manifest updates.
+
+        `deltas[name]` is an array of the full shape, or a function of a block (a tuple of slices, one per
+        axis, as `chunk_blocks` gives them) returning the delta of that block, so that no more than one
+        chunk of a large array is in host memory at once; missing names are copied unchanged.
+        `replacements[name]` is a whole 1-D array (any length) that takes the place of `name`.
+        """
+        replacements = replacements or {}
+        new_gen = self.manifest["generation"] + 1
+        new_dir = _generation_dir(self.root, new_gen)
+        _remove(new_dir)
+        for name, value in replacements.items():
+            value = np.asarray(value, np.int64)  # [m]
+            store = _create(os.path.join(new_dir, name), value.shape, (max(1, min(len(value), 1 << 22)),))
+            if len(value):
+                store.write(value).result()
+        writes = []
+        try:
+            for name in self.manifest["arrays"]:
+                if name in replacements:
+                    continue
+                old = self.array(name)
+                chunk = old.chunk_layout.write_chunk.shape
+                new = _create(os.path.join(new_dir, name), old.shape, chunk)
+                delta = deltas.get(name)
+                for block in chunk_blocks(old.shape, chunk):
+                    value = old[block].read().result()
+                    if delta is not None:
+                        value = value + (delta(block) if callable(delta) else np.asarray(delta)[block])
+                    if value.any():
+                        writes.append(new[block].write(value))  # compressed and written meanwhile
+                    while len(writes) > self.writes_in_flight:
+                        writes.pop(0).result()
+        except BaseException:  # interrupted: no write may land after the caller (or a rerun) cleans up
+            for write in writes:
+                try:
+                    write.result()
+                except Exception:  # noqa: BLE001 - the interruption is the error to report
+                    pass
+            raise
+        for write in writes:
+            write.result()
+        _fsync_tree(new_dir)
+        arrays = self.manifest["arrays"] | {n: [len(v)] for n, v in replacements.items()}
+        self.manifest = self.manifest | manifest_updates | {"generation": new_gen, "arrays": arrays}
+        write_json_atomic(os.path.join(self.root, MANIFEST), self.manifest)
+        self._link()
+        self._remove_other_generations()
+
+    def _link(self) -> None:
+        for name in self.manifest["arrays"]:
+            link = os.path.join(self.root, name)
+            target = os.path.relpath(os.path.join(self.generation_dir, name), self.root)
+            if os.path.islink(link) and os.readlink(link) == target:
+                continue
+            tmp = f"{link}.tmp-link"
+            _remove(tmp)
+            os.symlink(target, tmp)
+            os.replace(tmp, link)
+
+    def _remove_other_generations(self) -> None:
+        keep = os.path.basename(self.generation_dir)
+        for name in os.listdir(self.root):
+            if name.startswith("data-") and name != keep:
+                _remove(os.path.join(self.root, name))
+
+
+_remove = atomic.remove  # the commit protocol lives in opt_jax.atomic
+_fsync_tree = atomic.fsync_tree
+
+
+class LazyArray:
+    """A committed statistics array read on demand: `a[l]` reads one layer, `np.asarray(a)` reads all."""
+
+    def __init__(self, store: ts.TensorStore):
+        self._store = store
+        self.shape = tuple(store.shape)
+        self.chunk_shape = tuple(store.chunk_layout.write_chunk.shape)
+        self.dtype = np.dtype(store.dtype.numpy_dtype)
+
+    def __getitem__(self, index) -> np.ndarray:
+        """Read `index` (ints and slices, numpy semantics: a slice past the end stops at the end)."""
+        return np.asarray(self._store[_clipped(index, self.shape)].read().result())
+
+    def view(self, index) -> "LazyArray":
+        """A lazy sub-array (e.g. one layer of `tok_act`), read only when indexed."""
+        return LazyArray(self._store[_clipped(index, self.shape)])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        value = self._store.read().result()
+        return value if dtype is None else value.astype(dtype)
+
+
+def _clipped(index, shape) -> tuple:
+    """Index with numpy's slice semantics for tensorstore, which refuses a slice reaching past an axis."""
+    index = index if isinstance(index, tuple) else (index,)
+    out = []
+    for i, size in zip(index, shape):
+        out.append(slice(*i.indices(size)) if isinstance(i, slice) and i.step in (None, 1) else i)
+    return tuple(out) + tuple(index[len(out):])
+
+
+ARRAY_NAMES = ("act", "pos_act", "pos_tokens", "token_occ", "tok_act")
+
+
+@dataclasses.dataclass
+class Stats:
+    """A statistics directory opened for reading: the manifest's counts and the arrays, lazily."""
+
+    root: str
+    manifest: dict
+    act: LazyArray  # [layers, ffn]
+    pos_act: LazyArray  # [layers, seq_len, ffn]
+    pos_tokens: LazyArray  # [seq_len]
+    token_occ: LazyArray  # [vocab]
+    tok_act: LazyArray  # [len(token_layers), vocab, ffn]
+
+    @property
+    def tokens(self) -> int:
+        return self.manifest["tokens"]
+
+    @property
+    def sequences(self) -> int:
+        return self.manifest["sequences"]
+
+    @property
+    def full_length_sequences(self) -> int:
+        return self.manifest["full_length_sequences"]
+
+    @property
+    def token_layers(self) -> list[int]:
+        return self.manifest["token_layers"]
+
+    @property
+    def config(self):
+        from opt_jax.config import OPTConfig
+
+        return OPTConfig.from_dict(self.manifest["config"])
+
+    def ngram_table(self, max_pairs: int = 2**62):
+        """The exact n-gram counts of the token layers (an `analyses.collection.ngrams.NgramTable`), None if not collected."""
+        from analyses.collection.ngrams import NgramTable
+
+        orders = self.manifest.get("ngram_orders") or []
+        if not orders or not self.token_layers:
+            return None
+        config = self.config
+        shape = (tuple(orders), len(self.token_layers), config.ffn_dim, config.vocab_size, max_pairs)
+        arrays = {name: self._read(name) for name in self.manifest["arrays"] if name.startswith("ngram")}
+        return NgramTable.from_arrays(arrays, *shape) if arrays else NgramTable(*shape)
+
+    def tracked_neurons(self):
+        """bool [token_layers, ffn]: the neurons whose n-grams were counted (None when n-grams were not)."""
+        if not self.manifest.get("ngram_orders") or not self.token_layers:
+            return None
+        shape = (len(self.token_layers), self.config.ffn_dim)
+        if "tracked_neurons" not in self.manifest["arrays"]:
+            return np.ones(shape, bool)
+        tracked = np.zeros(shape[0] * shape[1], bool)
+        tracked[self._read("tracked_neurons")] = True
+        return tracked.reshape(shape)
+
+    def _read(self, name: str) -> np.ndarray:
+        """The whole committed array `name`."""
+        return np.asarray(_open(os.path.join(_generation_dir(self.root, self.manifest["generation"]), name))
+                          .read().result())
+
+
+def open_stats(root: str) -> Stats:
+    """Open a statistics directory written by `collect` (or `merge_stats`) for reading."""
+    manifest = read_manifest(root)
+    gen_dir = _generation_dir(os.path.abspath(root), manifest["generation"])
+    arrays = {name: LazyArray(_open(os.path.join(gen_dir, name))) for name in ARRAY_NAMES}
+    return Stats(os.path.abspath(root), manifest, **arrays)
+
+
+def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
+    """Sum the partial stores of a multi-process run (same model, corpus and flags) into out_dir."""
+    manifests = [read_manifest(p) for p in parts]
+    if not manifests:
+        raise StatsError("no partial statistics directories to merge")
+    first = manifests[0]
+    count = first["process"]["count"]
+    for part, m in zip(parts, manifests):
+        for key in ("model", "config", "corpus", "flags", "token_layers", "layers", "ngram_orders",
+                    "ngram_candidates_source"):
+            if m.get(key) != first.get(key):
+                raise StatsError(f"{part}: its {key} differs from {parts[0]}'s; cannot merge")
+        if not m.get("complete"):
+            raise StatsError(f"{part}: the run is not complete; finish it before merging")
+    indices = sorted(m["process"]["index"] for m in manifests)
+    if indices != list(range(count)):
+        raise StatsError(f"expected the {count} parts 0..{count - 1} of one run, got process indices {indices}")
+    if os.path.exists(os.path.join(out_dir, MANIFEST)) and not overwrite:
+        raise StatsError(f"{out_dir}: already holds statistics; pass overwrite to replace them")
+    opened = [open_stats(p) for p in parts]
+    layouts = {name: (getattr(opened[0], name).shape, getattr(opened[0], name).chunk_shape) for name in ARRAY_NAMES}
+    base = {k: v for k, v in first.items() if k not in ("format", "version", "generation", "arrays")}
+    unmerged = {"process": {"index": 0, "count": 1, "merged_from": count}, "complete": False,
+                "tokens": 0, "sequences": 0, "full_length_sequences": 0}
+    store = StatsStore.create(out_dir, base | unmerged, layouts)
+
+    def summed(name):
+        return lambda block: sum(getattr(s, name)[block] for s in opened)
+
+    totals = {k: sum(m[k] for m in manifests) for k in ("tokens", "sequences", "full_length_sequences")}
+    tables = [s.ngram_table() for s in opened]
+    if tables[0] is not None:
+        for table in tables[1:]:
+            tables[0].merge(table)
+    replacements = tables[0].to_arrays() if tables[0] is not None else None
+    if "tracked_neurons" in first["arrays"]:  # the same in every part: checked with the flags above
+        replacements["tracked_neurons"] = np.flatnonzero(opened[0].tracked_neurons())
+    store.commit({name: summed(name) for name in ARRAY_NAMES}, totals | {"complete": True},
+                 replacements=replacements)
+    return store.root

@@ -1,0 +1,435 @@
+"""Statistics collection speed against the baseline a researcher writes today, on the same batches.
+
+Ours: `analyses.collection.Runner` (forward without LM head, plus act, pos_act and tok_act counted on the
+device), resident and streamed. Baseline: Hugging Face torch `OPTForCausalLM` in eval mode under
+`torch.inference_mode()`, with forward hooks on every `fc1` adding act and pos_act into int64 tensors;
+once as the full model call (logits included) and once as the decoder alone (no LM head). Both load the
+same random weights, and every figure (numpy matmul rate included) is measured in one invocation, the
+variants interleaved batch round by batch round so that a shared machine's changing load hits them alike.
+
+FLOPs convention (`model_flops_per_token`): 2 per weight of the decoder layers' matrix products (q, k, v,
+o, fc1, fc2), plus 2 * 2 * seq_len * hidden per layer for the attention score and value products over the
+full (not causal-halved) sequence; embeddings, biases, norms, softmax and the LM head are not counted.
+
+The device suite (`benchmarks.device`) and the n-gram cost (`benchmarks.ngram_cost`) reuse the runners, batches
+and timing of this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from benchmarks.conversion import peak_rss
+from opt_jax.config import OPTConfig
+from opt_jax.errors import InputError
+from opt_jax.model import param_shapes
+
+
+@dataclasses.dataclass
+class Models:
+    """One set of random weights, as our converted checkpoint and as a torch `OPTForCausalLM`."""
+
+    config: OPTConfig
+    hf_dir: str
+    converted_dir: str
+    hf_model: object  # transformers.OPTForCausalLM, float32, eval mode
+
+
+def build_models(config: OPTConfig, directory: str, seed: int = 0) -> Models:
+    """Random weights -> HF checkpoint -> our converted checkpoint, plus the torch model loaded from the same file."""
+    import torch
+    import transformers
+
+    from opt_jax.hf.conversion import convert
+    from opt_jax.hf.export import export_hf
+    from opt_jax.model import init_params
+
+    params = init_params(config, seed)
+    hf_dir = export_hf(config, params, os.path.join(directory, "hf"))
+    del params
+    converted_dir = convert(hf_dir, os.path.join(directory, "converted"), verbose=False)
+    hf_model = transformers.OPTForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    return Models(config, hf_dir, converted_dir, hf_model)
+
+
+def batch_size_for(seq_len: int, tokens_per_batch: int) -> int:
+    """Sequences per batch so that a batch holds about tokens_per_batch tokens (at least one sequence)."""
+    return max(1, round(tokens_per_batch / seq_len))
+
+
+def make_batches(config: OPTConfig, seq_len: int, batch_size: int, count: int, seed: int = 0) -> list:
+    """`count` batches of random full-length windows (BOS first, no padding): [(ids int32, mask bool)]."""
+    rng = np.random.default_rng([seed, seq_len])
+    out = []
+    for _ in range(count):
+        ids = rng.integers(3, config.vocab_size, (batch_size, seq_len), dtype=np.int32)  # [b, s]
+        ids[:, 0] = config.bos_token_id
+        mask = np.ones((batch_size, seq_len), bool)  # [b, s]
+        out.append((ids, mask))
+    return out
+
+
+def decoder_matmul_params(config: OPTConfig) -> int:
+    """Weights of the decoder layers' matrix products (q, k, v, o, fc1, fc2), summed over layers."""
+    return sum(int(np.prod(shape)) for path, shape in param_shapes(config).items()
+               if path.startswith("layers/") and path.endswith("/weight") and "norm" not in path)
+
+
+def model_flops_per_token(config: OPTConfig, seq_len: int) -> int:
+    """Forward FLOPs per token without LM head: 2 * decoder matmul weights + 2 * 2 * seq_len * hidden per layer."""
+    return 2 * decoder_matmul_params(config) + 4 * seq_len * config.hidden_size * config.num_hidden_layers
+
+
+def numpy_matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a float32 n x n @ n x n `np.dot` (best of `repeats`, 2 * n^3 FLOPs each)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)  # [n, n]
+    b = rng.standard_normal((n, n), dtype=np.float32)  # [n, n]
+    np.dot(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.dot(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def _rate(batches: list, seconds: list[float]) -> dict:
+    tokens = int(sum(mask.sum() for _, mask in batches))
+    total = float(sum(seconds))
+    return {"tokens": tokens, "seconds": total, "tokens_per_s": tokens / total,
+            "step_seconds": [round(s, 4) for s in seconds]}
+
+
+def _ours_runner(model, config: OPTConfig, batch_shape: tuple[int, int], offload: bool, group_size: int | None,
+                 chunk_batches: int, ngram_orders: tuple[int, ...] = (), token_layers: tuple[int, ...] | None = None):
+    from analyses.collection import Options, Runner, make_plan
+    from analyses.collection.ngrams import NgramTable
+
+    batch_size, seq_len = batch_shape
+    options = Options(seq_len=seq_len, batch_size=batch_size, offload=offload, ngram_orders=tuple(ngram_orders),
+                      group_size=group_size if offload else None, chunk_batches=chunk_batches,
+                      token_layers=token_layers, verbose=False)
+    plan = make_plan(config, options)
+    ngrams = NgramTable(ngram_orders, len(plan.token_layers), config.ffn_dim, config.vocab_size,
+                        max_pairs=2**62) if ngram_orders else None
+    return Runner(model, plan, options, ngrams=ngrams)
+
+
+class Ours:
+    """Our collection as a timed variant: `Runner.run` + `wait`, one batch per step (resident) or chunks (streamed).
+
+    `model` is a converted checkpoint directory or an `analyses.collection.Weights`.
+    """
+
+    def __init__(self, model, config: OPTConfig, batch_shape: tuple[int, int], offload: bool = False,
+                 group_size: int | None = 4, chunk_batches: int = 2, ngram_orders: tuple[int, ...] = (),
+                 token_layers: tuple[int, ...] | None = None):
+        self.runner = _ours_runner(model, config, batch_shape, offload, group_size, chunk_batches, ngram_orders,
+                                   token_layers)
+        self.chunk = chunk_batches if offload else 1
+        self.info = {"offload": offload, "chunk_batches": self.chunk,
+                     "groups": [[g.start, g.stop] for g in self.runner.groups]}
+
+    def step(self, batches: list) -> float:
+        """Seconds to add len(batches) <= chunk batches into the device counters."""
+        start = time.perf_counter()
+        self.runner.run(batches)
+        self.runner.wait()
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.runner.close()
+        del self.runner
+        gc.collect()
+
+
+class HFCounter:
+    """Forward hooks on every decoder layer's fc1 adding (out > 0) into int64 act [L, ffn] and pos_act [L, seq, ffn].
+
+    Real tokens only (the attention mask). pos_act sums the batch axis and act sums pos_act's sequence axis,
+    the cheapest way to get both in torch. Counts only while `mask` is set (by `hf_step`, for its forward),
+    so several counters can hook one model; `close` removes the hooks.
+    """
+
+    def __init__(self, model, seq_len: int):
+        import torch
+
+        layers = model.model.decoder.layers
+        ffn = layers[0].fc1.out_features
+        self.act = torch.zeros(len(layers), ffn, dtype=torch.int64)  # [l, f]
+        self.pos_act = torch.zeros(len(layers), seq_len, ffn, dtype=torch.int64)  # [l, s, f]
+        self.mask = None  # bool [b, s]
+        self.hooks = [layer.fc1.register_forward_hook(self._hook(l)) for l, layer in enumerate(layers)]
+
+    def _hook(self, layer: int):
+        def hook(module, inputs, out):  # out: [b * s, f] (HF flattens tokens before fc1)
+            if self.mask is None:
+                return
+            b, s = self.mask.shape
+            fired = (out.view(b, s, -1) > 0) & self.mask[:, :, None]  # [b, s, f]
+            pos = fired.sum(0)  # [s, f] int64
+            self.pos_act[layer] += pos
+            self.act[layer] += pos.sum(0)  # [f]
+        return hook
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def hf_step(model, counter: HFCounter, ids: np.ndarray, mask: np.ndarray, decoder_only: bool) -> None:
+    """One hooked torch forward: the full model (logits too) or the decoder alone (no LM head, no cache)."""
+    import torch
+
+    with torch.inference_mode():
+        ids_t = torch.from_numpy(ids.astype(np.int64))  # [b, s]
+        mask_t = torch.from_numpy(mask.astype(np.int64))  # [b, s]
+        counter.mask = mask_t.bool()  # [b, s]
+        try:
+            if decoder_only:
+                model.model.decoder(input_ids=ids_t, attention_mask=mask_t, use_cache=False)
+            else:
+                model(input_ids=ids_t, attention_mask=mask_t)
+        finally:
+            counter.mask = None
+
+
+class HF:
+    """The hooked torch baseline as a timed variant: one forward per batch, full model or decoder only."""
+
+    chunk = 1
+
+    def __init__(self, model, seq_len: int, decoder_only: bool):
+        self.model, self.decoder_only = model, decoder_only
+        self.counter = HFCounter(model, seq_len)
+        self.info = {"decoder_only": decoder_only, "attn_implementation": model.config._attn_implementation}
+
+    def step(self, batches: list) -> float:
+        """Seconds of the hooked forwards of these batches."""
+        start = time.perf_counter()
+        for ids, mask in batches:
+            hf_step(self.model, self.counter, ids, mask, self.decoder_only)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.counter.close()
+
+
+def time_interleaved(variants: dict, batches: list, warmup: int, matmul_n: int | None = None,
+                     log: Callable[[str], None] | None = None) -> dict:
+    """Tokens/s of each variant on batches[warmup:], interleaved round by round so load drift hits all alike.
+
+    Each variant first runs the warm-up batches (one per step: this compiles everything). Then each round
+    takes the next max(chunk) batches and gives them to every variant in turn (the order rotating between
+    rounds), followed by one numpy matmul sample (`matmul_n`, best of 3) when asked. Returns
+    {name: rate record} plus "numpy_samples" (FLOP/s, one per round); `log` hears about each round.
+    """
+    for variant in variants.values():
+        for batch in batches[:warmup]:
+            variant.step([batch])
+    timed = batches[warmup:]
+    size = max(v.chunk for v in variants.values())
+    names = list(variants)
+    seconds = {name: [] for name in names}
+    samples = []
+    rounds = range(0, len(timed), size)
+    for r, i in enumerate(rounds):
+        round_batches = timed[i:i + size]
+        spent = {}
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            v = variants[name]
+            steps = [v.step(round_batches[j:j + v.chunk]) for j in range(0, len(round_batches), v.chunk)]
+            seconds[name] += steps
+            spent[name] = sum(steps)
+        if matmul_n:
+            samples.append(numpy_matmul_rate(matmul_n, repeats=3))
+        if log:
+            log(f"round {r + 1}/{len(rounds)}: " + ", ".join(f"{n} {t:.2f}s" for n, t in spent.items())
+                + (f", numpy {samples[-1] / 1e9:.0f} GFLOP/s" if matmul_n else ""))
+    out = {name: _rate(timed, seconds[name]) | variants[name].info for name in names}
+    return out | {"numpy_samples": samples}
+
+
+def ours_counts(converted_dir: str, config: OPTConfig, batch: tuple) -> dict:
+    """act [L, ffn] and pos_act [L, seq, ffn] (int64) of a fresh resident Runner after one batch."""
+    runner = _ours_runner(converted_dir, config, batch[0].shape, False, None, 1)
+    runner.run([batch])
+    runner.wait()
+    deltas = runner.deltas()
+    out = {"act": np.asarray(deltas["act"], np.int64),  # [l, f]
+           "pos_act": np.stack([runner.layer_counts("pos_act", l) for l in range(runner.plan.num_layers)])}
+    del runner, deltas
+    gc.collect()
+    return out  # pos_act: [l, s, f]
+
+
+def hf_counts(model, batch: tuple) -> dict:
+    """act [L, ffn] and pos_act [L, seq, ffn] (int64) of the hooked torch decoder after one batch."""
+    ids, mask = batch
+    counter = HFCounter(model, ids.shape[1])
+    try:
+        hf_step(model, counter, ids, mask, decoder_only=True)
+    finally:
+        counter.close()
+    return {"act": counter.act.numpy(), "pos_act": counter.pos_act.numpy()}  # [l, f], [l, s, f]
+
+
+def agreement(ours: dict, hf: dict, tokens: int) -> dict:
+    """Fraction of equal counts (act, pos_act), the largest act difference, the fraction of neurons firing."""
+    return {"act_agreement": float(np.mean(ours["act"] == hf["act"])),
+            "pos_act_agreement": float(np.mean(ours["pos_act"] == hf["pos_act"])),
+            "act_max_abs_diff": int(np.max(np.abs(ours["act"] - hf["act"]))),
+            "active_fraction": float(hf["act"].sum() / (tokens * hf["act"].size))}
+
+
+def machine() -> dict:
+    """What this ran on: CPU model, core count, library versions."""
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "transformers": transformers.__version__, "numpy": np.__version__}
+
+
+def _default_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _default_emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4096, batches: int = 6,
+              warmup: int = 1, group_size: int = 4, chunk_batches: int = 2, workdir: str | None = None,
+              seed: int = 0, matmul_n: int = 2048, emit: Callable[[dict], None] | None = _default_emit,
+              log: Callable[[str], None] | None = _default_log) -> list[dict]:
+    """The cpu suite: every measurement for each seq_len on the same batches; one record each, one row per seq_len."""
+    if batches < 1 or warmup < 0:
+        raise InputError(f"need batches >= 1 and warmup >= 0, got batches={batches}, warmup={warmup}")
+    import torch
+
+    if jax.default_backend() != "cpu":
+        raise InputError(f"the cpu suite needs JAX on the CPU, but its default backend is "
+                           f"{jax.default_backend()!r}; set JAX_PLATFORMS=cpu")
+    torch.set_num_threads(os.cpu_count())
+    emit = emit or (lambda record: None)
+    log = log or (lambda message: None)
+    t0 = time.perf_counter()
+
+    def say(message):
+        log(f"[{time.perf_counter() - t0:7.1f}s] {message}")
+
+    def record(kind, seq_len=None, **fields):
+        r = {"measurement": kind} | ({"seq_len": seq_len} if seq_len is not None else {}) | fields
+        emit(r)
+        return r
+
+    record("machine", **machine())
+    rows = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        say(f"building the model ({config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+            f"ffn {config.ffn_dim}, random weights) in {tmp} ...")
+        models = build_models(config, tmp, seed)
+        for seq_len in seq_lens:
+            b = batch_size_for(seq_len, tokens_per_batch)
+            data = make_batches(config, seq_len, b, warmup + batches, seed)
+            say(f"seq {seq_len} x batch {b}: loading our resident and streamed runners ...")
+            variants = {
+                "ours_resident": Ours(models.converted_dir, config, (b, seq_len), offload=False),
+                "ours_streamed": Ours(models.converted_dir, config, (b, seq_len), offload=True,
+                                      group_size=group_size, chunk_batches=chunk_batches),
+                "hf_full": HF(models.hf_model, seq_len, decoder_only=False),
+                "hf_decoder": HF(models.hf_model, seq_len, decoder_only=True),
+            }
+            say(f"  warm-up ({warmup} batch each), then {batches} timed batches, the four variants interleaved "
+                f"in rounds of {chunk_batches} batches, one numpy matmul sample per round ...")
+            try:
+                timed = time_interleaved(variants, data, warmup, matmul_n, log=lambda m: say("  " + m))
+            finally:
+                for v in variants.values():
+                    v.close()
+                del variants
+                gc.collect()
+            common = {"batch_size": b, "warmup": warmup, "timed_batches": batches}
+            for name in ("ours_resident", "ours_streamed", "hf_full", "hf_decoder"):
+                record(name, seq_len, **common, **timed[name])
+                say(f"  {name}: {timed[name]['tokens_per_s']:.0f} tok/s")
+            for i, sample in enumerate(timed["numpy_samples"]):
+                record("numpy_matmul", seq_len, n=matmul_n, round=i, flops_per_s=sample)
+            numpy_rate = float(np.median(timed["numpy_samples"]))
+            say(f"  numpy matmul {numpy_rate / 1e9:.1f} GFLOP/s (median of {len(timed['numpy_samples'])} rounds); "
+                "checking act counts on the first timed batch ...")
+            first = data[warmup]
+            ours, hf = ours_counts(models.converted_dir, config, first), hf_counts(models.hf_model, first)
+            agree = record("act_agreement", seq_len, **agreement(ours, hf, int(first[1].sum())))
+            del ours, hf
+            say(f"  act agreement {agree['act_agreement']:.6f}")
+            flops = model_flops_per_token(config, seq_len)
+            rows.append({
+                "seq_len": seq_len, "batch_size": b, "timed_batches": batches, "flops_per_token": flops,
+                "ours_resident_tok_s": timed["ours_resident"]["tokens_per_s"],
+                "ours_streamed_tok_s": timed["ours_streamed"]["tokens_per_s"],
+                "hf_full_tok_s": timed["hf_full"]["tokens_per_s"],
+                "hf_decoder_tok_s": timed["hf_decoder"]["tokens_per_s"],
+                "act_agreement": agree["act_agreement"], "pos_act_agreement": agree["pos_act_agreement"],
+                "numpy_flops_per_s": numpy_rate, "numpy_samples": len(timed["numpy_samples"]), "matmul_n": matmul_n,
+            })
+        del models
+        gc.collect()
+    rss = peak_rss()
+    for row in rows:
+        row |= {
+            "ours_vs_hf_full": row["ours_resident_tok_s"] / row["hf_full_tok_s"],
+            "ours_vs_hf_decoder": row["ours_resident_tok_s"] / row["hf_decoder_tok_s"],
+            "streamed_time_vs_resident": row["ours_resident_tok_s"] / row["ours_streamed_tok_s"],
+            "ours_flops_per_s": row["ours_resident_tok_s"] * row["flops_per_token"],
+            "peak_rss_bytes": rss,
+        }
+        row["fraction_of_numpy"] = row["ours_flops_per_s"] / row["numpy_flops_per_s"]
+        record("summary", **row)
+    say(f"done; peak RSS {rss / 1e9:.2f} GB")
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows of `run_suite` as a markdown table, with the numpy rate and peak RSS below it."""
+    lines = ["| seq len | batch | ours resident tok/s | ours streamed tok/s | HF full tok/s | HF decoder-only tok/s "
+             "| ours/HF full | ours/HF decoder | streamed/resident time | ours GFLOP/s (of numpy) | act agreement |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['seq_len']} | {r['batch_size']} | {r['ours_resident_tok_s']:.0f} | {r['ours_streamed_tok_s']:.0f} "
+            f"| {r['hf_full_tok_s']:.0f} | {r['hf_decoder_tok_s']:.0f} | {r['ours_vs_hf_full']:.2f} "
+            f"| {r['ours_vs_hf_decoder']:.2f} | {r['streamed_time_vs_resident']:.2f} "
+            f"| {r['ours_flops_per_s'] / 1e9:.1f} ({100 * r['fraction_of_numpy']:.0f}%) | {r['act_agreement']:.6f} |")
+    if rows:
+        lines += [
+            "",
+            f"Machine rate: numpy float32 `np.dot` of {rows[0]['matmul_n']}^3 (best of 3), sampled once per round "
+            "between the variants, median: " + ", ".join(
+                f"{r['numpy_flops_per_s'] / 1e9:.1f} GFLOP/s during seq {r['seq_len']}" for r in rows) + ".",
+            "FLOPs per token: 2 per decoder-layer matmul weight plus 2 * 2 * seq * hidden of attention per layer "
+            "(full sequence, no causal halving; no LM head): "
+            + ", ".join(f"{r['flops_per_token'] / 1e6:.1f} M at seq {r['seq_len']}" for r in rows) + ".",
+            f"Peak RSS of the whole invocation: {max(r['peak_rss_bytes'] for r in rows) / 1e9:.2f} GB.",
+        ]
+    return "\n".join(lines)

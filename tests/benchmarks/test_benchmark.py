@@ -1,0 +1,193 @@
+"""The collection benchmark on a tiny model: structure and invariants (counts agree, FLOPs, ratios), never timings."""
+
+import json
+
+import numpy as np
+import pytest
+
+import opt_jax
+from benchmarks import cpu, device, ngram_cost, sources
+from benchmarks import conversion as bench
+from helpers import offline_env, run_script
+
+TINY = opt_jax.OPTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, ffn_dim=256,
+                         word_embed_proj_dim=64, vocab_size=500)
+SEQ = 32
+
+
+def test_flops_per_token_is_the_hand_count():
+    per_layer_weights = 4 * 64 * 64 + 2 * 64 * 256  # q, k, v, o; fc1, fc2
+    attention = 2 * 2 * SEQ * 64  # scores and values, full sequence
+    assert cpu.decoder_matmul_params(TINY) == 2 * per_layer_weights
+    assert cpu.model_flops_per_token(TINY, SEQ) == 2 * (2 * per_layer_weights) + 2 * attention == 212992
+
+
+def test_batches_are_full_length_random_windows():
+    data = cpu.make_batches(TINY, SEQ, cpu.batch_size_for(SEQ, 64), 3, seed=1)
+    assert len(data) == 3
+    for ids, mask in data:
+        assert ids.shape == mask.shape == (2, SEQ) and ids.dtype.name == "int32" and mask.all()
+        assert (ids[:, 0] == TINY.bos_token_id).all() and ((ids[:, 1:] >= 3) & (ids[:, 1:] < 500)).all()
+    assert (data[0][0] != data[1][0]).any()
+    assert cpu.batch_size_for(2048, 4096) == 2 and cpu.batch_size_for(4096, 1000) == 1
+
+
+def test_suite_on_a_tiny_model(tmp_path):
+    records, messages = [], []
+    rows = cpu.run_suite(TINY, seq_lens=(SEQ,), tokens_per_batch=2 * SEQ, batches=2, warmup=1,
+                               group_size=1, chunk_batches=2, workdir=str(tmp_path), matmul_n=128,
+                               emit=records.append, log=messages.append)
+    for r in records:
+        json.dumps(r)  # every record is one JSON line
+    kinds = [r["measurement"] for r in records]
+    assert kinds == ["machine", "ours_resident", "ours_streamed", "hf_full", "hf_decoder", "numpy_matmul",
+                     "act_agreement", "summary"]  # one round of two batches: one numpy sample
+    assert messages and list(tmp_path.iterdir()) == []  # progress went to log; the temp dir is gone
+    by_kind = {r["measurement"]: r for r in records}
+    for kind in ("ours_resident", "ours_streamed", "hf_full", "hf_decoder"):
+        r = by_kind[kind]
+        assert r["seq_len"] == SEQ and r["batch_size"] == 2 and r["tokens"] == 2 * 2 * SEQ
+        assert r["tokens_per_s"] > 0 and r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds"])
+    assert len(by_kind["ours_resident"]["step_seconds"]) == 2  # one step per batch
+    assert len(by_kind["ours_streamed"]["step_seconds"]) == 1  # one chunk of two batches
+    assert by_kind["ours_streamed"]["groups"] == [[0, 1], [1, 2]]
+    agree = by_kind["act_agreement"]
+    assert 0.2 < agree["active_fraction"] < 0.8  # the counts are not trivially all zero or all one
+
+    [row] = rows
+    assert row["act_agreement"] == 1.0 and row["pos_act_agreement"] == 1.0
+    assert row["flops_per_token"] == 212992
+    for key in ("ours_resident_tok_s", "ours_streamed_tok_s", "hf_full_tok_s", "hf_decoder_tok_s",
+                "numpy_flops_per_s", "peak_rss_bytes"):
+        assert row[key] > 0, key
+    assert row["ours_vs_hf_full"] == pytest.approx(row["ours_resident_tok_s"] / row["hf_full_tok_s"])
+    assert row["ours_vs_hf_decoder"] == pytest.approx(row["ours_resident_tok_s"] / row["hf_decoder_tok_s"])
+    assert row["streamed_time_vs_resident"] == pytest.approx(row["ours_resident_tok_s"] / row["ours_streamed_tok_s"])
+    assert row["fraction_of_numpy"] == pytest.approx(
+        row["ours_resident_tok_s"] * row["flops_per_token"] / row["numpy_flops_per_s"])
+    assert row["numpy_flops_per_s"] == by_kind["numpy_matmul"]["flops_per_s"]
+
+    table = cpu.markdown_table(rows).splitlines()
+    assert table[0].startswith("| seq len |") and table[1].startswith("|---")
+    assert table[2].startswith(f"| {SEQ} | 2 |") and table[2].count("|") == table[0].count("|")
+    assert any("GFLOP/s" in line for line in table[3:]) and any("Peak RSS" in line for line in table[3:])
+
+
+def test_counts_agree_with_a_hand_count(tmp_path):
+    """The hooked baseline's counters are (fc1 out > 0) summed as stated, against the model's own masks."""
+    import numpy as np
+
+    models = cpu.build_models(TINY, str(tmp_path))
+    batch = cpu.make_batches(TINY, SEQ, 2, 1, seed=3)[0]
+    hf = cpu.hf_counts(models.hf_model, batch)
+    model = opt_jax.load(models.converted_dir)
+    fired = opt_jax.unpack_masks(model.forward(batch[0], batch[1]).masks, TINY.ffn_dim)  # [l, b, s, f]
+    np.testing.assert_array_equal(hf["pos_act"], fired.sum(axis=1))
+    np.testing.assert_array_equal(hf["act"], fired.sum(axis=(1, 2)))
+    ours = cpu.ours_counts(models.converted_dir, TINY, batch)
+    assert cpu.agreement(ours, hf, 2 * SEQ)["act_agreement"] == 1.0
+
+
+def test_interleaved_rounds_rotate_and_chunk():
+    """Rounds of max(chunk) batches; each variant steps its own chunk size; the order rotates between rounds."""
+    calls = []
+
+    class Fake:
+        def __init__(self, name, chunk):
+            self.name, self.chunk, self.info = name, chunk, {"fake": name}
+
+        def step(self, batches):
+            calls.append((self.name, len(batches)))
+            return 0.5 * len(batches)
+
+    data = cpu.make_batches(TINY, 4, 2, 5)  # one warm-up, four timed
+    out = cpu.time_interleaved({"a": Fake("a", 1), "b": Fake("b", 2)}, data, warmup=1)
+    assert calls == [("a", 1), ("b", 1),  # warm-up: one batch per step
+                     ("a", 1), ("a", 1), ("b", 2),  # round 0
+                     ("b", 2), ("a", 1), ("a", 1)]  # round 1, rotated
+    assert out["a"]["step_seconds"] == [0.5] * 4 and out["b"]["step_seconds"] == [1.0, 1.0]
+    assert out["a"]["tokens"] == 4 * 2 * 4 and out["a"]["tokens_per_s"] == pytest.approx(32 / 2.0)
+    assert out["b"]["fake"] == "b" and out["numpy_samples"] == []
+
+
+def test_ngram_cost_on_a_tiny_model(tmp_path):
+    result = ngram_cost.ngram_cost(TINY, seq_len=SEQ, batch_size=2, batches=2, warmup=1, workdir=str(tmp_path),
+                                  log=lambda message: None)
+    assert result["distinct_pairs"] > 0 and result["pair_bytes"] == 16 * result["distinct_pairs"]
+    assert result["tokens_counted"] == 3 * 2 * SEQ
+    assert result["slowdown"] == pytest.approx(result["without_ngrams_tok_s"] / result["with_ngrams_tok_s"])
+
+
+def test_shrink_config_keeps_head_size_and_ratios():
+    big = opt_jax.for_size("66b")
+    small = sources.shrink_config(big, 32)
+    assert small.head_dim == big.head_dim == 128 and small.num_attention_heads == 2
+    assert (small.hidden_size, small.ffn_dim, small.num_hidden_layers, small.vocab_size) == (256, 1024, 4, 1571)
+    assert sources.shrink_config(big, 1) == big
+    assert sources.shrink_config(opt_jax.for_size("1.3b"), 64).num_attention_heads == 1
+    with pytest.raises(ValueError, match="shrink"):
+        sources.shrink_config(big, 0)
+
+
+def test_random_layers_depend_only_on_seed_and_layer():
+    config = sources.shrink_config(opt_jax.for_size("1.3b"), 32)
+    four = sources.random_layers(config, 0, 4, "bfloat16", 0)
+    two = sources.random_layers(config, 1, 2, "bfloat16", 0)  # layers 1 and 2 made in another group
+    other = sources.random_layers(config, 1, 2, "bfloat16", 1)
+    fc1 = np.asarray(four["ffn"]["fc1"]["weight"], np.float32)  # [4, f, d]
+    np.testing.assert_array_equal(np.asarray(two["ffn"]["fc1"]["weight"], np.float32), fc1[1:3])
+    assert not np.array_equal(np.asarray(other["ffn"]["fc1"]["weight"], np.float32), fc1[1:3])
+    assert not np.array_equal(fc1[0], fc1[1]) and 0.015 < fc1.std() < 0.025
+    assert four["ffn"]["fc1"]["weight"].dtype.name == "bfloat16"
+    assert (np.asarray(four["attn_norm"]["weight"]) == 1).all() and (np.asarray(four["ffn"]["fc1"]["bias"]) == 0).all()
+    source = sources.RandomLayers(config)
+    assert source.layer_bytes == bench.layer_bytes(config, 2) and source.num_layers == 4
+
+
+def test_device_suite_script_on_tiny_shapes():
+    """The gpu suite's whole code path on the CPU at 1/32 of the widths: records, tokens, and consistent figures."""
+    result = run_script("scripts/benchmark.py", "--device_suite", "gpu", "--sizes", "1.3b,66b", "--shrink", "32",
+                        "--seq_len", "16", "--batch_size", "2", "--batches", "4", "--chunk_batches", "2",
+                        "--group_size", "1", "--matmul_n", "64", env=offline_env(JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    kinds = [(r["measurement"], r.get("size")) for r in records]
+    assert kinds == [("machine", None), ("matmul", None),
+                     ("resident", "1.3b"), ("compute_only", "1.3b"), ("streamed", "1.3b"), ("summary", "1.3b"),
+                     ("compute_only", "66b"), ("streamed", "66b"), ("summary", "66b")]
+    matmul = records[1]["flops_per_s"]
+    assert matmul > 0 and records[0]["jax_backend"] == "cpu"
+    for r in records:
+        if r["measurement"] in ("resident", "compute_only", "streamed"):
+            assert r["tokens"] == 4 * 2 * 16 and r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds"])
+            assert len(r["step_seconds"]) == (4 if r["measurement"] == "resident" else 2)  # batches, or chunks of 2
+    rows = [r for r in records if r["measurement"] == "summary"]
+    for row in rows:
+        assert (row["layers"], row["groups"], row["group_size"], row["chunks"]) == (4, 4, 1, 2)
+        assert row["matmul_flops_per_s"] == matmul
+        config = sources.shrink_config(opt_jax.for_size(row["size"]), 32)
+        assert row["flops_per_token"] == cpu.model_flops_per_token(config, 16)
+        for name in ("streamed", "compute_only") + (("resident",) if row["size"] == "1.3b" else ()):
+            assert row[f"{name}_tokens"] == 4 * 2 * 16 and row[f"{name}_tok_s"] > 0
+            assert row[f"{name}_fraction_of_matmul"] == pytest.approx(
+                row[f"{name}_tok_s"] * row["flops_per_token"] / matmul)
+        assert row["layer_transfer_s"] > 0 and row["transfer_per_chunk_s"] == pytest.approx(4 * row["layer_transfer_s"])
+        streamed, compute = (next(r for r in records if r["measurement"] == n and r["size"] == row["size"])
+                             for n in ("streamed", "compute_only"))
+        assert row["exposed_transfer_per_chunk_s"] == pytest.approx((streamed["seconds"] - compute["seconds"]) / 2)
+        assert row["transfer_hidden"] == pytest.approx(
+            1 - row["exposed_transfer_per_chunk_s"] / row["transfer_per_chunk_s"])
+        assert row["streamed_time_vs_compute_only"] == pytest.approx(streamed["seconds"] / compute["seconds"])
+    assert "resident_tok_s" not in rows[1] and rows[0]["streamed_time_vs_resident"] == pytest.approx(
+        rows[0]["resident_tok_s"] / rows[0]["streamed_tok_s"])
+    table = [line for line in lines if line.startswith("|")]
+    assert table[0].startswith("| model |") and len(table) == 4
+    assert table[2].startswith("| 1.3b / 32 | 4 x 64 x 256 | 4 (<= 1) |") and table[3].startswith("| 66b / 32 |")
+    assert "Command: `python scripts/benchmark.py --device_suite gpu" in result.stdout
+    assert "Matmul rate" in result.stdout and "Goal" not in result.stdout  # the 66b goal is for the real shape
+
+
+def test_device_suite_refuses_unknown_sizes():
+    with pytest.raises(opt_jax.ConfigError):
+        device.device_suite(device.DeviceSuite(sizes=("7b",)), emit=None, log=None)
