@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from analyses import coverage, dead, detectors, positional, suppression
+from analyses import claims, coverage, dead, detectors, positional, suppression
 from analyses.collection import open_stats
 from analyses.collection.ngrams import decode_ngrams
 from analyses.tokens import TokenStrings
@@ -38,6 +38,7 @@ class Thresholds:
     positional: positional.PositionalThresholds = positional.PositionalThresholds()
     top_k: int = 10  # promoted / suppressed tokens listed per detector
     example_layer: int = 2  # the layer of Fig. 9 (the paper shows layer 2 of 125m)
+    claims: claims.ClaimThresholds = claims.ClaimThresholds()
 
     def to_json(self) -> dict:
         """Plain values, for the report."""
@@ -45,7 +46,7 @@ class Thresholds:
 
 
 # Flat names of the nested thresholds (flags of scripts/analyze.py): prefix -> field of Thresholds.
-_NESTED = {"detector_": "detectors", "positional_": "positional"}
+_NESTED = {"detector_": "detectors", "positional_": "positional", "claim_": "claims"}
 
 
 THRESHOLD_HELP = {
@@ -66,6 +67,13 @@ THRESHOLD_HELP = {
     "positional_on_threshold": "positional: Fig. 9 draws a neuron on where its frequency reaches this",
     "top_k": "suppression: promoted / suppressed tokens listed per detector",
     "example_layer": "the layer whose strong oscillatory neurons Fig. 9 shows",
+    "claim_alive_max_dead": "claims: a layer is fully alive when its dead fraction is below this",
+    "claim_sparse_min_dead": "claims: the first half is sparse when one of its layers has this dead fraction",
+    "claim_suppress_fraction": "claims: token detectors suppress their triggers when more than this share do",
+    "claim_one_word_fraction": "claims: detectors cover one word's variants when more than this share do",
+    "claim_word_prefix": "claims: variants of one word share this many first characters",
+    "claim_large_hidden": "claims: models this wide or wider count as 6.7b and above",
+    "claim_two_stage_depth": "claims: the valley between the two stages of positional neurons is this deep",
 }
 
 
@@ -136,6 +144,11 @@ def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=
     report = {"format": FORMAT, "version": VERSION, "analyses": sorted(wanted), "thresholds": thresholds.to_json(),
               "figures": [os.path.basename(f) for f in figures], "tables": [os.path.basename(t) for t in tables],
               "models": {r.name: _model_json(r, wanted) for r in results}}
+    for r in results:
+        report["models"][r.name]["claims"] = claims.model_claims(report["models"][r.name], r.stats.config,
+                                                                 thresholds.claims)
+    rows = [{"model": name} | c for name, m in report["models"].items() for c in m["claims"]]
+    report["tables"].append(os.path.basename(_write_csv(f"{out_dir}/claims.csv", rows, list(claims.COLUMNS))))
     atomic.write_json(os.path.join(out_dir, "report.json"), report)
     return report
 
@@ -346,4 +359,7 @@ def summary(report: dict) -> str:
             lines.append(f"  positional neurons: {len(m['positional'])}"
                          + (" - " + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) if kinds else ""))
         lines += [f"  note ({k}): {v}" for k, v in m["notes"].items()]
+        if m.get("claims"):
+            lines.append("  the paper's claims:")
+            lines += claims.summary_lines(m["claims"])
     return "\n".join(lines)

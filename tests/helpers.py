@@ -38,3 +38,78 @@ class FakeDevice:
 
     def __str__(self) -> str:
         return self.name
+
+
+def _ranks(values: list) -> list:
+    """Ranks from 1, ties sharing their average rank."""
+    return [sum(w < v for w in values) + (sum(w == v for w in values) + 1) / 2 for v in values]
+
+
+def recompute_claims(entry: dict, positional_embeddings: bool = True, post_ln: bool = False,
+                     hidden: int = 768) -> dict:
+    """Each claim's measured value, recomputed in plain Python from a report entry: id -> measured (None if n/a)."""
+    L = entry["layers"]
+    dead = entry["dead"]["fraction_per_layer"]
+    first = [d for l, d in enumerate(dead) if l < L / 2]
+    second = [d for l, d in enumerate(dead) if l >= L / 2]
+    pairs = [(d, f) for d, f in zip(dead, entry["dead"]["alive_mean_frequency_per_layer"]) if f is not None]
+    rho = None
+    if len(pairs) >= 3 and len({d for d, _ in pairs}) > 1 and len({f for _, f in pairs}) > 1:
+        a, b = _ranks([d for d, _ in pairs]), _ranks([f for _, f in pairs])
+        ma, mb = sum(a) / len(a), sum(b) / len(b)
+        cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+        rho = cov / (sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b)) ** 0.5
+    detectors = entry["token_detectors"]
+    suppressing = [all(s < 0 for s in d["trigger_scores"]) for d in entry["suppression"]["detectors"]]
+
+    def variants(strings):
+        words = [s.strip().lower() for s in strings]
+        if len(set(words)) == 1:
+            return True
+        k = min([3] + [len(w) for w in words])
+        return k > 0 and all(w[:k] == words[0][:k] for w in words)
+
+    positional = entry["positional"]
+    kinds = [p["type"] for p in positional]
+    per_layer = [sum(p["layer"] == l for p in positional) for l in range(entry["collected_layers"])]
+    early = [l for l in range(len(per_layer)) if l < L / 3]
+    late = [l for l in range(len(per_layer)) if l >= L / 3]
+    depth = None
+    if len(per_layer) >= 3 and early and late and positional:
+        a = max(early, key=lambda l: (per_layer[l], -l))
+        b = max(late, key=lambda l: (per_layer[l], -l))
+        peak = min(per_layer[a], per_layer[b])
+        depth = 0.0 if peak == 0 or b - a < 2 else 1 - min(per_layer[a + 1:b]) / peak
+    oscillatory = kinds.count("oscillatory")
+    large = hidden >= 4096
+    most_common = None
+    if positional_embeddings and (large or kinds):
+        most_common = oscillatory if large else oscillatory / len(kinds)
+    return {
+        "second_half_alive": max(second) if second else None,
+        "first_half_sparse": max(first) if first else None,
+        "dead_rarer_alive": rho,
+        "detectors_suppress": sum(suppressing) / len(suppressing) if suppressing else None,
+        "detectors_one_word": sum(variants(d["token_strings"]) for d in detectors) / len(detectors)
+        if detectors else None,
+        "oscillatory_most_common": most_common,
+        "positional_two_stages": depth,
+        "nopos_strong_positional": None if positional_embeddings else
+        sum(p["strength"] == "strong" for p in positional),
+        "nopos_no_oscillatory": None if positional_embeddings else oscillatory,
+        "post_ln_no_dead": max(dead) if post_ln else None,
+        "post_ln_positional": len(positional) if post_ln else None,
+    }
+
+
+def check_claims(entry: dict, **model) -> dict:
+    """Assert each claim's measured value equals `recompute_claims`; the claims by id."""
+    import pytest
+
+    want = recompute_claims(entry, **model)
+    got = {c["id"]: c for c in entry["claims"]}
+    assert list(got) == list(want)
+    for key, value in want.items():
+        assert got[key]["measured"] == (None if value is None else pytest.approx(value, abs=1e-12)), key
+        assert (got[key]["holds"] is None) == (value is None), key
+    return got

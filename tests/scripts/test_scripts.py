@@ -3,7 +3,7 @@
 import os
 
 import hf_models
-from helpers import offline_env, run_script
+from helpers import check_claims, offline_env, run_script
 
 def _run(*args, env_extra=None):
     return run_script(*args, env=offline_env(**(env_extra or {})))
@@ -47,5 +47,8 @@ def test_main_job_runs_end_to_end(tmp_path):
     for name, model in report["models"].items():
         assert model["tokens"] >= 3000 and model["full_length_sequences"] == model["sequences"]
         assert f"{name}: {model['tokens']:,} tokens" in result.stdout
+        claims = check_claims(model, positional_embeddings=not name.endswith("nopos"), hidden=256)
+        assert (claims["nopos_no_oscillatory"]["holds"] is None) == (name == "stdlib-4l")
+    assert "the paper's claims:" in result.stdout and (tmp_path / "report" / "claims.csv").exists()
     assert (tmp_path / "report" / "fig8_positional_types.png").stat().st_size > 10_000
     assert "collect:" in result.stderr and "tokens/s" in result.stderr

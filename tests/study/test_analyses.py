@@ -18,6 +18,7 @@ from analyses.positional import PositionalThresholds
 
 from conftest import DOCS
 import hf_models
+from helpers import check_claims
 
 SEQ = 12
 TOKEN_LAYERS = (0, 1)
@@ -179,6 +180,16 @@ def test_positional_mutual_information(run):
     assert set(found) == {k for k, v in want.items() if v > 1e-12}
     for k, v in found.items():
         assert v == pytest.approx(want[k], rel=1e-9, abs=1e-12)
+
+
+def test_claims_against_a_plain_recomputation(run):
+    got, ref, _ = run
+    claims = check_claims(got, hidden=hf_models.PRE_LN["hidden_size"])
+    assert claims["detectors_suppress"]["measured"] is not None, "the tiny model has detectors"
+    alive = ref["fired"] > 0
+    assert claims["post_ln_no_dead"]["holds"] is None and claims["nopos_no_oscillatory"]["holds"] is None
+    second = [1 - alive[l].mean() for l in range(alive.shape[0]) if l >= alive.shape[0] / 2]
+    assert claims["second_half_alive"]["measured"] == pytest.approx(max(second))
 
 
 def test_suppression_goes_through_project_out(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from matplotlib import image
 
 import planted
-from helpers import run_script
+from helpers import check_claims, run_script
 
 def run(script, *args):
     result = run_script(os.path.join("scripts", script), *args, timeout=None)
@@ -103,6 +103,26 @@ def test_coverage_histograms(analyzed):
     assert sum(unigrams[1]["counts"]) == 0, "layer 1 has no alive neuron"
     trigrams = dict(zip(report["coverage"]["3"]["bins"], report["coverage"]["3"]["per_layer"][0]["counts"]))
     assert trigrams["6-10"] == 3 and trigrams["11-20"] == 1  # 6 trigrams end in each trigger word
+
+
+def test_claims_known_by_construction(analyzed):
+    """Layer 1 dead, layers 2, 3 always on; 3 of 4 detectors suppress; all positional neurons in layer 0."""
+    report, out_dir, stdout = analyzed
+    claims = check_claims(report, hidden=planted.HIDDEN)
+    holds = {key: c["holds"] for key, c in claims.items()}
+    assert claims["second_half_alive"]["measured"] == 0.0 and holds["second_half_alive"]
+    assert claims["first_half_sparse"]["measured"] == 1.0 and holds["first_half_sparse"]
+    assert claims["dead_rarer_alive"]["measured"] == pytest.approx(-1.0) and holds["dead_rarer_alive"]
+    assert claims["detectors_suppress"]["measured"] == 0.75 and holds["detectors_suppress"] is False
+    assert claims["detectors_one_word"]["measured"] == 0.75  # w1 and w2 are two words
+    assert claims["oscillatory_most_common"]["measured"] == 0.25 and holds["oscillatory_most_common"] is False
+    assert claims["positional_two_stages"]["measured"] == 0.0 and holds["positional_two_stages"] is False
+    for key in ("nopos_strong_positional", "nopos_no_oscillatory", "post_ln_no_dead", "post_ln_positional"):
+        assert holds[key] is None and claims[key]["note"], key
+    with open(out_dir / "claims.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == list(claims) and rows[3]["holds"] == "False"
+    assert "the paper's claims:" in stdout and "[fails] token detectors suppress their triggers" in stdout
 
 
 def test_outputs_a_person_reads(analyzed):
