@@ -77,10 +77,11 @@ def per_layer_figure(title: str, ylabel: str, curves: dict[str, Curve], path: st
     return save(fig, path)
 
 
-def save(fig, path: str) -> str:
+def save(fig, path: str, layout: bool = True) -> str:
     """Write `fig` as a PNG (atomically: a killed run never leaves half a file) and close it."""
     plt = _pyplot()
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     try:
         return atomic.write_file(path, lambda f: fig.savefig(f, format="png", dpi=DPI), binary=True)
     finally:
@@ -284,3 +285,51 @@ def oscillatory_ranges(result: PositionalResult, path: str, name: str) -> str:
     ax.set_title(f"{name}: strong oscillatory neurons of layer {layer} ({len(curves)}); "
                  f"black = on (frequency >= {threshold:g})")
     return save(fig, path)
+
+
+def _positional_panels(rows: list[list[tuple[str, PositionalResult]]], title: str, path: str) -> str:
+    """A grid of Fig. 8 panels (bars per layer by type and strength), one per (title, result), rows as given.
+
+    Panels share the y axis, so the counts compare across models; the legend is drawn once."""
+    plt = _pyplot()
+    columns = max(len(row) for row in rows)
+    fig, axes = plt.subplots(len(rows), columns, squeeze=False, sharey=True,
+                             figsize=(CURVE_PANEL[0] * columns + 2.0, TYPES_ROW_HEIGHT * len(rows) + 0.6))
+    legend = None
+    for row, panels in zip(axes, rows):
+        for ax, (label, result) in zip(row, panels):
+            if result.note == SKIPPED_NOTE:
+                _text_panel(ax, f"{label}: {result.note}")
+                continue
+            _stacked_bars(ax, result)
+            ax.set_title(f"{label}\n{len(result.neurons)} positional neurons", fontsize=9)
+            ax.set_xlabel("layer index")
+            ax.set_ylabel("neurons")
+            legend = legend or ax
+        for ax in row[len(panels):]:
+            ax.set_visible(False)
+    if legend is not None:
+        legend.set_ylim(bottom=0)
+        handles, labels = legend.get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, loc="center right", title="type (strength)", title_fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 1))
+    return save(fig, path, layout=False)
+
+
+def positional_with_without(results: dict[str, PositionalResult], positional_embeddings: dict[str, bool],
+                            path: str) -> str:
+    """Fig. 10: positional neurons per layer by type and strength, a panel per model, with positional
+    embeddings then without, side by side."""
+    panels = [(f"{name} ({'with' if positional_embeddings[name] else 'without'} positional embeddings)", result)
+              for name, result in results.items()]
+    return _positional_panels([panels], "Fig. 10: positional neurons, models with and without positional "
+                                        "embeddings", path)
+
+
+def positional_by_checkpoint(series: dict[str, list[tuple[int, str, PositionalResult]]], path: str) -> str:
+    """Fig. 11: positional neurons per layer by type and strength, a row per training run, a panel per
+    checkpoint ordered by step."""
+    rows = [[(f"{run}: step {step} ({name})", result) for step, name, result in checkpoints]
+            for run, checkpoints in series.items()]
+    return _positional_panels(rows, "Fig. 11: positional neurons over training (a panel per checkpoint)", path)

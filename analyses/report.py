@@ -20,7 +20,7 @@ from analyses.collection import open_stats
 from analyses.collection.ngrams import decode_ngrams
 from analyses.tokens import TokenStrings
 from opt_jax import atomic
-from opt_jax.errors import AnalysisError
+from opt_jax.errors import AnalysisError, OptJaxError
 from opt_jax.progress import Progress
 
 ANALYSES = ("dead", "ngrams", "detectors", "suppression", "positional")
@@ -115,6 +115,11 @@ class ModelResults:
     suppression: suppression.Suppression | None = None
     positional: object = None
     notes: dict = dataclasses.field(default_factory=dict)
+    training: dict | None = None  # {"run", "step"} when the model is a snapshot of a training run
+
+    @property
+    def positional_embeddings(self) -> bool:
+        return bool(self.stats.config.positional_embeddings)
 
     @functools.cached_property
     def strings(self) -> TokenStrings:
@@ -122,9 +127,58 @@ class ModelResults:
         return TokenStrings(self.model_dir)
 
 
+def split_labels(values, names=None) -> tuple[list[str], list[str]]:
+    """(names, paths) of values given as `PATH` or `NAME=PATH`; `names` (if given) name the unlabelled ones.
+
+    A value is labelled when it holds '=' and the part before it is a plain name (no path separator).
+    Unlabelled values are named by `names` in order, else by their directory's name.
+    """
+    names = list(names or [])
+    labels, paths = [], []
+    for value in values:
+        label, sep, path = str(value).partition("=")
+        if sep and label and path and os.sep not in label:
+            labels.append(label)
+            paths.append(path)
+        else:
+            labels.append(names.pop(0) if names else os.path.basename(os.path.normpath(value)))
+            paths.append(value)
+    if names:
+        raise AnalysisError(f"more names than unlabelled directories: {names} left over")
+    return labels, paths
+
+
+def training_snapshot(model_dir: str) -> dict | None:
+    """{"run", "step"} of a checkpoint written by `scripts/train.py` (its manifest says), else None."""
+    from opt_jax import checkpoint
+
+    try:
+        training = checkpoint.read_manifest(model_dir).get("training")
+    except (OptJaxError, OSError, ValueError):
+        return None
+    if not isinstance(training, dict) or "step" not in training or "run" not in training:
+        return None
+    return {"run": os.path.normpath(str(training["run"])), "step": int(training["step"])}
+
+
+def checkpoint_series(results: list[ModelResults]) -> dict[str, list[ModelResults]]:
+    """Training run -> its snapshots among the results, ordered by step (runs with one snapshot too)."""
+    series = {}
+    for r in results:
+        if r.training is not None:
+            series.setdefault(r.training["run"], []).append(r)
+    return {run: sorted(rs, key=lambda r: r.training["step"]) for run, rs in series.items()}
+
+
 def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=None,
             thresholds: Thresholds = Thresholds(), verbose: bool = True) -> dict:
-    """Run `analyses` on each statistics directory; write report.json, figures and tables into out_dir."""
+    """Run `analyses` on each statistics directory; write report.json, figures and tables into out_dir.
+
+    A statistics directory may be given as `NAME=DIR`; the others are named by `names`, else their
+    directory's name.
+    """
+    if any("=" in str(d) for d in stats_dirs):
+        names, stats_dirs = split_labels(stats_dirs, names)
     unknown = set(analyses) - set(ANALYSES)
     if unknown:
         raise AnalysisError(f"unknown analyses {sorted(unknown)}; choose from {', '.join(ANALYSES)}")
@@ -136,7 +190,8 @@ def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=
     results = []
     for name, stats_dir, model_dir in zip(names, stats_dirs, model_dirs):
         stats = open_stats(stats_dir)
-        results.append(_analyze_model(ModelResults(name, stats, model_dir or stats.manifest["model"]),
+        model_dir = model_dir or stats.manifest["model"]
+        results.append(_analyze_model(ModelResults(name, stats, model_dir, training=training_snapshot(model_dir)),
                                       wanted, thresholds, verbose))
     os.makedirs(out_dir, exist_ok=True)
     figures = _figures(results, wanted, thresholds, out_dir)
@@ -240,6 +295,18 @@ def _figures(results: list[ModelResults], wanted: set, thresholds: Thresholds, o
                                                                          f"{r.name}.png", r.name))
             paths.append(figures.oscillatory_ranges(r.positional, f"{out_dir}/fig9_oscillatory_ranges_"
                                                                   f"{r.name}.png", r.name))
+        series = checkpoint_series(results)
+        final = [r for r in results if r.training is None or series[r.training["run"]][-1] is r]
+        if {r.positional_embeddings for r in final} == {True, False}:  # the last snapshot of each run
+            panels = [r for r in final if r.positional_embeddings] + [r for r in final if not r.positional_embeddings]
+            paths.append(figures.positional_with_without(
+                {r.name: r.positional for r in panels}, {r.name: r.positional_embeddings for r in panels},
+                f"{out_dir}/fig10_positional_with_without.png"))
+        runs = {run: rs for run, rs in series.items() if len(rs) > 1}
+        if runs:
+            paths.append(figures.positional_by_checkpoint(
+                {os.path.basename(run): [(r.training["step"], r.name, r.positional) for r in rs]
+                 for run, rs in runs.items()}, f"{out_dir}/fig11_positional_by_checkpoint.png"))
     return paths
 
 
@@ -249,7 +316,9 @@ def _model_json(r: ModelResults, wanted: set) -> dict:
     out = {"stats": stats.root, "model": r.model_dir, "layers": stats.config.num_hidden_layers,
            "collected_layers": int(stats.act.shape[0]), "token_layers": list(stats.token_layers),
            "tokens": stats.tokens, "sequences": stats.sequences,
-           "full_length_sequences": stats.full_length_sequences, "notes": r.notes}
+           "full_length_sequences": stats.full_length_sequences, "notes": r.notes,
+           "positional_embeddings": r.positional_embeddings, "post_layer_norm": not stats.config.do_layer_norm_before,
+           "training": r.training}
     if "dead" in wanted:
         out["dead"] = {"fraction_per_layer": _floats(r.dead.fraction_per_layer),
                        "alive_mean_frequency_per_layer": _floats(r.dead.alive_mean_frequency_per_layer)}

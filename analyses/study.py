@@ -10,13 +10,36 @@ import os
 
 from analyses import report
 from analyses.collection import collect
+from opt_jax import checkpoint as ckpt
 from opt_jax import shipped, stdlib_corpus
+
+
+def expand_models(models, names=None) -> tuple[list[str], list[str]]:
+    """(names, checkpoint directories) of models given as `DIR` or `NAME=DIR`; a training run directory
+    (`scripts/train.py --out`, with `step-N/` snapshots) stands for its snapshots, named `NAME-step-N`,
+    ordered by step."""
+    names, dirs = report.split_labels(models, names)
+    out_names, out_dirs = [], []
+    for name, directory in zip(names, dirs):
+        snapshots = [] if os.path.isfile(os.path.join(directory, ckpt.MANIFEST)) else _snapshots(directory)
+        out_names += [f"{name}-step-{step}" for step, _ in snapshots] or [name]
+        out_dirs += [path for _, path in snapshots] or [directory]
+    return out_names, out_dirs
+
+
+def _snapshots(directory: str) -> list[tuple[int, str]]:
+    from opt_jax.train.snapshots import list_snapshots  # orbax and the training code only for a run directory
+
+    return list_snapshots(directory)
 
 
 def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int = 128, batch_size: int = 16,
               max_tokens: int | None = 200_000, ngram_orders=(2, 3), analyses=report.ANALYSES,
               overwrite: bool = False, verbose: bool = True) -> dict:
     """Collect into OUT/stats/<name> for each model, then analyze them together into OUT/report.
+
+    A model is a converted checkpoint, `NAME=DIR`, or a training run directory (its snapshots, in step
+    order: see `expand_models`); `names` name the unlabelled ones.
 
     With n-grams, each model is collected twice: OUT/stats/<name>-tokens without them, then
     OUT/stats/<name> counting n-grams for the neurons that <= 50 tokens cover in the first pass
@@ -25,7 +48,7 @@ def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int =
     if not models:
         models = [shipped.path(name) for name in shipped.NAMES]
         names = names or list(shipped.NAMES)
-    names = list(names) if names else [os.path.basename(os.path.normpath(m)) for m in models]
+    names, models = expand_models(models, names)
     if not corpus:
         corpus = [stdlib_corpus.write_jsonl(os.path.join(out_dir, "corpus", "stdlib.jsonl"))]
     stats = []

@@ -11,10 +11,12 @@ from analyses import report
 from opt_jax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("stats", None, "statistics directories written by scripts/collect.py", required=True)
+flags.DEFINE_multi_string("stats", None, "statistics directories written by scripts/collect.py, each DIR or "
+                          "NAME=DIR", required=True)
 flags.DEFINE_string("out", None, "output directory for report.json, the figures and the tables", required=True)
 flags.DEFINE_list("analyses", list(report.ANALYSES), "analyses to run: " + ",".join(report.ANALYSES))
-flags.DEFINE_list("names", None, "model names for figures and the report (default: the directories' names)")
+flags.DEFINE_list("names", None, "model names for figures and the report, one per unlabelled --stats (default: "
+                  "the directories' names)")
 flags.DEFINE_multi_string("model", None, "converted model directory of each --stats (default: the one its "
                           "manifest records); needed for token strings and suppression")
 for _name, _default in report.flat_thresholds().items():

@@ -11,8 +11,10 @@ from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "out", "output directory: corpus/, stats/<name>/, report/")
-flags.DEFINE_multi_string("model", None, "converted model directories (default: the shipped twins)")
-flags.DEFINE_list("names", None, "a name per model (default: the directories' names)")
+flags.DEFINE_multi_string("model", None, "converted model directories, each DIR or NAME=DIR; a training run "
+                          "directory (scripts/train.py --out) stands for its step-N snapshots, in step order "
+                          "(default: the shipped twins)")
+flags.DEFINE_list("names", None, "names of the unlabelled models, in order (default: the directories' names)")
 flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs (default: the Python standard "
                           "library, written to OUT/corpus/stdlib.jsonl)")
 flags.DEFINE_integer("seq_len", 128, "tokens per window; only full-length windows are kept")

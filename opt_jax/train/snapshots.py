@@ -24,12 +24,26 @@ from opt_jax.train.step import State
 
 
 KEEP_RESUME_STATES = 2  # the committed resume state and the one before it
+SNAPSHOT_PREFIX = "step-"  # out_dir/step-N: the snapshot after step N
+
+
+def list_snapshots(out_dir: str) -> list[tuple[int, str]]:
+    """The complete snapshots of a run directory, (step, path) ordered by step; [] for anything else."""
+    if not os.path.isdir(out_dir):
+        return []
+    found = []
+    for name in os.listdir(out_dir):
+        step = name.removeprefix(SNAPSHOT_PREFIX)
+        path = os.path.join(out_dir, name)
+        if name.startswith(SNAPSHOT_PREFIX) and step.isdigit() and os.path.isfile(os.path.join(path, ckpt.MANIFEST)):
+            found.append((int(step), path))
+    return sorted(found)
 
 
 def write_snapshot(out_dir: str, state: State, config: OPTConfig, options: TrainOptions, tokenizer_dir: str,
                    record: dict) -> str:
     """Write out_dir/step-N: a converted checkpoint with the tokenizer (and hf/ where possible), atomically."""
-    final = os.path.join(out_dir, f"step-{state.step}")
+    final = os.path.join(out_dir, f"{SNAPSHOT_PREFIX}{state.step}")
     tmp = f"{final}.tmp"
     atomic.remove(tmp)
     target = ckpt.DTYPES[ckpt.dtype_name(options.save_dtype)]

@@ -125,6 +125,29 @@ def test_claims_known_by_construction(analyzed):
     assert "the paper's claims:" in stdout and "[fails] token detectors suppress their triggers" in stdout
 
 
+def test_figs_10_and_11_draw_a_panel_per_model(analyzed, monkeypatch, tmp_path):
+    from analyses import figures, open_stats, positional
+
+    _, out_dir, _ = analyzed
+    result = positional.analyze_positional(open_stats(str(out_dir.parent / "stats")))
+    counted = {}
+    save = figures.save
+
+    def counting(fig, path, **kwargs):
+        counted[os.path.basename(path)] = sum(ax.get_visible() for ax in fig.axes)
+        return save(fig, path, **kwargs)
+
+    monkeypatch.setattr(figures, "save", counting)
+    figures.positional_with_without({"with": result, "without": result, "again": result},
+                                    {"with": True, "without": False, "again": False}, str(tmp_path / "f10.png"))
+    figures.positional_by_checkpoint({"a": [(1, "a1", result), (2, "a2", result)], "b": [(5, "b5", result)]},
+                                     str(tmp_path / "f11.png"))
+    assert counted == {"f10.png": 3, "f11.png": 3}, "a panel per model and per checkpoint (empty grid cells hidden)"
+    for name in counted:
+        pixels = image.imread(tmp_path / name)
+        assert pixels.shape[0] >= 250 and pixels.shape[1] >= 600 and np.std(pixels[..., :3]) > 0.01, name
+
+
 def test_outputs_a_person_reads(analyzed):
     report, out_dir, stdout = analyzed
     assert "token detectors: 4" in stdout and "positional neurons: 8" in stdout
