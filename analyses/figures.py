@@ -333,3 +333,45 @@ def positional_by_checkpoint(series: dict[str, list[tuple[int, str, PositionalRe
     rows = [[(f"{run}: step {step} ({name})", result) for step, name, result in checkpoints]
             for run, checkpoints in series.items()]
     return _positional_panels(rows, "Fig. 11: positional neurons over training (a panel per checkpoint)", path)
+
+
+def positional_domains(result, path: str, name: str) -> str:
+    """Positional neurons across domains: per layer in each domain (left), and each domain pair's fr(p) curve
+    correlations of the neurons positional in both (right)."""
+    plt = _pyplot()
+    fig, (bars, hist) = plt.subplots(1, 2, figsize=(TYPES_WIDTH, TYPES_ROW_HEIGHT + 1.0))
+    domains = result.domains
+    if result.note:
+        _text_panel(bars, f"{name}: {result.note}")
+        _text_panel(hist, "")
+        return save(fig, path)
+    layers = result.counts.shape[1]
+    width = 0.8 / len(domains)
+    for i, domain in enumerate(domains):
+        bars.bar(np.arange(layers) + (i - (len(domains) - 1) / 2) * width, result.counts[i], width,
+                 color=f"C{i}", label=domain)
+    bars.set_xticks(np.arange(layers)[::max(1, layers // 16)])
+    bars.set_xlabel("layer index")
+    bars.set_ylabel("positional neurons")
+    bars.set_title(f"{name}: positional neurons per layer in each domain")
+    bars.legend(fontsize=8)
+    bars.grid(axis="y", alpha=0.3)
+    bins = np.linspace(-1, 1, 41)
+    drawn = False
+    for i, pair in enumerate(result.pairs()):
+        a, b = pair.split(" | ")
+        values = [n["correlation"][pair] for n in result.neurons
+                  if {a, b} <= set(n["positional_in"]) and n["correlation"][pair] is not None]
+        if values:
+            hist.hist(np.clip(values, -1, 1), bins=bins, alpha=0.6, color=f"C{i}", label=f"{pair} ({len(values)})")
+            drawn = True
+    if drawn:
+        hist.legend(fontsize=8, loc="upper left")
+    else:
+        _text_panel(hist, "no neuron positional in two domains")
+    some = sum(len(n["positional_in"]) < len(domains) for n in result.neurons)
+    hist.set_title(f"fr(p) correlation between domains; {some} of {len(result.neurons)} positional "
+                   "in some domains only", fontsize=9)
+    hist.set_xlabel("Pearson correlation of the curves")
+    hist.set_ylabel("neurons")
+    return save(fig, path)

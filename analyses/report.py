@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from analyses import claims, coverage, dead, detectors, positional, suppression
+from analyses import claims, coverage, dead, detectors, domains as domain_analysis, positional, suppression
 from analyses.collection import open_stats
 from analyses.collection.ngrams import decode_ngrams
 from analyses.tokens import TokenStrings
@@ -116,6 +116,7 @@ class ModelResults:
     positional: object = None
     notes: dict = dataclasses.field(default_factory=dict)
     training: dict | None = None  # {"run", "step"} when the model is a snapshot of a training run
+    domains: object = None  # DomainsResult: positional neurons compared across domains
 
     @property
     def positional_embeddings(self) -> bool:
@@ -136,8 +137,8 @@ def split_labels(values, names=None) -> tuple[list[str], list[str]]:
     names = list(names or [])
     labels, paths = [], []
     for value in values:
-        label, sep, path = str(value).partition("=")
-        if sep and label and path and os.sep not in label:
+        label, path = label_of(value)
+        if label is not None:
             labels.append(label)
             paths.append(path)
         else:
@@ -146,6 +147,14 @@ def split_labels(values, names=None) -> tuple[list[str], list[str]]:
     if names:
         raise AnalysisError(f"more names than unlabelled directories: {names} left over")
     return labels, paths
+
+
+def label_of(value: str) -> tuple[str | None, str]:
+    """(NAME, PATH) of `NAME=PATH`, (None, value) of a plain path (no '=', or a path separator before it)."""
+    label, sep, path = str(value).partition("=")
+    if sep and label and path and os.sep not in label:
+        return label, path
+    return None, str(value)
 
 
 def training_snapshot(model_dir: str) -> dict | None:
@@ -171,11 +180,12 @@ def checkpoint_series(results: list[ModelResults]) -> dict[str, list[ModelResult
 
 
 def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=None,
-            thresholds: Thresholds = Thresholds(), verbose: bool = True) -> dict:
+            thresholds: Thresholds = Thresholds(), verbose: bool = True, domains: dict | None = None) -> dict:
     """Run `analyses` on each statistics directory; write report.json, figures and tables into out_dir.
 
     A statistics directory may be given as `NAME=DIR`; the others are named by `names`, else their
-    directory's name.
+    directory's name. `domains` (model name -> {domain: statistics directory of that model over that
+    domain's corpus}) compares the model's positional neurons across domains (`analyses.domains`).
     """
     if any("=" in str(d) for d in stats_dirs):
         names, stats_dirs = split_labels(stats_dirs, names)
@@ -193,6 +203,13 @@ def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=
         model_dir = model_dir or stats.manifest["model"]
         results.append(_analyze_model(ModelResults(name, stats, model_dir, training=training_snapshot(model_dir)),
                                       wanted, thresholds, verbose))
+    for model, stores in (domains or {}).items():
+        if model not in names:
+            raise AnalysisError(f"domains given for {model!r}, which is not among the models {names}")
+        if "positional" in wanted:
+            r = results[names.index(model)]
+            r.domains = domain_analysis.analyze_domains({d: open_stats(p) for d, p in stores.items()},
+                                                        thresholds.positional)
     os.makedirs(out_dir, exist_ok=True)
     figures = _figures(results, wanted, thresholds, out_dir)
     tables = _tables(results, wanted, out_dir)
@@ -295,6 +312,9 @@ def _figures(results: list[ModelResults], wanted: set, thresholds: Thresholds, o
                                                                          f"{r.name}.png", r.name))
             paths.append(figures.oscillatory_ranges(r.positional, f"{out_dir}/fig9_oscillatory_ranges_"
                                                                   f"{r.name}.png", r.name))
+            if r.domains is not None:
+                paths.append(figures.positional_domains(r.domains, f"{out_dir}/positional_domains_{r.name}.png",
+                                                        r.name))
         series = checkpoint_series(results)
         final = [r for r in results if r.training is None or series[r.training["run"]][-1] is r]
         if {r.positional_embeddings for r in final} == {True, False}:  # the last snapshot of each run
@@ -346,6 +366,8 @@ def _model_json(r: ModelResults, wanted: set) -> dict:
                            "top_suppressed": s.top_suppressed[i].tolist()} for i in range(len(s.neurons))]}
     if "positional" in wanted:
         out["positional"] = r.positional.neurons
+        if r.domains is not None:
+            out["positional_domains"] = r.domains.to_json()
     return out
 
 

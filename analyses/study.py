@@ -12,6 +12,7 @@ from analyses import report
 from analyses.collection import collect
 from opt_jax import checkpoint as ckpt
 from opt_jax import shipped, stdlib_corpus
+from opt_jax.errors import AnalysisError
 
 
 def expand_models(models, names=None) -> tuple[list[str], list[str]]:
@@ -33,13 +34,28 @@ def _snapshots(directory: str) -> list[tuple[int, str]]:
     return list_snapshots(directory)
 
 
+def corpus_domains(corpus) -> tuple[list[str], dict[str, list[str]]]:
+    """(every path, {domain: its paths}) of corpus entries given as `PATH` or `DOMAIN=PATH` (a domain may repeat)."""
+    paths, domains = [], {}
+    for value in corpus:
+        label, path = report.label_of(value)
+        paths.append(path)
+        if label is not None:
+            domains.setdefault(label, []).append(path)
+    if len(domains) == 1:
+        raise AnalysisError(f"one labelled corpus ({next(iter(domains))}): label two or more to compare domains")
+    return paths, domains
+
+
 def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int = 128, batch_size: int = 16,
               max_tokens: int | None = 200_000, ngram_orders=(2, 3), analyses=report.ANALYSES,
               overwrite: bool = False, verbose: bool = True) -> dict:
     """Collect into OUT/stats/<name> for each model, then analyze them together into OUT/report.
 
     A model is a converted checkpoint, `NAME=DIR`, or a training run directory (its snapshots, in step
-    order: see `expand_models`); `names` name the unlabelled ones.
+    order: see `expand_models`); `names` name the unlabelled ones. Corpus entries labelled `DOMAIN=PATH`
+    (two domains or more) are also collected per domain, OUT/stats/<name>-domain-<domain> (no n-grams),
+    and the report compares each model's positional neurons across them (`analyses.domains`).
 
     With n-grams, each model is collected twice: OUT/stats/<name>-tokens without them, then
     OUT/stats/<name> counting n-grams for the neurons that <= 50 tokens cover in the first pass
@@ -51,7 +67,8 @@ def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int =
     names, models = expand_models(models, names)
     if not corpus:
         corpus = [stdlib_corpus.write_jsonl(os.path.join(out_dir, "corpus", "stdlib.jsonl"))]
-    stats = []
+    corpus, domains = corpus_domains(corpus)
+    stats, by_domain = [], {}
     for model, name in zip(models, names):
         flags = dict(seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens, full_length_only=True,
                      overwrite=overwrite, verbose=verbose)
@@ -64,4 +81,9 @@ def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int =
                                  ngram_candidates_from=first, **flags))
         else:
             stats.append(collect(model, corpus, where, **flags))
-    return report.analyze(stats, os.path.join(out_dir, "report"), analyses=analyses, names=names, verbose=verbose)
+        for domain, paths in domains.items():
+            if verbose:
+                print(f"collecting {name} on the domain {domain}", flush=True)
+            by_domain.setdefault(name, {})[domain] = collect(model, paths, f"{where}-domain-{domain}", **flags)
+    return report.analyze(stats, os.path.join(out_dir, "report"), analyses=analyses, names=names, verbose=verbose,
+                          domains=by_domain or None)

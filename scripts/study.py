@@ -15,8 +15,10 @@ flags.DEFINE_multi_string("model", None, "converted model directories, each DIR 
                           "directory (scripts/train.py --out) stands for its step-N snapshots, in step order "
                           "(default: the shipped twins)")
 flags.DEFINE_list("names", None, "names of the unlabelled models, in order (default: the directories' names)")
-flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs (default: the Python standard "
-                          "library, written to OUT/corpus/stdlib.jsonl)")
+flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs, each PATH or DOMAIN=PATH; with two "
+                          "domains or more each model is also collected per domain and its positional neurons "
+                          "compared across them (default: the Python standard library, written to "
+                          "OUT/corpus/stdlib.jsonl)")
 flags.DEFINE_integer("seq_len", 128, "tokens per window; only full-length windows are kept")
 flags.DEFINE_integer("batch_size", 16, "windows per batch")
 flags.DEFINE_integer("max_tokens", 200_000, "tokens collected per model (0: the whole corpus)")
