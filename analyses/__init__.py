@@ -1,8 +1,9 @@
 """Two programs over activation statistics, kept apart.
 
 Collection (`analyses.collection`): a converted model over a corpus -> a statistics store. The study
-(`dead`, `coverage`, `detectors`, `suppression`, `positional` -> `report`, figures in `figures`; `study`
-runs collection then the study end to end) reads stores only through `analyses.collection.open_stats`.
+(`dead`, `coverage`, `detectors`, `suppression`, `positional`, `domains` -> `report`, which also checks the
+paper's `claims` on each model; figures in `figures`; `study` runs collection then the study end to end)
+reads stores only through `analyses.collection.open_stats`.
 Importing `analyses` imports no plotting library.
 """
 
