@@ -21,7 +21,7 @@ import analyses
 import hf_models
 import opt_jax
 import scale_data as sd
-from helpers import devices_env
+from helpers import check_claims, devices_env
 from helpers import run_script as run_python
 from opt_jax import checkpoint as ckpt
 from opt_jax.streaming import layer_bytes
@@ -163,7 +163,11 @@ def check_pipeline(model, hf_dir: str, tmp, docs, vocab_words, token_layers, bat
     flags = [f"--{k}={v}" for k, v in LOOSE.items()] + ["--positional_mi_threshold=0"]
     run_script("analyze.py", "--stats", stats_dir, "--out", report_dir, "--names", "m", *flags)
     with open(os.path.join(report_dir, "report.json")) as f:
-        got = json.load(f)["models"]["m"]
+        full = json.load(f)
+    got = full["models"]["m"]
+    for name in full["figures"]:  # every figure drawn, the post-LN model's (Fig. 16) as well
+        assert os.path.getsize(os.path.join(report_dir, name)) > 0, name
+    check_claims(got, post_ln=project_out, hidden=config.hidden_size)
     alive = act > 0
     np.testing.assert_allclose(got["dead"]["fraction_per_layer"], 1 - alive.mean(axis=1))
     for l, value in enumerate(got["dead"]["alive_mean_frequency_per_layer"]):
