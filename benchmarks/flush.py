@@ -24,22 +24,16 @@ import time
 
 import numpy as np
 
+from benchmarks.conversion import rss
+
 MODES = ("blocks", "whole_layer")
-
-
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 class PeakSampler:
     """The largest RSS seen every `every` seconds while the `with` block runs (and at its edges)."""
 
     def __init__(self, every: float = 0.005):
-        self.every, self.peak, self._stop = every, _rss(), threading.Event()
+        self.every, self.peak, self._stop = every, rss(), threading.Event()
 
     def __enter__(self):
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -48,12 +42,12 @@ class PeakSampler:
 
     def _run(self):
         while not self._stop.wait(self.every):
-            self.peak = max(self.peak, _rss())
+            self.peak = max(self.peak, rss())
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss())
+        self.peak = max(self.peak, rss())
 
 
 def measure(mode: str, vocab: int, ffn: int, root: str, seed: int = 0) -> dict:
@@ -73,7 +67,7 @@ def measure(mode: str, vocab: int, ffn: int, root: str, seed: int = 0) -> dict:
         delta = lambda block: np.asarray(counts[(0, *block[1:])], np.int64)[None]  # noqa: E731 - [1, r, n]
     else:
         delta = lambda block: whole[block]  # noqa: E731
-    start_rss, start = _rss(), time.perf_counter()
+    start_rss, start = rss(), time.perf_counter()
     with PeakSampler() as sampler:
         if mode == "whole_layer":
             whole = np.array(counts)  # [1, v, n] int32: the old flush's device -> host copy
