@@ -27,8 +27,8 @@ collected layers are measured. Thresholds (fields of `ClaimThresholds`, defaults
   neurons; holds when 0.
 - `positional_two_stages`: depth of the valley between the peak count of positional neurons per layer
   in the first third and the peak after it: 1 - (fewest positional neurons of a layer strictly
-  between the two peaks) / (the smaller peak); 0 when either stage has none or the peaks are
-  adjacent; holds when >= `two_stage_depth` [0.5] (the count falls by at least half, then rises).
+  between the two peaks) / (the smaller peak), at least 0; 0 when either stage has none or the peaks
+  are adjacent; holds when >= `two_stage_depth` [0.5] (the count falls by at least half, then rises).
 - `nopos_strong_positional` (a model without positional embeddings): strong positional neurons; holds
   when > 0.
 - `nopos_no_oscillatory` (a model without positional embeddings): oscillatory neurons; holds when 0.
@@ -219,7 +219,8 @@ def one_word(strings, prefix: int) -> bool:
 
 
 def valley_depth(counts, layers: int) -> float:
-    """1 - (fewest count strictly between the first-third peak and the later peak) / (the smaller peak); 0 if none."""
+    """1 - (fewest count strictly between the first-third peak and the later peak) / (the smaller peak), at least 0;
+    0 without two peaks apart."""
     counts = np.asarray(counts, float)  # [collected]
     early = np.arange(len(counts)) < layers / 3  # [collected]
     if not early.any() or early.all():
@@ -229,7 +230,7 @@ def valley_depth(counts, layers: int) -> float:
     peak = min(counts[first], counts[second])
     if peak <= 0 or second - first < 2:
         return 0.0
-    return float(1.0 - counts[first + 1:second].min() / peak)
+    return float(max(0.0, 1.0 - counts[first + 1:second].min() / peak))  # 0: no dip between the peaks
 
 
 def summary_lines(claims: list[dict]) -> list[str]:

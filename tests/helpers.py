@@ -79,7 +79,7 @@ def recompute_claims(entry: dict, positional_embeddings: bool = True, post_ln: b
         a = max(early, key=lambda l: (per_layer[l], -l))
         b = max(late, key=lambda l: (per_layer[l], -l))
         peak = min(per_layer[a], per_layer[b])
-        depth = 0.0 if peak == 0 or b - a < 2 else 1 - min(per_layer[a + 1:b]) / peak
+        depth = 0.0 if peak == 0 or b - a < 2 else max(0.0, 1 - min(per_layer[a + 1:b]) / peak)
     oscillatory = kinds.count("oscillatory")
     large = hidden >= 4096
     most_common = None
