@@ -157,6 +157,24 @@ def label_of(value: str) -> tuple[str | None, str]:
     return None, str(value)
 
 
+def domain_stores(values, stats_dirs, names=None) -> dict | None:
+    """{model: {domain: dir}} of `[MODEL:]DOMAIN=DIR` values (MODEL may be left out when there is one model)."""
+    if not values:
+        return None
+    models = (split_labels(stats_dirs, names)[0] if any("=" in str(d) for d in stats_dirs) else
+              list(names) if names else [os.path.basename(os.path.normpath(d)) for d in stats_dirs])
+    out = {}
+    for value in values:
+        label, path = label_of(value)
+        if label is None:
+            raise AnalysisError(f"--domain {value!r}: expected [MODEL:]DOMAIN=DIR")
+        model, _, domain = label.rpartition(":")
+        if not model and len(models) != 1:
+            raise AnalysisError(f"--domain {value!r}: name the model (MODEL:DOMAIN=DIR), one of {models}")
+        out.setdefault(model or models[0], {})[domain] = path
+    return out
+
+
 def training_snapshot(model_dir: str) -> dict | None:
     """{"run", "step"} of a checkpoint written by `scripts/train.py` (its manifest says), else None."""
     from opt_jax import checkpoint

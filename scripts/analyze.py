@@ -17,6 +17,9 @@ flags.DEFINE_string("out", None, "output directory for report.json, the figures 
 flags.DEFINE_list("analyses", list(report.ANALYSES), "analyses to run: " + ",".join(report.ANALYSES))
 flags.DEFINE_list("names", None, "model names for figures and the report, one per unlabelled --stats (default: "
                   "the directories' names)")
+flags.DEFINE_multi_string("domain", None, "[MODEL:]DOMAIN=DIR: the statistics of MODEL (a --stats name; may be "
+                          "left out with one model) collected over one domain's corpus alone; two domains or more "
+                          "compare its positional neurons across domains")
 flags.DEFINE_multi_string("model", None, "converted model directory of each --stats (default: the one its "
                           "manifest records); needed for token strings and suppression")
 for _name, _default in report.flat_thresholds().items():
@@ -36,7 +39,8 @@ def main(argv):
     cli.headless_figures()
     thresholds = report.thresholds_from_flat({name: FLAGS[name].value for name in report.flat_thresholds()})
     return cli.run(lambda: report.analyze(stats, FLAGS.out, analyses=FLAGS.analyses, names=FLAGS.names,
-                                          model_dirs=FLAGS.model, thresholds=thresholds),
+                                          model_dirs=FLAGS.model, thresholds=thresholds,
+                                          domains=report.domain_stores(FLAGS.domain or [], stats, FLAGS.names)),
                    lambda result: f"{report.summary(result)}\nreport: {FLAGS.out}/report.json")
 
 

@@ -13,6 +13,7 @@ import planted
 from analyses import domains, study
 from analyses.positional import PositionalThresholds
 from opt_jax.errors import AnalysisError
+from helpers import run_script
 
 PURE = (6, 8)  # planted positional neurons that read position only: the same curve in any domain
 RARE_ON = (7, 9)  # ... that also fire on the rare word: always on in the rare domain, so not positional there
@@ -84,3 +85,19 @@ def test_the_correlation_against_numpy(study_report):
     with pytest.raises(AnalysisError, match="one labelled corpus"):
         study.corpus_domains(["wiki=a.jsonl", "b.jsonl"])
     assert os.path.isdir(out / "stats" / "planted")  # the model itself is collected over both corpora
+
+
+def test_analyze_script_compares_domain_stores(study_report, tmp_path):
+    """scripts/analyze.py --domain [MODEL:]DOMAIN=DIR: the same comparison from stores collected separately."""
+    got, out = study_report
+    stats = out / "stats"
+    result = run_script("scripts/analyze.py", "--stats", f"p={stats / 'planted'}", "--out", str(tmp_path),
+                        "--analyses", "positional", "--domain", f"p:square={stats / 'planted-domain-square'}",
+                        "--domain", f"rare={stats / 'planted-domain-rare'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "report.json") as f:
+        again = json.load(f)["models"]["p"]["positional_domains"]
+    assert again == got["models"]["planted"]["positional_domains"]
+    bad = run_script("scripts/analyze.py", "--stats", str(stats / "planted"), "--stats", str(stats / "planted"),
+                     "--names", "a,b", "--out", str(tmp_path / "bad"), "--domain", f"rare={stats / 'planted'}")
+    assert bad.returncode == 1 and "name the model" in bad.stderr and "Traceback" not in bad.stderr
