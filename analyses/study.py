@@ -49,13 +49,15 @@ def corpus_domains(corpus) -> tuple[list[str], dict[str, list[str]]]:
 
 def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int = 128, batch_size: int = 16,
               max_tokens: int | None = 200_000, ngram_orders=(2, 3), analyses=report.ANALYSES,
-              overwrite: bool = False, verbose: bool = True) -> dict:
+              overwrite: bool = False, verbose: bool = True, compare_domains: bool = True) -> dict:
     """Collect into OUT/stats/<name> for each model, then analyze them together into OUT/report.
 
     A model is a converted checkpoint, `NAME=DIR`, or a training run directory (its snapshots, in step
     order: see `expand_models`); `names` name the unlabelled ones. Corpus entries labelled `DOMAIN=PATH`
     (two domains or more) are also collected per domain, OUT/stats/<name>-domain-<domain> (no n-grams),
-    and the report compares each model's positional neurons across them (`analyses.domains`).
+    and the report compares each model's positional neurons across them (`analyses.domains`). With the
+    default corpus the domains are the standard library's docstrings ("prose") and its code without them
+    ("code"; `opt_jax.stdlib_corpus.write_domains`). `compare_domains=False` collects no domain.
 
     With n-grams, each model is collected twice: OUT/stats/<name>-tokens without them, then
     OUT/stats/<name> counting n-grams for the neurons that <= 50 tokens cover in the first pass
@@ -65,9 +67,14 @@ def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int =
         models = [shipped.path(name) for name in shipped.NAMES]
         names = names or list(shipped.NAMES)
     names, models = expand_models(models, names)
-    if not corpus:
+    default = not corpus
+    if default:
         corpus = [stdlib_corpus.write_jsonl(os.path.join(out_dir, "corpus", "stdlib.jsonl"))]
     corpus, domains = corpus_domains(corpus)
+    if default and compare_domains:  # the library's docstrings against its code
+        domains = {d: [p] for d, p in stdlib_corpus.write_domains(os.path.join(out_dir, "corpus")).items()}
+    if not compare_domains:
+        domains = {}
     stats, by_domain = [], {}
     for model, name in zip(models, names):
         flags = dict(seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens, full_length_only=True,

@@ -70,3 +70,48 @@ def write_jsonl(path: str, root: str | None = None, include_tests: bool = False)
             f.write(json.dumps(document, ensure_ascii=False) + "\n")
 
     return atomic.write_file(path, write)
+
+
+DOMAINS = ("prose", "code")  # the library cut in two: its docstrings, and its code without them
+
+
+def split_domains(text: str) -> dict[str, str] | None:
+    """{"prose": the docstrings (module, classes, functions; cleaned, one paragraph each), "code": the source
+    without the lines of those docstrings} of one file; None for a file `ast` cannot parse."""
+    import ast
+
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+    prose, cut = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            docstring = ast.get_docstring(node, clean=True)
+            if docstring is not None and isinstance(first, ast.Expr):
+                prose.append(docstring)
+                cut.update(range(first.lineno, first.end_lineno + 1))
+    lines = text.splitlines(keepends=True)
+    code = "".join(line for number, line in enumerate(lines, start=1) if number not in cut)
+    return {"prose": "\n\n".join(prose), "code": code}
+
+
+def write_domains(directory: str, root: str | None = None, include_tests: bool = False) -> dict[str, str]:
+    """The corpus cut into DOMAINS, one `.jsonl` per domain in `directory` (atomically, unless they exist):
+    domain -> path. Each file gives one document per domain (its docstrings; its code without them), in
+    corpus order."""
+    paths = {d: os.path.join(directory, f"{NAME}-{d}.jsonl") for d in DOMAINS}
+    if all(os.path.isfile(p) for p in paths.values()):
+        return paths
+    parts = {d: [] for d in DOMAINS}
+    for document in documents(root, include_tests):
+        split = split_domains(document["text"])
+        for domain, text in (split or {}).items():
+            if text.strip():
+                parts[domain].append({"text": text, "path": document["path"]})
+    os.makedirs(directory, exist_ok=True)
+    for domain, path in paths.items():
+        atomic.write_file(path, lambda f, docs=parts[domain]: f.writelines(
+            json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
+    return paths

@@ -24,6 +24,8 @@ flags.DEFINE_integer("batch_size", 16, "windows per batch")
 flags.DEFINE_integer("max_tokens", 200_000, "tokens collected per model (0: the whole corpus)")
 flags.DEFINE_list("ngram_orders", ["2", "3"], "n-gram orders counted exactly")
 flags.DEFINE_list("analyses", ["dead", "ngrams", "detectors", "suppression", "positional"], "analyses to run")
+flags.DEFINE_bool("domains", True, "collect each domain of a labelled corpus (with the default corpus: the standard "
+                  "library's docstrings and its code) and compare positional neurons across domains")
 flags.DEFINE_bool("overwrite", False, "replace statistics collected with other flags")
 
 
@@ -36,7 +38,7 @@ def main(argv):
     return cli.run(lambda: run_study(FLAGS.out, FLAGS.model, FLAGS.corpus, FLAGS.names, seq_len=FLAGS.seq_len,
                                      batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens or None,
                                      ngram_orders=[int(k) for k in FLAGS.ngram_orders], analyses=FLAGS.analyses,
-                                     overwrite=FLAGS.overwrite),
+                                     overwrite=FLAGS.overwrite, compare_domains=FLAGS.domains),
                    lambda result: f"{report.summary(result)}\nreport, figures and tables: {FLAGS.out}/report/")
 
 

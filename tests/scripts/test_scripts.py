@@ -50,6 +50,9 @@ def test_main_job_runs_end_to_end(tmp_path):
         claims = check_claims(model, positional_embeddings=not name.endswith("nopos"), hidden=256)
         assert (claims["nopos_no_oscillatory"]["holds"] is None) == (name == "stdlib-4l")
     assert "the paper's claims:" in result.stdout and (tmp_path / "report" / "claims.csv").exists()
+    for name, model in report["models"].items():  # the library's docstrings against its code
+        assert model["positional_domains"]["domains"] == ["prose", "code"]
+        assert (tmp_path / "report" / f"positional_domains_{name}.png").stat().st_size > 10_000
     assert (tmp_path / "report" / "fig8_positional_types.png").stat().st_size > 10_000
     assert (tmp_path / "report" / "fig10_positional_with_without.png").stat().st_size > 10_000, "the twins compared"
     assert "collect:" in result.stderr and "tokens/s" in result.stderr
