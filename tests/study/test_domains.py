@@ -101,3 +101,15 @@ def test_analyze_script_compares_domain_stores(study_report, tmp_path):
     bad = run_script("scripts/analyze.py", "--stats", str(stats / "planted"), "--stats", str(stats / "planted"),
                      "--names", "a,b", "--out", str(tmp_path / "bad"), "--domain", f"rare={stats / 'planted'}")
     assert bad.returncode == 1 and "name the model" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_standard_library_cut_into_prose_and_code():
+    from opt_jax import stdlib_corpus
+
+    source = ('"""The module."""\nimport os\n\n\ndef f(x):\n    """What f does,\n    on two lines."""\n'
+              '    return x  # a comment stays with the code\n\n\nclass A:\n    \'\'\'A class.\'\'\'\n    y = "a string"\n')
+    split = stdlib_corpus.split_domains(source)
+    assert split["prose"] == "The module.\n\nWhat f does,\non two lines.\n\nA class."
+    assert split["code"] == ('import os\n\n\ndef f(x):\n    return x  # a comment stays with the code\n\n\n'
+                             'class A:\n    y = "a string"\n')
+    assert stdlib_corpus.split_domains("def broken(:\n") is None
