@@ -78,7 +78,7 @@ def zero_sets(layers: int, ffn: int, k: int) -> dict:
                    "value": empty(jnp.float32, 0.0)} for kind in KINDS}
 
 
-def _block(seq_len: int, batch: int, k: int) -> int:
+def block_tokens(seq_len: int, batch: int, k: int) -> int:
     """Tokens per block: a divisor of seq_len (blocks never span windows or devices) leaving at least k blocks."""
     for c in range(min(_MAX_BLOCK, seq_len), 0, -1):
         if seq_len % c == 0 and batch * seq_len // c >= k:
@@ -114,7 +114,7 @@ def batch_candidates(kind: str, fc1, counted, token_h, neuron_h, k: int, seq_len
     neuron_h uint32 [n]. Sorted by key, ties to the lower token index (`lax.top_k`'s order).
     """
     t, n = fc1.shape
-    kb, c = min(k, t), _block(seq_len, t // seq_len, min(k, t))
+    kb, c = min(k, t), block_tokens(seq_len, t // seq_len, min(k, t))
     fired = counted[:, None] & (fc1 > 0)  # [t, n]
     keys = _keys(kind, fc1, fired, token_h[:, None], neuron_h[None, :])  # [t, n], fused into the max below
     block_max = keys.reshape(t // c, c, n).max(axis=1)  # [t / c, n]

@@ -9,6 +9,7 @@ import numpy as np
 import psutil
 
 from analyses.collection import statistics as st
+from analyses.collection.examples import block_tokens
 from analyses.collection.store import CHUNK_CELLS, WRITES_IN_FLIGHT
 from opt_jax.errors import StatsError
 from opt_jax.model import param_shapes
@@ -74,6 +75,9 @@ def working_bytes(plan: st.Plan, options: Options, itemsize: int) -> int:
     hidden = tokens * config.hidden_size * itemsize * 6  # residual, norms, q/k/v, attention and fc2 outputs
     attention = options.batch_size * config.num_attention_heads * min(plan.seq_len, 256) * plan.seq_len * 4 * 2
     chunk = options.chunk_batches * tokens * config.hidden_size * itemsize if options.offload else 0
+    if plan.examples:  # per set: block maxima [tokens / c, ffn], gathered candidates and keys [ffn, k * c] x 3
+        c = block_tokens(plan.seq_len, options.batch_size, plan.examples)
+        ffn += 2 * (tokens // c + 3 * plan.examples * c) * plan.ffn * 4
     return ffn + hidden + attention + chunk
 
 

@@ -139,3 +139,15 @@ def test_a_neuron_firing_equally_on_two_tokens_samples_both(analyzed):
     triggers = {planted.token_id(planted.TRIGGERS[t]) for t in ("t2", "t3")}
     assert {e.token for e in sample} == triggers
     assert {e.token for e in stats.examples(0, 0, "top")} == {planted.token_id(planted.TRIGGERS["t1"])}
+
+
+def test_the_summary_shows_where_detectors_fire(analyzed):
+    from analyses.study import example_contexts
+
+    report_dir = analyzed[1]
+    with open(report_dir / "report.json") as f:
+        text = example_contexts(json.load(f))
+    assert "planted: strongest example contexts" in text
+    block = text.split("layer 0 neuron 0 (token detector):\n")[1].split("\n  layer")[0].splitlines()
+    assert len(block) == 3 and all("[[w0]]" in line for line in block), block
+    assert "(positional, I = " in text
