@@ -29,11 +29,20 @@ print(json.dumps({{"seconds": time.perf_counter() - start,
 
 def peak_rss() -> int:
     """This process's peak resident memory in bytes (VmHWM: unlike ru_maxrss, not inherited over fork)."""
+    return _status_bytes("VmHWM")
+
+
+def rss() -> int:
+    """This process's resident memory now, in bytes (VmRSS)."""
+    return _status_bytes("VmRSS")
+
+
+def _status_bytes(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def measure_in_subprocess(work: str, setup: str = "") -> dict:

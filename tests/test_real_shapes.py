@@ -254,7 +254,9 @@ def test_opt_125m_dimensions_end_to_end(tmp_path):
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert result["stats"].token_layers == [0, 1, 2, 3, 4, 5]
-    print(f"125m dimensions: collect peak RSS {result['peak_rss'] / 1e9:.2f} GB")
+    rate = [line for line in result["stdout"].replace("\r", "\n").splitlines() if "tokens/s" in line][-1:]
+    print(f"\n125m dimensions, 6 windows x 2048, 6 token layers, bigrams + trigrams: collect peak RSS "
+          f"{result['peak_rss'] / 1e9:.2f} GB; {rate}")
 
 
 def test_opt_350m_dimensions_end_to_end(tmp_path):
