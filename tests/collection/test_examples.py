@@ -200,3 +200,30 @@ def test_bad_requests_are_clear_errors(resident, tiny_model, tiny_corpus, tmp_pa
         analyses.open_stats(broken).examples(0, 0)
     with pytest.raises(StatsError, match=r"examples must be 0"):
         analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "neg"), seq_len=SEQ, examples=-1, verbose=False)
+
+
+def test_windows_grow_commit_by_commit_and_untouched_chunks_are_linked(tmp_path, monkeypatch):
+    from analyses.collection import store as store_module
+    from analyses.collection.store import StatsStore, appended_windows, array_layouts, open_stats
+
+    monkeypatch.setattr(store_module, "CHUNK_CELLS", 2 * 5)  # two rows of 5 tokens a chunk
+    layouts = array_layouts(1, 0, 5, 3, 1) | {"windows": example_layouts(1, 1, 1, 5)["windows"]}
+    manifest = {"layers": 1, "config": {}, "flags": {}, "examples": 1}
+    store = StatsStore.create(str(tmp_path / "s"), manifest, layouts)
+    rng = np.random.default_rng(0)
+    want = np.full((0, 5), -1, np.int32)
+    inodes = {}
+    for commit in range(4):
+        batch = rng.integers(0, 50, (3, 5)).astype(np.int32)  # 3 windows a batch: chunks and batches misalign
+        batch[1, 3:] = -1
+        value, shape = appended_windows(store.array("windows"), [(3 * commit, batch)])
+        store.commit({}, {}, values={"windows": value}, shapes={"windows": shape})
+        want = np.concatenate([want, batch])
+        np.testing.assert_array_equal(np.asarray(store.array("windows").read().result()), want)
+        inodes[commit] = [os.stat(os.path.join(store.generation_dir, "windows", "c", str(c), "0")).st_ino
+                          for c in range(2)]
+    assert inodes[0][0] == inodes[1][0] == inodes[2][0] == inodes[3][0]  # rows 0-1: written once, then linked
+    assert inodes[0][1] != inodes[1][1] == inodes[2][1] == inodes[3][1]  # rows 2-3: row 3 came in commit 1
+    stats = open_stats(store.root)
+    assert stats.num_windows == 12
+    np.testing.assert_array_equal(stats.window(4), want[4, :3])
