@@ -222,7 +222,7 @@ def check_pipeline(model, hf_dir: str, tmp, docs, vocab_words, token_layers, bat
         assert listed == set(np.flatnonzero(mi > 1e-12).tolist()), l
         for n in listed:
             assert found[l, n] == pytest.approx(mi[n], rel=1e-9, abs=1e-12)
-    return {"peak_rss": peak, "stdout": result.stdout, "stats": stats, "converted": converted}
+    return {"peak_rss": peak, "stdout": result.stdout + result.stderr, "stats": stats, "converted": converted}
 
 
 def pos_act_at_bos(stats, layer: int) -> int:
@@ -238,36 +238,7 @@ def sd_decode(ngram_id: int, order: int, vocab: int) -> list[int]:
     return out[::-1]
 
 
-def test_opt_125m_dimensions_end_to_end(tmp_path):
-    """12 layers, 768 wide, 3072 neurons, vocab 50272, 2048-token windows; the default token layers (0-5)."""
-    model = sd.sparse_random_model(sd.OPT_125M, seed=3)
-    bin_dir = sd.save_as_facebook_bin(model, str(tmp_path / "hf-bin"), shards=2)
-    vocab_words = sd.write_word_tokenizer(bin_dir)
-    st_dir = hf_models.save(model, str(tmp_path / "hf-st"), "safetensors")
-    sd.write_word_tokenizer(st_dir)
-    # both layouts convert to the same arrays
-    from_st = opt_jax.convert(st_dir, str(tmp_path / "from-safetensors"), verbose=False)
-    docs = sd.zipf_documents(3, (4100, 5200), len(vocab_words), seed=5)  # 2 full windows each, a short rest
-    result = check_pipeline(model, bin_dir, tmp_path, docs, vocab_words, None, batch_size=4)  # last batch: 2 of 4
-    a, b = ckpt.read_params(result["converted"]), ckpt.read_params(from_st)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    assert result["stats"].token_layers == [0, 1, 2, 3, 4, 5]
-    rate = [line for line in result["stdout"].replace("\r", "\n").splitlines() if "tokens/s" in line][-1:]
-    print(f"\n125m dimensions, 6 windows x 2048, 6 token layers, bigrams + trigrams: collect peak RSS "
-          f"{result['peak_rss'] / 1e9:.2f} GB; {rate}")
-
-
-def test_opt_350m_dimensions_end_to_end(tmp_path):
-    """Post-LN, project_in / project_out, 512-wide embeddings, 24 layers of 4096 neurons; fewer tokens."""
-    model = sd.sparse_random_model(sd.OPT_350M, seed=4)
-    hf_dir = hf_models.save(model, str(tmp_path / "hf"), "sharded_safetensors", max_shard_size="400MB")
-    vocab_words = sd.write_word_tokenizer(hf_dir)
-    docs = sd.zipf_documents(1, (2100, 2500), len(vocab_words), seed=6)  # one full window
-    check_pipeline(model, hf_dir, tmp_path, docs, vocab_words, [0, 11, 12], batch_size=1, project_out=True)
-
-
+# The 66b-width run first: it needs ~20 GB, before earlier tests have grown this process.
 def test_opt_66b_widths_stream_in_bounded_memory(tmp_path):
     """Two layers of OPT-66b's widths (9216 hidden, 72 heads, 36864 neurons), streamed a layer a group, one token
     layer, 512 tokens, float32 on the 24 GB machine.
@@ -322,6 +293,36 @@ def test_opt_66b_widths_stream_in_bounded_memory(tmp_path):
     got = stats.pos_act[0]  # [s, n]: one window, so each cell is 0 or 1
     assert (got[sure_on] == 1).all() and (got[sure_off] == 0).all()
     assert (sure_on | sure_off).mean() > 0.9999
+
+
+def test_opt_125m_dimensions_end_to_end(tmp_path):
+    """12 layers, 768 wide, 3072 neurons, vocab 50272, 2048-token windows; the default token layers (0-5)."""
+    model = sd.sparse_random_model(sd.OPT_125M, seed=3)
+    bin_dir = sd.save_as_facebook_bin(model, str(tmp_path / "hf-bin"), shards=2)
+    vocab_words = sd.write_word_tokenizer(bin_dir)
+    st_dir = hf_models.save(model, str(tmp_path / "hf-st"), "safetensors")
+    sd.write_word_tokenizer(st_dir)
+    # both layouts convert to the same arrays
+    from_st = opt_jax.convert(st_dir, str(tmp_path / "from-safetensors"), verbose=False)
+    docs = sd.zipf_documents(3, (4100, 5200), len(vocab_words), seed=5)  # 2 full windows each, a short rest
+    result = check_pipeline(model, bin_dir, tmp_path, docs, vocab_words, None, batch_size=4)  # last batch: 2 of 4
+    a, b = ckpt.read_params(result["converted"]), ckpt.read_params(from_st)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert result["stats"].token_layers == [0, 1, 2, 3, 4, 5]
+    rate = [line for line in result["stdout"].replace("\r", "\n").splitlines() if "tokens/s" in line][-1:]
+    print(f"\n125m dimensions, 6 windows x 2048, 6 token layers, bigrams + trigrams: collect peak RSS "
+          f"{result['peak_rss'] / 1e9:.2f} GB; {rate}")
+
+
+def test_opt_350m_dimensions_end_to_end(tmp_path):
+    """Post-LN, project_in / project_out, 512-wide embeddings, 24 layers of 4096 neurons; fewer tokens."""
+    model = sd.sparse_random_model(sd.OPT_350M, seed=4)
+    hf_dir = hf_models.save(model, str(tmp_path / "hf"), "sharded_safetensors", max_shard_size="400MB")
+    vocab_words = sd.write_word_tokenizer(hf_dir)
+    docs = sd.zipf_documents(1, (2100, 2500), len(vocab_words), seed=6)  # one full window
+    check_pipeline(model, hf_dir, tmp_path, docs, vocab_words, [0, 11, 12], batch_size=1, project_out=True)
 
 
 def numpy_layer0_fc1(config, params: dict, ids: np.ndarray) -> np.ndarray:
