@@ -2,6 +2,7 @@
 
 With no arguments it studies the shipped twins (`opt_jax.shipped`) on the running Python's standard
 library. Each step resumes: a killed study rerun with the same arguments continues where it stopped.
+`example_contexts` shows where the reported neurons fire: their strongest example activations.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import os
 
 from analyses import report
-from analyses.collection import collect
+from analyses.collection import collect, open_stats
+from analyses.tokens import TokenStrings
 from opt_jax import checkpoint as ckpt
 from opt_jax import shipped, stdlib_corpus
-from opt_jax.errors import AnalysisError
+from opt_jax.errors import AnalysisError, OptJaxError
 
 
 def expand_models(models, names=None) -> tuple[list[str], list[str]]:
@@ -83,7 +85,7 @@ def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int =
             print(f"collecting {name} ({model})", flush=True)
         where = os.path.join(out_dir, "stats", name)
         if ngram_orders:  # two passes: n-grams only for the neurons few tokens cover in the first
-            first = collect(model, corpus, where + "-tokens", **flags)
+            first = collect(model, corpus, where + "-tokens", **(flags | {"examples": 0}))
             stats.append(collect(model, corpus, where, ngram_orders=tuple(ngram_orders),
                                  ngram_candidates_from=first, **flags))
         else:
@@ -91,6 +93,35 @@ def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int =
         for domain, paths in domains.items():
             if verbose:
                 print(f"collecting {name} on the domain {domain}", flush=True)
-            by_domain.setdefault(name, {})[domain] = collect(model, paths, f"{where}-domain-{domain}", **flags)
+            by_domain.setdefault(name, {})[domain] = collect(model, paths, f"{where}-domain-{domain}",
+                                                             **(flags | {"examples": 0}))
     return report.analyze(stats, os.path.join(out_dir, "report"), analyses=analyses, names=names, verbose=verbose,
                           domains=by_domain or None)
+
+
+def example_contexts(result: dict, per_neuron: int = 3, before: int = 8, after: int = 3) -> str:
+    """For each model of a report, its token detectors and its three most positional neurons, each with its
+    `per_neuron` strongest example contexts: the firing token in [[ ]], a few tokens either side."""
+    lines = []
+    for name, m in result["models"].items():
+        stats = open_stats(m["stats"])
+        picks = [(d["layer"], d["neuron"], "token detector") for d in m.get("token_detectors", [])]
+        picks += [(p["layer"], p["neuron"], f"positional, I = {p['mi']:.3f}")
+                  for p in sorted(m.get("positional", []), key=lambda p: -p["mi"])[:3]]
+        if not picks or not stats.examples_per_neuron:
+            continue
+        try:
+            strings = TokenStrings(m["model"])
+        except OptJaxError as e:
+            lines.append(f"{name}: no example contexts ({e})")
+            continue
+        lines.append(f"{name}: strongest example contexts ([[the token it fires on]])")
+        for layer, neuron, what in picks:
+            lines.append(f"  layer {layer} neuron {neuron} ({what}):")
+            for e in stats.examples(layer, neuron, "top")[:per_neuron]:
+                left, token, right = (strings.join([piece])[0] for piece in (
+                    e.tokens[max(1, e.position - before):e.position], e.tokens[e.position:e.position + 1],
+                    e.tokens[e.position + 1:e.position + 1 + after]))
+                text = f"{left}[[{token}]]{right}".replace("\n", "\\n")
+                lines.append(f"    {e.value:7.3f}  window {e.window}, position {e.position}: {text}")
+    return "\n".join(lines)

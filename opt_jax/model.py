@@ -122,7 +122,7 @@ class Attention(nn.Module):
 
 
 class FFN(nn.Module):
-    """fc1 -> ReLU -> fc2; also returns which neurons fired (fc1 output > 0)."""
+    """fc1 -> ReLU -> fc2; also returns the fc1 output (the neuron fires where it is > 0)."""
 
     config: OPTConfig
     param_dtype: Any = jnp.float32
@@ -132,17 +132,18 @@ class FFN(nn.Module):
         c = self.config
         f, d = c.ffn_dim, c.hidden_size
         pre = Linear("bsd,fd->bsf", (f, d), (f,) if c.enable_bias else None, self.param_dtype, name="fc1")(x)
-        active = pre > 0  # [b, s, f]
         hidden = jnp.maximum(pre, 0)  # [b, s, f]
         out = Linear("bsf,df->bsd", (d, f), (d,) if c.enable_bias else None, self.param_dtype, name="fc2")(hidden)
-        return out, active  # [b, s, d], [b, s, f]
+        return out, pre  # [b, s, d], [b, s, f]
 
 
 class DecoderLayer(nn.Module):
-    """One OPT decoder layer, pre-LN or post-LN; returns the new hidden state and which FFN neurons fired."""
+    """One OPT decoder layer, pre-LN or post-LN; returns the new hidden state and which FFN neurons fired
+    (with `with_fc1`, also the fc1 output itself)."""
 
     config: OPTConfig
     param_dtype: Any = jnp.float32
+    with_fc1: bool = False
 
     @nn.compact
     def __call__(self, x, token_mask):  # [b, s, d], [b, s]
@@ -155,11 +156,12 @@ class DecoderLayer(nn.Module):
         x = x + Attention(c, self.param_dtype, name="attn")(attn_in, token_mask)  # [b, s, d]
         if not pre_ln:
             x = attn_norm(x)
-        ffn_out, active = FFN(c, self.param_dtype, name="ffn")(ffn_norm(x) if pre_ln else x)
+        ffn_out, fc1 = FFN(c, self.param_dtype, name="ffn")(ffn_norm(x) if pre_ln else x)  # [b, s, d], [b, s, f]
         x = x + ffn_out  # [b, s, d]
         if not pre_ln:
             x = ffn_norm(x)
-        return x, active & token_mask[:, :, None]  # [b, s, d], [b, s, f]
+        active = (fc1 > 0) & token_mask[:, :, None]  # [b, s, f]
+        return (x, active, fc1) if self.with_fc1 else (x, active)
 
 
 class Embed(nn.Module):
@@ -211,24 +213,26 @@ def embed(config: OPTConfig, params: Params, input_ids, token_mask):
     return Embed(config).apply({"params": params["embed"]}, input_ids, token_mask)
 
 
-def decoder_layer(config: OPTConfig, layer_params: Params, x, token_mask):
-    """Apply one decoder layer: (hidden [batch, seq, hidden], active bool [batch, seq, ffn], False at padding)."""
-    return DecoderLayer(config).apply({"params": layer_params}, x, token_mask)
+def decoder_layer(config: OPTConfig, layer_params: Params, x, token_mask, with_fc1: bool = False):
+    """Apply one decoder layer: (hidden [batch, seq, hidden], active bool [batch, seq, ffn], False at padding),
+    plus with `with_fc1` the fc1 output [batch, seq, ffn] in the compute dtype (before the ReLU; not masked)."""
+    return DecoderLayer(config, with_fc1=with_fc1).apply({"params": layer_params}, x, token_mask)
 
 
-def decoder_layers(config: OPTConfig, stacked_params: Params, x, token_mask, probe, state):
+def decoder_layers(config: OPTConfig, stacked_params: Params, x, token_mask, probe, state, with_fc1: bool = False):
     """Scan the stacked layers (leading axis) over x, threading `state` through a probe; returns (hidden, state).
 
-    After layer i, `state = probe(active [batch, seq, ffn], i, state)`. The state is carried
-    through the scan, so a probe that updates slices of it (`state.at[i].set(...)`) works in place:
-    `forward`'s probe writes the packed masks, a statistics probe adds counts.
+    After layer i, `state = probe(active [batch, seq, ffn], i, state)`, or with `with_fc1`
+    `probe(active, i, state, fc1 [batch, seq, ffn])`. The state is carried through the scan, so a
+    probe that updates slices of it (`state.at[i].set(...)`) works in place: `forward`'s probe
+    writes the packed masks, a statistics probe adds counts and keeps example activations.
     """
 
     def step(carry, layer_inputs):
         h, state = carry
         layer_params, index = layer_inputs
-        h, active = decoder_layer(config, layer_params, h, token_mask)
-        return (h, probe(active, index, state)), None
+        h, active, *fc1 = decoder_layer(config, layer_params, h, token_mask, with_fc1)
+        return (h, probe(active, index, state, *fc1)), None
 
     num_layers = jax.tree.leaves(stacked_params)[0].shape[0]
     (x, state), _ = jax.lax.scan(step, (x, state), (stacked_params, jnp.arange(num_layers)))

@@ -37,6 +37,8 @@ flags.DEFINE_integer("matmul_n", None, "size of the square matmul giving the mac
 flags.DEFINE_integer("seed", None, "seed of the random weights and batches (default 0)")
 flags.DEFINE_bool("ngram_cost", False, "cpu: measure only what exact n-gram counting (orders 2, 3) costs, resident, "
                   "at the first --seq_lens value")
+flags.DEFINE_bool("examples_cost", False, "cpu: measure only what the example sets (--examples 16) cost, resident, "
+                  "at each --seq_lens value")
 flags.DEFINE_string("workdir", None, "cpu: where the temporary checkpoints go (default: the system temp dir)")
 flags.DEFINE_list("sizes", None, "gpu: OPT sizes measured (default 1.3b,6.7b,30b,66b)")
 flags.DEFINE_list("resident_sizes", None, "gpu: sizes also measured resident (default 1.3b,6.7b)")
@@ -69,6 +71,14 @@ def main(argv):
                                        cpu.batch_size_for(seq_len, FLAGS.tokens_per_batch),
                                        workdir=FLAGS.workdir, **common)
         print(json.dumps(result))
+        return 0
+    if FLAGS.examples_cost:
+        from benchmarks.examples_cost import examples_cost
+
+        rows = examples_cost(opt_jax.for_size(FLAGS.size), [int(s) for s in FLAGS.seq_lens], FLAGS.tokens_per_batch,
+                             workdir=FLAGS.workdir, **common)
+        for row in rows:
+            print(json.dumps(row))
         return 0
 
     def suite():

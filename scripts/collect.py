@@ -36,6 +36,8 @@ flags.DEFINE_string("ngram_candidates_from", None, "a finished statistics direct
                     "n-grams only for neurons that at most --ngram_max_coverage tokens cover there")
 flags.DEFINE_integer("ngram_max_coverage", 50, "most tokens covering a candidate neuron's activations")
 flags.DEFINE_float("ngram_coverage_fraction", 0.95, "the share of its activations those tokens must cover")
+flags.DEFINE_integer("examples", 16, "example activations kept per neuron and set: its strongest and a uniform "
+                     "sample (0: none)", lower_bound=0)
 flags.DEFINE_float("flush_every_s", 300.0, "commit statistics at least this often (seconds)")
 flags.DEFINE_integer("flush_every_batches", None, "also commit every this many batches (chunks when offloading)")
 flags.DEFINE_bool("overwrite", False, "replace statistics of another model, corpus or flags in --out")
@@ -63,7 +65,7 @@ def main(argv):
             dtype=FLAGS.dtype, text_key=FLAGS.text_key,
             ngram_orders=tuple(int(k) for k in FLAGS.ngram_orders), ngram_max_pairs=FLAGS.ngram_max_pairs,
             ngram_candidates_from=FLAGS.ngram_candidates_from, ngram_max_coverage=FLAGS.ngram_max_coverage,
-            ngram_coverage_fraction=FLAGS.ngram_coverage_fraction,
+            ngram_coverage_fraction=FLAGS.ngram_coverage_fraction, examples=FLAGS.examples,
             flush_every_s=FLAGS.flush_every_s,
             flush_every_batches=FLAGS.flush_every_batches, overwrite=FLAGS.overwrite,
             process_index=FLAGS.process_id, process_count=FLAGS.num_processes),

@@ -33,13 +33,16 @@ def main(argv):
     del argv
     cli.headless_figures()
     from analyses import report
-    from analyses.study import run_study
+    from analyses.study import example_contexts, run_study
 
     return cli.run(lambda: run_study(FLAGS.out, FLAGS.model, FLAGS.corpus, FLAGS.names, seq_len=FLAGS.seq_len,
                                      batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens or None,
                                      ngram_orders=[int(k) for k in FLAGS.ngram_orders], analyses=FLAGS.analyses,
                                      overwrite=FLAGS.overwrite, compare_domains=FLAGS.domains),
-                   lambda result: f"{report.summary(result)}\nreport, figures and tables: {FLAGS.out}/report/")
+                   lambda result: f"{report.summary(result)}
+{example_contexts(result)}
+"
+                                  f"report, figures and tables: {FLAGS.out}/report/")
 
 
 if __name__ == "__main__":

@@ -109,3 +109,17 @@ def save_tokenizer(directory: str, vocab_size: int) -> None:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>")
     fast.save_pretrained(directory)
+
+
+def torch_fc1(model: transformers.OPTForCausalLM, input_ids: np.ndarray) -> np.ndarray:
+    """float32 [layers, seq, ffn]: every layer's fc1 output (before the ReLU) for one unpadded window, by forward hooks."""
+    captured = []
+    hooks = [layer.fc1.register_forward_hook(lambda m, i, out: captured.append(out.detach().float()))
+             for layer in model.model.decoder.layers]
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.as_tensor(np.asarray(input_ids)[None], dtype=torch.long))
+    finally:
+        for h in hooks:
+            h.remove()
+    return np.stack([c.reshape(len(input_ids), -1).numpy() for c in captured])  # [l, s, f]

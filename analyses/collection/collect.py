@@ -20,7 +20,8 @@ from analyses.collection import statistics as st
 from analyses.collection.candidates import ngram_candidates
 from analyses.collection.plan import IDENTITY, Options, make_plan
 from analyses.collection.runner import Runner
-from analyses.collection.store import StatsStore, array_layouts, open_stats, read_manifest
+from analyses.collection.store import (StatsStore, appended_windows, array_layouts, example_layouts, example_merges,
+                                       open_stats, read_manifest, stored_examples)
 from opt_jax import checkpoint as ckpt
 from opt_jax.corpus import Corpus, batches
 from opt_jax.errors import StatsError
@@ -49,8 +50,9 @@ def _open_store(out_dir: str, identity: dict, plan: st.Plan, options: Options) -
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not options.overwrite:
         raise StatsError(f"{out_dir}: exists, is not empty and is not a statistics directory")
     layouts = array_layouts(plan.num_layers, len(plan.token_layers), plan.seq_len, plan.vocab, plan.ffn)
+    layouts |= example_layouts(plan.num_layers, plan.ffn, plan.examples, plan.seq_len)
     start = identity | {"token_layers": list(plan.token_layers), "layers": plan.num_layers,
-                        "ngram_orders": list(options.ngram_orders), "tokens": 0,
+                        "ngram_orders": list(options.ngram_orders), "examples": plan.examples, "tokens": 0,
                         "sequences": 0, "full_length_sequences": 0, "cursor": {"next_batch": 0, "stream_tokens": 0},
                         "complete": False}
     return StatsStore.create(out_dir, start, layouts)
@@ -121,7 +123,7 @@ def _run(runner: Runner, store: StatsStore, corpus: Corpus, options: Options, pa
     host = _zero_host(runner.plan)
     progress = Progress("collect", options.max_tokens, " tokens", enabled=options.verbose, initial=stream_tokens)
     chunk_size = options.chunk_batches if options.offload else 1
-    chunk, pending_tokens, batches_since_flush, last_flush = [], 0, 0, time.monotonic()
+    chunk, first_windows, pending_tokens, batches_since_flush, last_flush = [], [], 0, 0, time.monotonic()
     exhausted = True
     for ids, mask in stream:
         if options.max_tokens is not None and stream_tokens >= options.max_tokens:
@@ -131,14 +133,17 @@ def _run(runner: Runner, store: StatsStore, corpus: Corpus, options: Options, pa
         stream_tokens += batch_tokens
         if next_batch % options.process_count == options.process_index:
             chunk.append((ids, mask))
+            first_windows.append(next_batch * options.batch_size)
             for name, value in st.host_counts(ids, mask, runner.plan.vocab).items():
                 host[name] += value
+            if runner.plan.examples:
+                host["windows"].append((first_windows[-1], np.where(mask, ids, -1).astype(np.int32)))  # [b, s]
             pending_tokens += batch_tokens
         next_batch += 1
         progress.update(batch_tokens)
         if len(chunk) == chunk_size:
-            runner.run(chunk)
-            chunk, batches_since_flush = [], batches_since_flush + 1
+            runner.run(chunk, first_windows)
+            chunk, first_windows, batches_since_flush = [], [], batches_since_flush + 1
             due = (options.flush_every_batches and batches_since_flush >= options.flush_every_batches) or \
                 time.monotonic() - last_flush >= options.flush_every_s or \
                 pending_tokens + chunk_size * options.batch_size * options.seq_len > st.MAX_TOKENS_PER_FLUSH
@@ -146,7 +151,7 @@ def _run(runner: Runner, store: StatsStore, corpus: Corpus, options: Options, pa
                 _flush(runner, store, host, {"next_batch": next_batch, "stream_tokens": stream_tokens}, False)
                 host, pending_tokens, batches_since_flush, last_flush = _zero_host(runner.plan), 0, 0, time.monotonic()
     if chunk:
-        runner.run(chunk)
+        runner.run(chunk, first_windows)
     _flush(runner, store, host, {"next_batch": next_batch, "stream_tokens": stream_tokens, "exhausted": exhausted},
            True)
     progress.update(0, force=True)
@@ -155,18 +160,24 @@ def _run(runner: Runner, store: StatsStore, corpus: Corpus, options: Options, pa
 def _zero_host(plan: st.Plan) -> dict:
     return {"tokens": np.int64(0), "pos_tokens": np.zeros(plan.seq_len, np.int64),
             "token_occ": np.zeros(plan.vocab, np.int64), "sequences": np.int64(0),
-            "full_length_sequences": np.int64(0)}
+            "full_length_sequences": np.int64(0), "windows": []}
 
 
 def _flush(runner: Runner, store: StatsStore, host: dict, cursor: dict, complete: bool) -> None:
-    """Commit device and host counts with the cursor they reach, then empty the counters."""
+    """Commit device and host counts with the cursor they reach, then empty the counters.
+
+    Example sets are merged with the committed ones (the k best of both), the batches' windows appended."""
     deltas = runner.deltas() | {"pos_tokens": host["pos_tokens"], "token_occ": host["token_occ"]}
+    values, shapes = {}, {}
+    if runner.plan.examples:
+        values = example_merges([stored_examples(store), runner.example_sets])
+        values["windows"], shapes["windows"] = appended_windows(store.array("windows"), host["windows"])
     m = store.manifest
     store.commit(deltas, {
         "tokens": int(m["tokens"] + host["tokens"]), "sequences": int(m["sequences"] + host["sequences"]),
         "full_length_sequences": int(m["full_length_sequences"] + host["full_length_sequences"]),
         "cursor": cursor, "complete": complete,
-    }, replacements=_ngram_arrays(runner))
+    }, replacements=_ngram_arrays(runner), values=values, shapes=shapes)
     runner.reset()
 
 

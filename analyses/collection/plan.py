@@ -9,6 +9,7 @@ import numpy as np
 import psutil
 
 from analyses.collection import statistics as st
+from analyses.collection.examples import block_tokens
 from analyses.collection.store import CHUNK_CELLS, WRITES_IN_FLIGHT
 from opt_jax.errors import StatsError
 from opt_jax.model import param_shapes
@@ -34,6 +35,7 @@ class Options:
     ngram_candidates_from: str | None = None  # a finished run: track only neurons few tokens cover there
     ngram_max_coverage: int = 50  # ... at most this many tokens
     ngram_coverage_fraction: float = 0.95  # ... covering this fraction of the neuron's activations
+    examples: int = 16  # example activations kept per neuron and set (strongest, uniform sample); 0 for none
     flush_every_s: float = 300.0
     flush_every_batches: int | None = None
     overwrite: bool = False
@@ -43,7 +45,7 @@ class Options:
 
 
 IDENTITY = ("seq_len", "batch_size", "full_length_only", "max_layers", "token_layers", "dtype", "text_key",
-            "ngram_orders", "ngram_candidates_from", "ngram_max_coverage", "ngram_coverage_fraction")
+            "ngram_orders", "ngram_candidates_from", "ngram_max_coverage", "ngram_coverage_fraction", "examples")
 
 
 def make_plan(config, options: Options) -> st.Plan:
@@ -60,7 +62,9 @@ def make_plan(config, options: Options) -> st.Plan:
         raise StatsError(f"seq_len {options.seq_len} exceeds the model's {config.max_position_embeddings} positions")
     if options.seq_len < 2:
         raise StatsError(f"seq_len must be at least 2 (BOS and one token), got {options.seq_len}")
-    return st.Plan(config, num_layers, token_layers, options.seq_len)
+    if options.examples < 0:
+        raise StatsError(f"examples must be 0 (none) or a number of examples per neuron, got {options.examples}")
+    return st.Plan(config, num_layers, token_layers, options.seq_len, options.examples)
 
 
 def working_bytes(plan: st.Plan, options: Options, itemsize: int) -> int:
@@ -71,6 +75,9 @@ def working_bytes(plan: st.Plan, options: Options, itemsize: int) -> int:
     hidden = tokens * config.hidden_size * itemsize * 6  # residual, norms, q/k/v, attention and fc2 outputs
     attention = options.batch_size * config.num_attention_heads * min(plan.seq_len, 256) * plan.seq_len * 4 * 2
     chunk = options.chunk_batches * tokens * config.hidden_size * itemsize if options.offload else 0
+    if plan.examples:  # per set: block maxima [tokens / c, ffn], gathered candidates and keys [ffn, k * c] x 3
+        c = block_tokens(plan.seq_len, options.batch_size, plan.examples)
+        ffn += 2 * (tokens // c + 3 * plan.examples * c) * plan.ffn * 4
     return ffn + hidden + attention + chunk
 
 

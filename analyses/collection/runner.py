@@ -56,8 +56,9 @@ class Resident:
     def run(self, on_device: list, fired: list) -> None:
         """Each batch through the whole model in one step, counting into the runner's counters."""
         r = self.runner
-        for bi, (ids, mask) in enumerate(on_device):
-            r.accs = st.resident_step(r.plan.config, r.embed_params, self.group_params, ids, mask, r.accs)
+        for bi, (ids, mask, first_window) in enumerate(on_device):
+            r.accs = st.resident_step(r.plan.config, r.embed_params, self.group_params, ids, mask, r.accs,
+                                      first_window)
             for gi in range(len(r.groups)):
                 r.keep_masks(gi, fired[bi])
 
@@ -75,7 +76,7 @@ class Streamed:
     def run(self, on_device: list, fired: list) -> None:
         """The whole chunk through group 0, then group 1, ... (layer-major)."""
         r = self.runner
-        hidden = [st.embed_step(r.plan.config, r.embed_params, ids, mask) for ids, mask in on_device]
+        hidden = [st.embed_step(r.plan.config, r.embed_params, ids, mask) for ids, mask, _ in on_device]
         for gi in range(len(r.groups)):
             self._group(gi, on_device, hidden, fired)
 
@@ -85,8 +86,10 @@ class Streamed:
         before = (tuple(hidden), r.accs[gi - 1])  # outputs of group gi-1 (gi = 0: of the previous chunk's last)
         group, params = self.stream.next()
         assert group == r.groups[gi], (group, r.groups[gi])
-        for bi, (ids, mask) in enumerate(on_device):
-            hidden[bi], r.accs[gi] = st.group_step(r.plan.config, params, hidden[bi], mask, ids, r.accs[gi])
+        first_layer = np.int32(group.start)
+        for bi, (ids, mask, first_window) in enumerate(on_device):
+            hidden[bi], r.accs[gi] = st.group_step(r.plan.config, params, hidden[bi], mask, ids, r.accs[gi],
+                                                   first_layer, first_window)
             r.keep_masks(gi, fired[bi])
         # Group gi is dispatched: while it computes, group gi+1 crosses and gi+2 is read. Waiting for gi-1 first
         # keeps at most two groups on the device and two in host memory however far ahead the host runs.
@@ -138,9 +141,12 @@ class Runner:
         for g in self.groups:
             self.accs.append(jax.device_put(st.zero_accumulators(self.plan, g, batch), self.replicated))
 
-    def run(self, chunk: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Add the activations of a list of batches into the device counters."""
-        on_device = [(jax.device_put(ids, self.data), jax.device_put(mask, self.data)) for ids, mask in chunk]
+    def run(self, chunk: list[tuple[np.ndarray, np.ndarray]], first_windows: list[int] | None = None) -> None:
+        """Add the activations of a list of batches into the device counters; batch j's row 0 is window
+        `first_windows[j]` of the run's window stream (default: 0 for every batch, when no example matters)."""
+        first_windows = first_windows or [0] * len(chunk)
+        on_device = [(jax.device_put(ids, self.data), jax.device_put(mask, self.data), np.int32(w))
+                     for (ids, mask), w in zip(chunk, first_windows)]
         fired = [{} for _ in chunk]  # per batch: token layer index -> packed masks, for n-grams
         self.executor.run(on_device, fired)
         if self.ngrams is not None:
@@ -186,6 +192,13 @@ class Runner:
             "pos_act": block_of("pos_act", lambda l: l),
             "tok_act": block_of("tok_act", lambda t: token_layers[t]),
         }
+
+    def example_sets(self, layer: int) -> dict:
+        """One layer's running example sets on the host: {kind: {window, position, value: [ffn, k]}}."""
+        gi = next(gi for gi, g in enumerate(self.groups) if layer in g)
+        j = layer - self.groups[gi].start
+        return {kind: {f: np.asarray(a[j]) for f, a in fields.items()}
+                for kind, fields in self.accs[gi]["examples"].items()}
 
     def layer_counts(self, name: str, layer: int) -> np.ndarray:
         """One layer's device counter (`pos_act` by layer, `tok_act` by token layer index) as int64 on the host."""

@@ -4,8 +4,10 @@ Per collected layer l, neuron n, position p, token v (BOS = position 0 of each w
   act[l, n]         activations over real (non-pad) positions, BOS included
   pos_act[l, p, n]  activations at position p over real positions
   tok_act[t, v, n]  activations at real, non-BOS positions holding token v (token layers only)
-Only these counts leave the device; the token-only counts (tokens, pos_tokens, token_occ,
-sequences) come from the ids on the host.
+and, with `Plan.examples` = k > 0, the neuron's example activations at real, non-BOS positions:
+  examples[kind][field][l, n, :k]  its k strongest and a uniform sample of k (`examples.py`)
+Only these leave the device; the token-only counts (tokens, pos_tokens, token_occ, sequences) come
+from the ids on the host.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from analyses.collection import examples as ex
 from opt_jax import decoder_layers, embed, pack_masks
 from opt_jax.config import OPTConfig
 from opt_jax.streaming import split_layers
@@ -33,6 +36,7 @@ class Plan:
     num_layers: int
     token_layers: tuple[int, ...]
     seq_len: int
+    examples: int = 0  # k examples per neuron and set (0: none)
 
     @property
     def ffn(self) -> int:
@@ -53,7 +57,8 @@ class Plan:
 
 
 def zero_accumulators(plan: Plan, group: range, masks_for_batch: int | None = None) -> dict[str, jax.Array]:
-    """Device counters of one layer group: act [g, ffn], pos_act [g, seq, ffn], tok_act [g, vocab, ffn].
+    """Device counters of one layer group: act [g, ffn], pos_act [g, seq, ffn], tok_act [g, vocab, ffn],
+    and with examples the running example sets {kind: {field: [g, ffn, k]}}.
 
     With `masks_for_batch`, token groups also get `masks` [g, batch, seq, ffn / 8]: the packed masks of
     the last batch, which the host needs for n-gram counts.
@@ -61,6 +66,8 @@ def zero_accumulators(plan: Plan, group: range, masks_for_batch: int | None = No
     g = len(group)
     acc = {"act": jnp.zeros((g, plan.ffn), jnp.int32),  # [g, n]
            "pos_act": jnp.zeros((g, plan.seq_len, plan.ffn), jnp.int32)}  # [g, p, n]
+    if plan.examples:
+        acc["examples"] = ex.zero_sets(g, plan.ffn, plan.examples)  # {kind: {field: [g, n, k]}}
     if plan.has_tokens(group):
         acc["tok_act"] = jnp.zeros((g, plan.vocab, plan.ffn), jnp.int32)  # [g, v, n]
         if masks_for_batch:
@@ -74,11 +81,12 @@ def accumulator_bytes(plan: Plan, groups: list[range], masks_for_batch: int | No
     return sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for s in shapes for leaf in jax.tree.leaves(s))
 
 
-def _probe(input_ids, counted_for_tokens):
-    """The per-layer reduction: adds layer i's activations into row i of the group's counters, in place."""
+def _probe(input_ids, counted_for_tokens, first_layer, first_window):
+    """The per-layer reduction: adds layer i's activations into row i of the group's counters, in place,
+    and merges its fc1 outputs into the example sets (layer `first_layer + i`, batch row 0 = `first_window`)."""
     flat_ids = input_ids.reshape(-1)  # [b*s]
 
-    def probe(active, i, acc):  # [b, s, n], layer index in the group, {name: [g, ...] counters}
+    def probe(active, i, acc, fc1=None):  # [b, s, n], layer index in the group, {name: [g, ...]}, [b, s, n]
         out = {"act": acc["act"].at[i].add(jnp.sum(active, axis=(0, 1), dtype=jnp.int32)),  # [g, n]
                "pos_act": acc["pos_act"].at[i].add(jnp.sum(active, axis=0, dtype=jnp.int32))}  # [g, p, n]
         if "tok_act" in acc:
@@ -86,6 +94,10 @@ def _probe(input_ids, counted_for_tokens):
             out["tok_act"] = acc["tok_act"].at[i, flat_ids].add(rows.reshape(-1, rows.shape[-1]))  # [g, v, n]
         if "masks" in acc:
             out["masks"] = acc["masks"].at[i].set(pack_masks(active))  # [g, b, s, n / 8]
+        if "examples" in acc:
+            k = acc["examples"]["top"]["window"].shape[-1]
+            out["examples"] = ex.update(acc["examples"], i, first_layer + i, fc1, counted_for_tokens,
+                                        first_window, k)  # {kind: {field: [g, n, k]}}
         return out
 
     return probe
@@ -97,16 +109,17 @@ def non_bos(token_mask):
     return token_mask & (position > 0)  # [b, s]
 
 
-def group_forward(config: OPTConfig, group_params, x, token_mask, input_ids, acc):
-    """Run one stacked layer group over hidden states x, adding its activations into `acc`."""
-    probe = _probe(input_ids, non_bos(token_mask))
-    return decoder_layers(config, group_params, x, token_mask, probe, acc)
+def group_forward(config: OPTConfig, group_params, x, token_mask, input_ids, acc, first_layer, first_window):
+    """Run one stacked layer group (model layers first_layer, ...) over hidden states x, adding its
+    activations into `acc`; the batch's row 0 is window `first_window` of the run's window stream."""
+    probe = _probe(input_ids, non_bos(token_mask), first_layer, first_window)
+    return decoder_layers(config, group_params, x, token_mask, probe, acc, with_fc1="examples" in acc)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=(5,))
-def group_step(config: OPTConfig, group_params, x, token_mask, input_ids, acc):
-    """Jitted `group_forward` (streamed mode): returns (hidden, updated acc)."""
-    return group_forward(config, group_params, x, token_mask, input_ids, acc)
+def group_step(config: OPTConfig, group_params, x, token_mask, input_ids, acc, first_layer, first_window):
+    """Jitted `group_forward` (streamed mode; first_layer and first_window int32 scalars): (hidden, acc)."""
+    return group_forward(config, group_params, x, token_mask, input_ids, acc, first_layer, first_window)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -116,13 +129,14 @@ def embed_step(config: OPTConfig, params, input_ids, token_mask):
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=(5,))
-def resident_step(config: OPTConfig, params, group_params: list, input_ids, token_mask, accs: list):
+def resident_step(config: OPTConfig, params, group_params: list, input_ids, token_mask, accs: list, first_window):
     """The whole step in one jit (resident mode): embed, then each layer group's scan with its counters."""
     x = embed(config, params, input_ids, token_mask)  # [b, s, d]
-    new = []
+    new, first_layer = [], 0
     for layer_params, acc in zip(group_params, accs):
-        x, acc = group_forward(config, layer_params, x, token_mask, input_ids, acc)
+        x, acc = group_forward(config, layer_params, x, token_mask, input_ids, acc, first_layer, first_window)
         new.append(acc)
+        first_layer += acc["act"].shape[0]
     return new
 
 

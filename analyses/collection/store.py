@@ -36,7 +36,7 @@ CHUNK_CELLS = 1 << 22
 
 
 def array_layouts(num_layers: int, num_token_layers: int, seq_len: int, vocab: int, ffn: int) -> dict:
-    """name -> (shape, chunk shape) of every array (all int64, zero-filled)."""
+    """name -> (shape, chunk shape) of every count array (all int64, zero-filled)."""
     return {
         "act": ((num_layers, ffn), (1, ffn)),
         # Whole positions, blocks of neurons: a [seq, ffn] layer is 604 MB of int64 at 66b.
@@ -46,6 +46,30 @@ def array_layouts(num_layers: int, num_token_layers: int, seq_len: int, vocab: i
         # Blocks of whole token rows: a [vocab, ffn] layer is 14.8 GB of int64 at 66b.
         "tok_act": ((num_token_layers, vocab, ffn), (1, max(1, min(vocab, CHUNK_CELLS // ffn)), ffn)),
     }
+
+
+EXAMPLE_KINDS = ("top", "random")
+EXAMPLE_FIELDS = {"window": ("int32", -1), "position": ("int32", -1), "value": ("float32", 0.0)}
+
+
+def example_name(kind: str, field: str) -> str:
+    """The array holding one field of one example set, e.g. `examples_top_value`."""
+    return f"examples_{kind}_{field}"
+
+
+def example_layouts(num_layers: int, ffn: int, k: int, seq_len: int) -> dict:
+    """name -> (shape, chunk shape, dtype, fill value) of the example arrays and `windows` (none when k = 0).
+
+    `examples_{top,random}_{window,position,value}` [layers, ffn, k], one layer per chunk (window and
+    position -1, value 0 in empty slots); `windows` [windows, seq_len] int32, the token ids of every window
+    of the run's stream (-1 after the window's end), growing with each commit, whole rows per chunk.
+    """
+    if not k:
+        return {}
+    out = {example_name(kind, field): ((num_layers, ffn, k), (1, ffn, k), dtype, fill)
+           for kind in EXAMPLE_KINDS for field, (dtype, fill) in EXAMPLE_FIELDS.items()}
+    out["windows"] = ((0, seq_len), (max(1, CHUNK_CELLS // seq_len), seq_len), "int32", -1)
+    return out
 
 
 def chunk_blocks(shape, chunk) -> list[tuple[slice, ...]]:
@@ -81,8 +105,8 @@ def _spec(path: str) -> dict:
     return {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
 
 
-def _create(path: str, shape, chunk) -> ts.TensorStore:
-    metadata = {"shape": list(shape), "data_type": "int64", "fill_value": 0, "codecs": _CODECS,
+def _create(path: str, shape, chunk, dtype: str = "int64", fill_value=0) -> ts.TensorStore:
+    metadata = {"shape": list(shape), "data_type": dtype, "fill_value": fill_value, "codecs": _CODECS,
                 "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}}}
     return ts.open(_spec(path) | {"metadata": metadata, "create": True, "delete_existing": True}).result()
 
@@ -120,10 +144,10 @@ class StatsStore:
             if name.startswith("data-") or name == MANIFEST or name in layouts:
                 _remove(os.path.join(root, name))
         gen_dir = _generation_dir(root, 0)
-        for name, (shape, chunk) in layouts.items():
-            _create(os.path.join(gen_dir, name), shape, chunk)
+        for name, (shape, chunk, *kind) in layouts.items():  # kind: (dtype, fill value), default int64 zeros
+            _create(os.path.join(gen_dir, name), shape, chunk, *kind)
         manifest = manifest | {"format": FORMAT, "version": VERSION, "generation": 0,
-                               "arrays": {n: list(s) for n, (s, _) in layouts.items()}}
+                               "arrays": {n: list(layout[0]) for n, layout in layouts.items()}}
         write_json_atomic(os.path.join(root, MANIFEST), manifest)
         store = cls(root, manifest)
         store._link()
@@ -145,15 +169,19 @@ class StatsStore:
         """The committed array `name`."""
         return _open(os.path.join(self.generation_dir, name))
 
-    def commit(self, deltas: dict, manifest_updates: dict, replacements: dict | None = None) -> None:
+    def commit(self, deltas: dict, manifest_updates: dict, replacements: dict | None = None,
+               values: dict | None = None, shapes: dict | None = None) -> None:
         """Write old totals + deltas as a new generation, then commit it with the manifest updates.
 
         `deltas[name]` is an array of the full shape, or a function of a block (a tuple of slices, one per
         axis, as `chunk_blocks` gives them) returning the delta of that block, so that no more than one
         chunk of a large array is in host memory at once; missing names are copied unchanged.
+        `values[name]` is a function of a block giving its new value instead (not a sum: example sets,
+        windows), or None where the block is unchanged (its stored chunk is then linked, not rewritten);
+        `shapes[name]` a new shape for `name` (the same chunks; `windows` grows).
         `replacements[name]` is a whole 1-D array (any length) that takes the place of `name`.
         """
-        replacements = replacements or {}
+        replacements, values, shapes = replacements or {}, values or {}, shapes or {}
         new_gen = self.manifest["generation"] + 1
         new_dir = _generation_dir(self.root, new_gen)
         _remove(new_dir)
@@ -169,13 +197,21 @@ class StatsStore:
                     continue
                 old = self.array(name)
                 chunk = old.chunk_layout.write_chunk.shape
-                new = _create(os.path.join(new_dir, name), old.shape, chunk)
+                shape = tuple(shapes.get(name, old.shape))
+                fill = old.fill_value.item()
+                new = _create(os.path.join(new_dir, name), shape, chunk, old.dtype.name, fill)
                 delta = deltas.get(name)
-                for block in chunk_blocks(old.shape, chunk):
-                    value = old[block].read().result()
-                    if delta is not None:
-                        value = value + (delta(block) if callable(delta) else np.asarray(delta)[block])
-                    if value.any():
+                for block in chunk_blocks(shape, chunk):
+                    if name in values:
+                        value = values[name](block)
+                        if value is None:
+                            self._link_chunk(name, new_dir, block, chunk)
+                            continue
+                    else:
+                        value = old[block].read().result()
+                        if delta is not None:
+                            value = value + (delta(block) if callable(delta) else np.asarray(delta)[block])
+                    if np.any(value != fill):
                         writes.append(new[block].write(value))  # compressed and written meanwhile
                     while len(writes) > self.writes_in_flight:
                         writes.pop(0).result()
@@ -189,11 +225,21 @@ class StatsStore:
         for write in writes:
             write.result()
         _fsync_tree(new_dir)
-        arrays = self.manifest["arrays"] | {n: [len(v)] for n, v in replacements.items()}
+        arrays = self.manifest["arrays"] | {n: list(v) for n, v in shapes.items()} | \
+            {n: [len(v)] for n, v in replacements.items()}
         self.manifest = self.manifest | manifest_updates | {"generation": new_gen, "arrays": arrays}
         write_json_atomic(os.path.join(self.root, MANIFEST), self.manifest)
         self._link()
         self._remove_other_generations()
+
+    def _link_chunk(self, name: str, new_dir: str, block: tuple, chunk) -> None:
+        """Hard-link one unchanged chunk of `name` from the committed generation into new_dir (zarr3 keys c/i/j)."""
+        key = ["c", *(str(b.start // c) for b, c in zip(block, chunk))]
+        source = os.path.join(self.generation_dir, name, *key)
+        if os.path.exists(source):  # absent: the chunk holds only the fill value
+            target = os.path.join(new_dir, name, *key)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.link(source, target)
 
     def _link(self) -> None:
         for name in self.manifest["arrays"]:
@@ -252,6 +298,78 @@ def _clipped(index, shape) -> tuple:
 
 
 ARRAY_NAMES = ("act", "pos_act", "pos_tokens", "token_occ", "tok_act")
+
+
+def _rows(array: ts.TensorStore, block: tuple, fill) -> np.ndarray:
+    """A block of a 2-D array that may reach past its rows: those rows read as `fill`."""
+    rows, cols = block
+    out = np.full((rows.stop - rows.start, cols.stop - cols.start), fill, array.dtype.numpy_dtype)
+    stop = min(rows.stop, array.shape[0])
+    if stop > rows.start:
+        out[:stop - rows.start] = array[rows.start:stop, cols].read().result()
+    return out
+
+
+def example_merges(sources: list) -> dict:
+    """`StatsStore.commit` values for the example arrays: each layer's sets merged over `sources`, functions of
+    a layer giving {kind: {window, position, value: [ffn, k]}} (`analyses.collection.examples.merge_sets`)."""
+    from analyses.collection.examples import merge_sets
+
+    last = {}
+
+    def merged(layer):
+        if layer not in last:  # blocks come layer by layer: each layer is merged once, one is held
+            last.clear()
+            parts = [source(layer) for source in sources]
+            last[layer] = {kind: merge_sets(kind, layer, *(p[kind] for p in parts)) for kind in EXAMPLE_KINDS}
+        return last[layer]
+
+    def value(kind, field):
+        return lambda block: merged(block[0].start)[kind][field][None]  # [1, ffn, k]
+
+    return {example_name(kind, field): value(kind, field) for kind in EXAMPLE_KINDS for field in EXAMPLE_FIELDS}
+
+
+def stored_examples(store) -> callable:
+    """A source for `example_merges`: one layer's committed sets of a `StatsStore` or `Stats`."""
+    return lambda layer: {kind: {field: store.array(example_name(kind, field))[layer].read().result()
+                                 for field in EXAMPLE_FIELDS} for kind in EXAMPLE_KINDS}
+
+
+def appended_windows(old: ts.TensorStore, new: list) -> tuple:
+    """`StatsStore.commit` (value, shape) for `windows`: the committed rows plus `new`, a list of (first window
+    index, ids int32 [rows, seq_len], -1 after each window's end). Chunks no new row touches are linked as they are."""
+    old_rows = old.shape[0]
+    rows = max([old_rows] + [first + len(ids) for first, ids in new])
+
+    def value(block):
+        start, stop = block[0].start, block[0].stop
+        touching = [(first, ids) for first, ids in new if first < stop and first + len(ids) > start]
+        if not touching and stop <= old_rows:
+            return None
+        out = _rows(old, block, -1)  # [r, s]
+        for first, ids in touching:
+            lo, hi = max(first, start), min(first + len(ids), stop)
+            out[lo - start:hi - start] = ids[lo - first:hi - first, block[1]]
+        return out
+
+    return value, (rows, old.shape[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One example activation of a neuron: its fc1 output `value` (> 0) at `position` (0 = BOS) of window
+    `window` (its index in the run's window stream), whose token ids are `tokens` (without padding)."""
+
+    window: int
+    position: int
+    value: float
+    tokens: np.ndarray
+
+    @property
+    def token(self) -> int:
+        """The token the neuron fired on."""
+        return int(self.tokens[self.position])
 
 
 @dataclasses.dataclass
@@ -313,8 +431,59 @@ class Stats:
 
     def _read(self, name: str) -> np.ndarray:
         """The whole committed array `name`."""
-        return np.asarray(_open(os.path.join(_generation_dir(self.root, self.manifest["generation"]), name))
-                          .read().result())
+        return np.asarray(self.array(name).read().result())
+
+    def array(self, name: str) -> ts.TensorStore:
+        """The committed array `name`, with a clear error when the store lacks it."""
+        path = os.path.join(_generation_dir(self.root, self.manifest["generation"]), name)
+        if name not in self.manifest["arrays"]:
+            raise StatsError(f"{self.root}: has no array {name!r}")
+        try:
+            return _open(path)
+        except ValueError as e:
+            raise StatsError(f"{self.root}: the array {name!r} is missing or unreadable ({path}): {e}") from None
+
+    @property
+    def examples_per_neuron(self) -> int:
+        """k of the example sets (0: the run collected none)."""
+        return int(self.manifest.get("examples", 0))
+
+    def examples(self, layer: int, neuron: int, kind: str = "random") -> list[Example]:
+        """The example activations of one neuron: `kind` "top" (its strongest, largest value first) or "random"
+        (a uniform sample, in the order that chose it); at most k, fewer when the neuron fired fewer times."""
+        if kind not in EXAMPLE_KINDS:
+            raise StatsError(f"unknown example kind {kind!r}; expected one of {', '.join(EXAMPLE_KINDS)}")
+        if not self.examples_per_neuron:
+            raise StatsError(f"{self.root}: holds no example activations (collected with --examples 0); collect "
+                             "again with --examples K")
+        layers, ffn = self.manifest["layers"], self.config.ffn_dim
+        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < layers:
+            raise StatsError(f"{self.root}: layer {layer!r} is out of range; the store holds layers 0..{layers - 1}")
+        if not isinstance(neuron, (int, np.integer)) or not 0 <= neuron < ffn:
+            raise StatsError(f"{self.root}: neuron {neuron!r} is out of range; layers have neurons 0..{ffn - 1}")
+        rows = {f: self.array(example_name(kind, f))[int(layer), int(neuron)].read().result()
+                for f in EXAMPLE_FIELDS}  # [k] each
+        return [Example(int(w), int(p), float(v), self.window(int(w)))
+                for w, p, v in zip(rows["window"], rows["position"], rows["value"]) if w >= 0]
+
+    @property
+    def num_windows(self) -> int:
+        """Rows of the `windows` array: the windows of the stream so far (0 when it was not kept)."""
+        return self.manifest["arrays"].get("windows", [0])[0]
+
+    def window(self, i: int) -> np.ndarray:
+        """The token ids of window i of the run's window stream (int32, without padding)."""
+        if "windows" not in self.manifest["arrays"]:
+            raise StatsError(f"{self.root}: keeps no windows (collected with --examples 0)")
+        windows = self.array("windows")
+        if not isinstance(i, (int, np.integer)) or not 0 <= i < windows.shape[0]:
+            raise StatsError(f"{self.root}: window {i!r} is past the end; the store holds windows "
+                             f"0..{windows.shape[0] - 1}")
+        row = windows[int(i)].read().result()  # [seq_len]
+        if row[0] < 0:
+            raise StatsError(f"{self.root}: window {i} is not in this store (the padding of the last batch, or "
+                             "a batch of another process before merging)")
+        return np.asarray(row[row >= 0])
 
 
 def open_stats(root: str) -> Stats:
@@ -346,6 +515,9 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
         raise StatsError(f"{out_dir}: already holds statistics; pass overwrite to replace them")
     opened = [open_stats(p) for p in parts]
     layouts = {name: (getattr(opened[0], name).shape, getattr(opened[0], name).chunk_shape) for name in ARRAY_NAMES}
+    k = opened[0].examples_per_neuron
+    if k:
+        layouts |= example_layouts(first["layers"], opened[0].config.ffn_dim, k, first["flags"]["seq_len"])
     base = {k: v for k, v in first.items() if k not in ("format", "version", "generation", "arrays")}
     unmerged = {"process": {"index": 0, "count": 1, "merged_from": count}, "complete": False,
                 "tokens": 0, "sequences": 0, "full_length_sequences": 0}
@@ -362,6 +534,13 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
     replacements = tables[0].to_arrays() if tables[0] is not None else None
     if "tracked_neurons" in first["arrays"]:  # the same in every part: checked with the flags above
         replacements["tracked_neurons"] = np.flatnonzero(opened[0].tracked_neurons())
+    values, shapes = {}, {}
+    if k:
+        values = example_merges([stored_examples(s) for s in opened])
+        # Each part holds its own batches' windows and -1 in the rows of the others: the maximum picks the owner's.
+        shapes["windows"] = (max(s.num_windows for s in opened), first["flags"]["seq_len"])
+        windows = [s.array("windows") for s in opened]
+        values["windows"] = lambda block: np.max([_rows(w, block, -1) for w in windows], axis=0)
     store.commit({name: summed(name) for name in ARRAY_NAMES}, totals | {"complete": True},
-                 replacements=replacements)
+                 replacements=replacements, values=values, shapes=shapes)
     return store.root

@@ -118,6 +118,15 @@ def test_ngram_cost_on_a_tiny_model(tmp_path):
     assert result["slowdown"] == pytest.approx(result["without_ngrams_tok_s"] / result["with_ngrams_tok_s"])
 
 
+def test_examples_cost_on_a_tiny_model(tmp_path):
+    from benchmarks.examples_cost import examples_cost
+
+    rows = examples_cost(TINY, seq_lens=(SEQ,), tokens_per_batch=2 * SEQ, batches=2, warmup=1, workdir=str(tmp_path),
+                         log=lambda message: None)
+    assert [(r["seq_len"], r["batch_size"], r["examples"]) for r in rows] == [(SEQ, 2, 16)]
+    assert rows[0]["slowdown"] == pytest.approx(rows[0]["without_examples_tok_s"] / rows[0]["with_examples_tok_s"])
+
+
 def test_shrink_config_keeps_head_size_and_ratios():
     big = opt_jax.for_size("66b")
     small = sources.shrink_config(big, 32)

@@ -1,4 +1,7 @@
-"""Collection as separate processes: 4 simulated devices, 2 jax.distributed processes merged, SIGKILL + rerun."""
+"""Collection as separate processes: 4 simulated devices, 2 jax.distributed processes merged, SIGKILL + rerun.
+
+Each compares every array with an in-process run: the counts, the n-gram tables, and the example sets
+(`top` and `random`) with the windows they point into."""
 
 import json
 import os
@@ -11,7 +14,7 @@ import pytest
 
 import analyses
 from kill import kill_when
-from analyses.collection.store import ARRAY_NAMES, StatsError
+from analyses.collection.store import ARRAY_NAMES, StatsError, example_layouts
 from helpers import ROOT, devices_env as _env
 
 SEQ = 12
@@ -27,6 +30,11 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
     for key in ("tokens", "sequences", "full_length_sequences"):
         assert a.manifest[key] == b.manifest[key], key
+    assert a.examples_per_neuron == b.examples_per_neuron == 16
+    for name in example_layouts(1, 1, 1, 2):
+        np.testing.assert_array_equal(np.asarray(a.array(name).read().result()),
+                                      np.asarray(b.array(name).read().result()), err_msg=name)
+    assert (np.asarray(a.array("examples_random_window").read().result()) >= 0).any()
     ta, tb = a.ngram_table().to_arrays(), b.ngram_table().to_arrays()
     assert ta.keys() == tb.keys() and all(len(v) for v in ta.values())
     for name in ta:

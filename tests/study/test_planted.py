@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
+import analyses
 import planted
 from helpers import check_claims, run_script
 
@@ -170,3 +171,26 @@ def test_outputs_a_person_reads(analyzed):
         assert np.std(pixels[..., :3]) > 0.01, f"{name} is blank"
     per_layer = image.imread(out_dir / "fig1a_dead_neurons.png")
     assert per_layer.shape[:2] == (495, 1320)  # 12 x 4.5 inches at 110 dpi
+
+
+def test_a_neuron_firing_equally_on_two_tokens_samples_both(analyzed):
+    """Detector 1 fires on t2 and t3, equally often in the Latin square: its uniform sample holds both."""
+    _, report_dir, _ = analyzed
+    stats = analyses.open_stats(str(report_dir.parent / "stats"))
+    sample = stats.examples(0, 1, "random")
+    assert len(sample) == 16
+    triggers = {planted.token_id(planted.TRIGGERS[t]) for t in ("t2", "t3")}
+    assert {e.token for e in sample} == triggers
+    assert {e.token for e in stats.examples(0, 0, "top")} == {planted.token_id(planted.TRIGGERS["t1"])}
+
+
+def test_the_summary_shows_where_detectors_fire(analyzed):
+    from analyses.study import example_contexts
+
+    report_dir = analyzed[1]
+    with open(report_dir / "report.json") as f:
+        text = example_contexts(json.load(f))
+    assert "planted: strongest example contexts" in text
+    block = text.split("layer 0 neuron 0 (token detector):\n")[1].split("\n  layer")[0].splitlines()
+    assert len(block) == 3 and all("[[w0]]" in line for line in block), block
+    assert "(positional, I = " in text

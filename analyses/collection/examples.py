@@ -1,0 +1,182 @@
+"""Example activations of every neuron: its k strongest and a uniform sample of k, kept on the device.
+
+For each collected layer l and neuron n, two sets of at most k activations at real, non-BOS positions
+(an activation is a token where the neuron's fc1 output is > 0), each example a (window, position,
+value) triple: the window's index in the run's window stream, the position in the window, the fc1
+output in float32.
+
+- `top`: the k largest values; ties go to the earlier token (smaller window, then position).
+- `random`: the k activations with the smallest `rank(window, position, l, n)`, a 30-bit hash. For a
+  fixed neuron the ranks of distinct tokens are independent and uniform, so the k smallest are a
+  uniform sample without replacement of the neuron's activations, whatever the batch, flush or
+  process that saw them; ties (1 in 2^30) go to the earlier token.
+
+Both are "the k best of a total order", so the set over a union is the k best of the sets of its
+parts: the device merges each batch into its running sets (`update`, inside the jitted scan), and a
+commit or `merge_stats` merges stored sets with new ones on the host (`merge_sets`) by the same order.
+A neuron with fewer than k activations keeps all of them; the empty slots hold window and position
+`EMPTY` and value 0, after the examples.
+
+On the device a batch's best k per neuron are found without a top-k over every token: the tokens are
+cut into blocks of `c` consecutive ones, the k blocks with the largest maxima hold the k best tokens
+(a block outside them has k blocks, each with a token ahead of all of its own), so only those k * c
+tokens are ranked. The ranking keys are float32, for which `lax.top_k` is fast on every backend: the
+value itself for `top`, and for `random` the positive normal float whose bits are 0x40800000 - rank
+(larger key = smaller rank); -inf where the neuron did not fire.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+KINDS = ("top", "random")
+FIELDS = ("window", "position", "value")
+EMPTY = -1  # window and position of an empty slot
+_KEY_BITS = 0x40800000  # bits of 4.0: 0x40800000 - rank for rank < 2^30 is a positive normal float32
+_MAX_BLOCK = 32  # tokens per block of the device's first pass
+
+
+# The rank of the random sample: a murmur3-style mix in uint32, the same in numpy (host) and jax.numpy (device).
+
+def _fmix32(xp, h):
+    with np.errstate(over="ignore"):  # uint32 products wrap, as on the device
+        h = h ^ (h >> 16)
+        h = h * xp.uint32(0x85EBCA6B)
+        h = h ^ (h >> 13)
+        h = h * xp.uint32(0xC2B2AE35)
+        return h ^ (h >> 16)
+
+
+def token_hash(xp, window, position):
+    """uint32 hash of a token (window index, position in the window)."""
+    return _fmix32(xp, _fmix32(xp, xp.asarray(window).astype(xp.uint32) ^ xp.uint32(0x2545F491))
+                   ^ xp.asarray(position).astype(xp.uint32))
+
+
+def neuron_hash(xp, layer, neuron):
+    """uint32 hash of a neuron (layer, index)."""
+    return _fmix32(xp, _fmix32(xp, xp.asarray(layer).astype(xp.uint32) + xp.uint32(0x9E3779B9))
+                   ^ xp.asarray(neuron).astype(xp.uint32))
+
+
+def sample_rank(xp, token_h, neuron_h):
+    """The 30-bit rank of a (token, neuron) in the random sample (smaller first), as int32."""
+    return ((token_h ^ neuron_h) >> 2).astype(xp.int32)
+
+
+# The device side: running sets in the scan carry, one batch merged in per layer.
+
+def zero_sets(layers: int, ffn: int, k: int) -> dict:
+    """Empty running sets of a layer group: {kind: {window, position, value: [g, n, k]}}."""
+    def empty(dtype, fill):  # a buffer of its own per field: the step donates each
+        return jnp.full((layers, ffn, k), fill, dtype)  # [g, n, k]
+
+    return {kind: {"window": empty(jnp.int32, EMPTY), "position": empty(jnp.int32, EMPTY),
+                   "value": empty(jnp.float32, 0.0)} for kind in KINDS}
+
+
+def block_tokens(seq_len: int, batch: int, k: int) -> int:
+    """Tokens per block: a divisor of seq_len (blocks never span windows or devices) leaving at least k blocks."""
+    for c in range(min(_MAX_BLOCK, seq_len), 0, -1):
+        if seq_len % c == 0 and batch * seq_len // c >= k:
+            return c
+    return 1
+
+
+def _sort_small(x):
+    """Distinct integers sorted along the last (short) axis by counting, without a sort: [..., m]."""
+    rank = jnp.sum(x[..., None, :] < x[..., :, None], axis=-1)  # [..., m]: how many are smaller
+    slot = jnp.arange(x.shape[-1])  # [m]
+    return jnp.sum(jnp.where(rank[..., :, None] == slot, x[..., :, None], 0), axis=-2)  # [..., m]
+
+
+def _keys(kind: str, values, fired, token_h, neuron_h):
+    """float32 ranking keys (larger first, -inf where the neuron did not fire); arguments broadcast."""
+    if kind == "top":
+        return jnp.where(fired, values.astype(jnp.float32), -jnp.inf)
+    bits = jnp.int32(_KEY_BITS) - sample_rank(jnp, token_h, neuron_h)
+    return jnp.where(fired, lax.bitcast_convert_type(bits, jnp.float32), -jnp.inf)
+
+
+def _running_keys(kind: str, sets: dict, neuron_h):
+    """The keys of a running set ([n, k] fields), recomputed from its examples."""
+    token_h = token_hash(jnp, sets["window"], sets["position"])  # [n, k]
+    return _keys(kind, sets["value"], sets["window"] != EMPTY, token_h, neuron_h[:, None])  # [n, k]
+
+
+def batch_candidates(kind: str, fc1, counted, token_h, neuron_h, k: int, seq_len: int):
+    """The best min(k, tokens) tokens of each neuron in a batch: (keys [n, kb], flat token indices [n, kb]).
+
+    fc1 [t, n] (t = batch * seq_len, window-major), counted bool [t] (real, non-BOS), token_h uint32 [t],
+    neuron_h uint32 [n]. Sorted by key, ties to the lower token index (`lax.top_k`'s order).
+    """
+    t, n = fc1.shape
+    kb, c = min(k, t), block_tokens(seq_len, t // seq_len, min(k, t))
+    fired = counted[:, None] & (fc1 > 0)  # [t, n]
+    keys = _keys(kind, fc1, fired, token_h[:, None], neuron_h[None, :])  # [t, n], fused into the max below
+    block_max = keys.reshape(t // c, c, n).max(axis=1)  # [t / c, n]
+    _, blocks = lax.top_k(block_max.T, kb)  # [n, kb]
+    blocks = _sort_small(blocks)  # [n, kb]: in token order, so that equal keys keep the lower token first
+    rows = (blocks[:, :, None] * c + jnp.arange(c)).reshape(n, kb * c)  # [n, kb * c]
+    cols = jnp.arange(n)[:, None]  # [n, 1]
+    values = fc1[rows, cols]  # [n, kb * c]
+    keys = _keys(kind, values, counted[rows] & (values > 0), token_h[rows], neuron_h[:, None])  # [n, kb * c]
+    best, at = lax.top_k(keys, kb)  # [n, kb]
+    return best, jnp.take_along_axis(rows, at, axis=1)  # [n, kb], [n, kb]
+
+
+def update(sets: dict, i, layer, fc1, counted, first_window, k: int) -> dict:
+    """Merge one layer's batch into row i of the group's running sets ({kind: {field: [g, n, k]}}).
+
+    fc1 [b, s, n] (the layer's fc1 output), counted bool [b, s] (real, non-BOS), layer the model's layer
+    index, first_window the window index of the batch's row 0 (int32 scalars, traced).
+    """
+    b, s, n = fc1.shape
+    flat = fc1.reshape(b * s, n)  # [t, n]
+    window = first_window + jnp.arange(b * s, dtype=jnp.int32) // s  # [t]
+    position = jnp.arange(b * s, dtype=jnp.int32) % s  # [t]
+    token_h = token_hash(jnp, window, position)  # [t]
+    neuron_h = neuron_hash(jnp, layer, jnp.arange(n))  # [n]
+    out = {}
+    for kind in KINDS:
+        running = {f: sets[kind][f][i] for f in FIELDS}  # [n, k] each
+        keys, tokens = batch_candidates(kind, flat, counted.reshape(-1), token_h, neuron_h, k, s)  # [n, kb] x 2
+        fired = keys > -jnp.inf  # [n, kb]
+        new = {"window": jnp.where(fired, window[tokens], EMPTY),
+               "position": jnp.where(fired, position[tokens], EMPTY),
+               "value": jnp.where(fired, flat[tokens, jnp.arange(n)[:, None]].astype(jnp.float32), 0.0)}  # [n, kb]
+        # The running set holds earlier tokens than the batch, so ties keep it first, as the total order does.
+        both = {f: jnp.concatenate([running[f], new[f]], axis=1) for f in FIELDS}  # [n, k + kb]
+        all_keys = jnp.concatenate([_running_keys(kind, running, neuron_h), keys], axis=1)  # [n, k + kb]
+        _, at = lax.top_k(all_keys, k)  # [n, k]
+        out[kind] = {f: sets[kind][f].at[i].set(jnp.take_along_axis(both[f], at, axis=1)) for f in FIELDS}
+    return out
+
+
+# The host side: sets of [n, k] numpy arrays, merged by the same total order.
+
+def merge_sets(kind: str, layer: int, *parts: dict) -> dict:
+    """The k best examples of several sets of one layer ({window, position, value: [n, k]} each), stored order."""
+    k = parts[0]["window"].shape[1]
+    both = {f: np.concatenate([p[f] for p in parts], axis=1) for f in FIELDS}  # [n, m]
+    window, position, value = both["window"], both["position"], both["value"]
+    empty = window == EMPTY  # [n, m]
+    if kind == "top":
+        primary = -value.astype(np.float64)  # [n, m]
+    else:
+        neurons = np.arange(window.shape[0], dtype=np.uint32)[:, None]  # [n, 1]
+        primary = sample_rank(np, token_hash(np, window, position), neuron_hash(np, np.uint32(layer), neurons))
+    order = np.lexsort((position, window, primary, empty), axis=1)[:, :k]  # [n, k]: last key sorts first
+    out = {f: np.take_along_axis(both[f], order, axis=1) for f in FIELDS}
+    gone = np.take_along_axis(empty, order, axis=1)  # [n, k]
+    out["window"][gone], out["position"][gone], out["value"][gone] = EMPTY, EMPTY, 0.0
+    return out
+
+
+def empty_sets(ffn: int, k: int) -> dict:
+    """One layer's empty host set: {window, position, value: [n, k]}."""
+    return {"window": np.full((ffn, k), EMPTY, np.int32), "position": np.full((ffn, k), EMPTY, np.int32),
+            "value": np.zeros((ffn, k), np.float32)}
