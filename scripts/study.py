@@ -39,9 +39,7 @@ def main(argv):
                                      batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens or None,
                                      ngram_orders=[int(k) for k in FLAGS.ngram_orders], analyses=FLAGS.analyses,
                                      overwrite=FLAGS.overwrite, compare_domains=FLAGS.domains),
-                   lambda result: f"{report.summary(result)}
-{example_contexts(result)}
-"
+                   lambda result: f"{report.summary(result)}\n{example_contexts(result)}\n"
                                   f"report, figures and tables: {FLAGS.out}/report/")
 
 
