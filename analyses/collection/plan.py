@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import psutil
 
 from analyses.collection import statistics as st
 from analyses.collection.examples import block_tokens
 from analyses.collection.store import CHUNK_CELLS, WRITES_IN_FLIGHT
 from opt_jax.errors import StatsError
-from opt_jax.model import param_shapes
+from opt_jax import streaming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +103,7 @@ def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: 
     streamed = options.offload and len(groups) > 2
     group = layer_bytes * max(len(g) for g in groups)
     weights = 2 * group if streamed else plan.num_layers * layer_bytes
-    params = sum(int(np.prod(shape[1:])) for path, shape in param_shapes(plan.config).items()
-                 if path.startswith("layers/"))
-    working = working_bytes(plan, options, max(1, layer_bytes // params))
+    working = working_bytes(plan, options, max(1, layer_bytes // streaming.layer_bytes(plan.config, 1)))
     host = (2 * group if streamed else 0) + flush_bytes()  # groups read ahead, a commit's blocks
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     on_host = not stats or "bytes_limit" not in stats

@@ -178,12 +178,11 @@ class Runner:
         A block (the store's chunk: one layer, some positions or token rows, some neurons) is sliced on the
         device and only it crosses to the host, so a flush holds at most a chunk of a [vocab, ffn] layer.
         """
-        where = {layer: (gi, j) for gi, g in enumerate(self.groups) for j, layer in enumerate(g)}
         token_layers = self.plan.token_layers
 
         def block_of(name, layer_of):
             def read(block):  # (layers, rows, neurons) slices, one layer
-                gi, j = where[layer_of(block[0].start)]
+                gi, j = self._place(layer_of(block[0].start))
                 return np.asarray(self.accs[gi][name][(j, *block[1:])], np.int64)[None]  # [1, r, n]
             return read
 
@@ -195,13 +194,16 @@ class Runner:
 
     def example_sets(self, layer: int) -> dict:
         """One layer's running example sets on the host: {kind: {window, position, value: [ffn, k]}}."""
-        gi = next(gi for gi, g in enumerate(self.groups) if layer in g)
-        j = layer - self.groups[gi].start
+        gi, j = self._place(layer)
         return {kind: {f: np.asarray(a[j]) for f, a in fields.items()}
                 for kind, fields in self.accs[gi]["examples"].items()}
 
     def layer_counts(self, name: str, layer: int) -> np.ndarray:
         """One layer's device counter (`pos_act` by layer, `tok_act` by token layer index) as int64 on the host."""
-        layer = self.plan.token_layers[layer] if name == "tok_act" else layer
+        gi, j = self._place(self.plan.token_layers[layer] if name == "tok_act" else layer)
+        return np.asarray(self.accs[gi][name][j], np.int64)
+
+    def _place(self, layer: int) -> tuple[int, int]:
+        """(group index, index within the group) of a collected layer: where its counters are."""
         gi = next(gi for gi, g in enumerate(self.groups) if layer in g)
-        return np.asarray(self.accs[gi][name][layer - self.groups[gi].start], np.int64)
+        return gi, layer - self.groups[gi].start
