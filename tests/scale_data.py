@@ -271,21 +271,22 @@ def assert_bracketed(keys: np.ndarray, counts: np.ndarray, lo: Sparse, hi: Spars
                           f"{union[bad[0]]}: ours {ours[bad[0]]}, torch {low[bad[0]]}..{high[bad[0]]}")
 
 
+def _grams(windows: np.ndarray, order: int, vocab: int) -> np.ndarray:
+    """Ids of the n-grams ending at p = order .. s-1 (wholly after BOS): int64 [w, s - order]."""
+    s = windows.shape[1]
+    gram = np.zeros((len(windows), s - order), np.int64)
+    for i in range(order):
+        gram = gram * vocab + windows[:, 1 + i:s - order + 1 + i]
+    return gram
+
+
 def _pair_counts(ids: np.ndarray, active: np.ndarray, order: int, vocab: int, ffn: int) -> Sparse:
     """(n-gram ending at p, neuron) counts over positions p >= order (n-grams wholly after BOS), as the store keys."""
-    b, s, _ = active.shape
-    gram = np.zeros((b, s - order), np.int64)  # [b, s - order]: the n-gram ending at p = order .. s-1
-    for i in range(order):
-        gram = gram * vocab + ids[:, 1 + i:s - order + 1 + i]
     w, p, n = np.nonzero(active[:, order:])  # [e] each
-    keys, counts = np.unique(gram[w, p] * ffn + n, return_counts=True)
+    keys, counts = np.unique(_grams(ids, order, vocab)[w, p] * ffn + n, return_counts=True)
     return Sparse(keys, counts)
 
 
 def ngram_occurrences(windows: np.ndarray, order: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
     """(ngram ids, counts) of every n-gram wholly after BOS, sorted by id."""
-    s = windows.shape[1]
-    gram = np.zeros((len(windows), s - order), np.int64)
-    for i in range(order):
-        gram = gram * vocab + windows[:, 1 + i:s - order + 1 + i]
-    return np.unique(gram, return_counts=True)
+    return np.unique(_grams(windows, order, vocab), return_counts=True)
