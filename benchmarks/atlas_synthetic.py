@@ -96,8 +96,9 @@ def neuron_facts(rng, layer: int, n: int, summary: dict, vocab: list[str], seq_l
     """One neuron's full facts, consistent with its summary row."""
     dead = bool(summary["dead"][n])
     f = summary["freq"][n]
-    positions = list(range(1, seq_len))
-    curve = np.clip(f * (1 + 0.8 * np.sin(np.arange(1, seq_len) / 6.0 + n)), 0, 1)  # [seq_len - 1]
+    binned = max(1, seq_len // 128)  # long windows: means over bins of positions, as the format allows
+    positions = list(range(1, seq_len, binned))
+    curve = np.clip(f * (1 + 0.8 * np.sin(np.array(positions) / 6.0 + n)), 0, 1)  # [points]
 
     def tok(k):
         return int((n * 31 + k * 17) % len(vocab))
@@ -110,7 +111,7 @@ def neuron_facts(rng, layer: int, n: int, summary: dict, vocab: list[str], seq_l
     facts = {"n": n, "freq": f, "rank": summary["rank"][n], "dead": dead, "mi": summary["mi"][n],
              "positional": {"type": summary["pos"][n], "strong": bool(summary["strong"][n])} if summary["pos"][n] else None,
              "curve": {"positions": positions, "freq": [0.0] * len(positions) if dead else [round(float(c), 6) for c in curve],
-                       "binned": 1},
+                       "binned": binned},
              "triggers": [], "detector": None, "promoted": [], "suppressed": [], "trigger_scores": [],
              "examples": {"top": [], "random": []}}
     if dead:
@@ -160,7 +161,7 @@ def write_atlas(out_dir: str, layers: int = 4, ffn: int = 256, blocks: list[int]
                            "token_detectors": sum(summary["token_det"]), "trigram_detectors": sum(summary["trigram_det"]),
                            "positional": kinds})
             alive = [n for n in range(ffn) if not summary["dead"][n]]
-            for k in range(min(vocab, 2048)):  # every token names a few alive neurons of each layer
+            for k in range(vocab):  # every token names an alive neuron of each layer (50 per list at most)
                 if not alive:
                     break
                 key = token_key(texts[k]) or texts[k]
