@@ -11,7 +11,7 @@ import os
 
 from analyses import report
 from analyses.collection import collect, open_stats
-from analyses.tokens import TokenStrings
+from analyses.tokens import TokenStrings, context_span
 from opt_jax import checkpoint as ckpt
 from opt_jax import shipped, stdlib_corpus
 from opt_jax.errors import AnalysisError, OptJaxError
@@ -119,9 +119,9 @@ def example_contexts(result: dict, per_neuron: int = 3, before: int = 8, after: 
         for layer, neuron, what in picks:
             lines.append(f"  layer {layer} neuron {neuron} ({what}):")
             for e in stats.examples(layer, neuron, "top")[:per_neuron]:
+                start, stop = context_span(e.position, len(e.tokens), before, after)
                 left, token, right = (strings.join([piece])[0] for piece in (
-                    e.tokens[max(1, e.position - before):e.position], e.tokens[e.position:e.position + 1],
-                    e.tokens[e.position + 1:e.position + 1 + after]))
+                    e.tokens[start:e.position], e.tokens[e.position:e.position + 1], e.tokens[e.position + 1:stop]))
                 text = f"{left}[[{token}]]{right}".replace("\n", "\\n")
                 lines.append(f"    {e.value:7.3f}  window {e.window}, position {e.position}: {text}")
     return "\n".join(lines)
