@@ -1,0 +1,109 @@
+"""How fast the atlas page opens a neuron, a token search and a filter over every layer, in a real browser.
+
+    python -m benchmarks.atlas_open ATLAS_DIR [ATLAS_DIR ...] [--repeats 5]
+
+Each atlas is opened from file:// in Debian's headless Chromium (benchmarks/browser.py); the times are
+the page's own (performance.now()): from the navigation (cold) or the hash change (warm) to the route's
+content rendered. The steps, run for each atlas in turn within each repeat (interleaved):
+- cold: a fresh page load of `#L<l>N<n>` with the browser's cache cleared (the manifest, then the block);
+- warm, new block: from that page, a neuron of another block (one more data file);
+- warm, loaded block: back to the first neuron (no file);
+- token search: `#search=<a token of the index>` (its bucket and the summaries of the layers it names);
+- filter: `#search=&pos=any&sort=mi` (every layer's summary, progressively; sorted by MI).
+Medians are printed, with each atlas's ratio to the first one's (the baseline: a small atlas shows what a
+large one costs on top). Size on disk and file counts too. The neurons are the middle layer's, in the
+first and the last block the atlas holds (a synthetic atlas may hold only a few blocks per layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import statistics
+from urllib.parse import quote
+
+from benchmarks.atlas_synthetic import read_data
+from benchmarks.browser import chromium, go, page_url, wait_ready
+
+STEPS = ("cold", "warm, new block", "warm, loaded block", "token search", "filter")
+
+
+def size_on_disk(atlas_dir: str) -> tuple[int, int]:
+    """(bytes, files) of an atlas folder."""
+    total = files = 0
+    for root, _, names in os.walk(atlas_dir):
+        for name in names:
+            total += os.path.getsize(os.path.join(root, name))
+            files += 1
+    return total, files
+
+
+def targets(atlas_dir: str) -> dict:
+    """What to open in an atlas: two neurons of the middle layer in different blocks, a token to search."""
+    manifest = read_data(atlas_dir, "atlas")
+    model = manifest["models"][0]
+    layer = model["counts"][len(model["counts"]) // 2]["layer"]
+    blocks = sorted(int(re.search(r"B(\d+)\.js$", p).group(1))
+                    for p in glob.glob(os.path.join(atlas_dir, "data", "m0", f"L{layer}", "B*.js")))
+    if not blocks:
+        raise SystemExit(f"{atlas_dir}: no neuron block of layer {layer} under data/m0/L{layer}/")
+    first, last = blocks[0] * manifest["block"], blocks[-1] * manifest["block"] + 1
+    token = None
+    for h in range(manifest["token_buckets"]):
+        bucket = read_data(atlas_dir, f"m0/tokens/{h}")
+        token = next((key for key, entry in bucket.items() if key and entry.get("triggers")), None)
+        if token:
+            break
+    return {"layer": layer, "neurons": (first, last), "token": token, "shape": (len(model["counts"]), model["ffn"])}
+
+
+def measure(driver, atlas_dir: str, target: dict) -> dict:
+    """One pass of every step on one atlas: milliseconds per step."""
+    layer, (first, second) = target["layer"], target["neurons"]
+    out = {}
+    driver.get("about:blank")
+    driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+    driver.get(page_url(atlas_dir, f"L{layer}N{first}"))
+    out["cold"] = wait_ready(driver)["ms"]
+    out["warm, new block"] = go(driver, f"L{layer}N{second}")["ms"]
+    out["warm, loaded block"] = go(driver, f"L{layer}N{first}")["ms"]
+    if target["token"]:
+        out["token search"] = go(driver, "search=" + quote(target["token"]), timeout=600)["ms"]
+    out["filter"] = go(driver, "search=&pos=any&sort=mi", timeout=600)["ms"]
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("atlases", nargs="+", help="atlas folders (the first is the baseline of the ratios)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    found = {a: targets(a) for a in args.atlases}
+    times = {a: {s: [] for s in STEPS} for a in args.atlases}
+    driver = chromium()
+    try:
+        for _ in range(args.repeats):
+            for atlas in args.atlases:  # interleaved: each repeat visits every atlas
+                for step, ms in measure(driver, atlas, found[atlas]).items():
+                    times[atlas][step].append(ms)
+    finally:
+        driver.quit()
+    base = args.atlases[0]
+    print(f"median of {args.repeats} (ms); x: ratio to {base}")
+    for atlas in args.atlases:
+        size, files = size_on_disk(atlas)
+        t = found[atlas]
+        print(f"{atlas}: {t['shape'][0]} layers x {t['shape'][1]} neurons, {size / 2**20:.1f} MiB in {files} files; "
+              f"neurons L{t['layer']}N{t['neurons'][0]}, L{t['layer']}N{t['neurons'][1]}; token {t['token']!r}")
+        for step in STEPS:
+            if not times[atlas][step]:
+                continue
+            median = statistics.median(times[atlas][step])
+            ratio = median / statistics.median(times[base][step]) if times[base][step] else float("nan")
+            print(f"  {step:<20} {median:9.1f} ms   x{ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
