@@ -142,7 +142,7 @@ def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: in
             found.append({"kind": "token", "items": [text(i) for i in facts.token_items[n]],
                           "tokens": facts.token_items[n].tolist()})
         if n in facts.trigram_items:
-            found.append({"kind": "trigram", "items": ["".join(text(i) for i in g) for g in facts.trigram_items[n]],
+            found.append({"kind": "trigram", "items": source.joined(facts.trigram_items[n]),
                           "tokens": facts.trigram_items[n].tolist()})
         record["detector"] = found[0] if found else None
         record["detectors"] = found

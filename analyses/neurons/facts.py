@@ -48,6 +48,7 @@ class Source:
     model_dir: str | None
     thresholds: Thresholds
     texts: list[str] | None  # token id -> decoded text; None without the tokenizer
+    strings: TokenStrings | None  # the tokenizer's decoder (None without it)
     unembedding: tuple | None  # (E [v, e], project_out [e, d] or None); None without the weights
     table: object  # the n-gram table (None when n-grams were not collected)
     occurrences: dict  # order -> function item ids -> occurrences
@@ -56,6 +57,12 @@ class Source:
     def text(self, token: int) -> str:
         """The decoded text of a token id ('<id N>' without the tokenizer)."""
         return self.texts[token] if self.texts is not None else f"<id {int(token)}>"
+
+    def joined(self, sequences) -> list[str]:
+        """One text per id sequence (a trigram), decoded together as the report decodes it."""
+        if self.strings is None:
+            return [" ".join(self.text(i) for i in seq) for seq in sequences]
+        return self.strings.join(sequences)
 
     @property
     def collected_layers(self) -> int:
@@ -70,9 +77,10 @@ def open_source(stats_dir: str, name: str | None = None, model_dir: str | None =
     stats = open_stats(stats_dir)
     model_dir = model_dir or stats.manifest.get("model")
     notes = []
-    texts = unembedding = None
+    texts = unembedding = strings = None
     if model_dir and os.path.isdir(model_dir):
-        texts = TokenStrings(model_dir)(np.arange(stats.config.vocab_size))
+        strings = TokenStrings(model_dir)
+        texts = strings(np.arange(stats.config.vocab_size))
         if scores:
             unembedding = suppression.unembedding(model_dir)
     else:
@@ -90,7 +98,7 @@ def open_source(stats_dir: str, name: str | None = None, model_dir: str | None =
     if stats.full_length_sequences == 0:
         notes.append(positional.SKIPPED_NOTE)
     return Source(name or os.path.basename(os.path.normpath(stats_dir)), stats, model_dir, thresholds, texts,
-                  unembedding, table, occurrences, notes)
+                  strings, unembedding, table, occurrences, notes)
 
 
 @dataclasses.dataclass
@@ -277,7 +285,7 @@ def label(facts: LayerFacts, n: int, source: Source, triggers: int = 3) -> str:
         parts.append("detector of " + ", ".join(repr(source.text(i)) for i in facts.token_items[n]))
     elif n in facts.trigram_items:
         grams = facts.trigram_items[n]
-        shown = ", ".join(repr("".join(source.text(i) for i in g)) for g in grams[:triggers])
+        shown = ", ".join(repr(t) for t in source.joined(grams[:triggers]))
         parts.append(f"trigram detector of {shown}" + (f" (+{len(grams) - triggers} more)"
                                                        if len(grams) > triggers else ""))
     if facts.pos_type[n] >= 0:
