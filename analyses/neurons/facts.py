@@ -47,7 +47,7 @@ class Source:
     stats: object  # analyses.collection.Stats
     model_dir: str | None
     thresholds: Thresholds
-    texts: list[str] | None  # token id -> decoded text; None without the tokenizer
+    texts: list[str]  # token id -> decoded text ('<id N>' without the tokenizer)
     strings: TokenStrings | None  # the tokenizer's decoder (None without it)
     unembedding: tuple | None  # (E [v, e], project_out [e, d] or None); None without the weights
     table: object  # the n-gram table (None when n-grams were not collected)
@@ -56,7 +56,7 @@ class Source:
 
     def text(self, token: int) -> str:
         """The decoded text of a token id ('<id N>' without the tokenizer)."""
-        return self.texts[token] if self.texts is not None else f"<id {int(token)}>"
+        return self.texts[token]
 
     def joined(self, sequences) -> list[str]:
         """One text per id sequence (a trigram), decoded together as the report decodes it."""
@@ -88,6 +88,8 @@ def open_source(stats_dir: str, name: str | None = None, model_dir: str | None =
                      "scores (promoted / suppressed tokens) were computed" if model_dir else
                      "the statistics name no model: tokens are shown as ids and no update scores were computed")
         model_dir = None
+    if texts is None:
+        texts = [f"<id {i}>" for i in range(stats.config.vocab_size)]
     table = stats.ngram_table() if 3 in (stats.manifest.get("ngram_orders") or []) else None
     orders = [1] + ([3] if table is not None else [])
     occurrences = {k: coverage.occurrences(stats, k, table) for k in orders if stats.token_layers}
