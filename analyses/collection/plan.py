@@ -104,9 +104,12 @@ def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: 
     group = layer_bytes * max(len(g) for g in groups)
     weights = 2 * group if streamed else plan.num_layers * layer_bytes
     working = working_bytes(plan, options, max(1, layer_bytes // streaming.layer_bytes(plan.config, 1)))
-    host = (2 * group if streamed else 0) + flush_bytes()  # groups read ahead, a commit's blocks
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     on_host = not stats or "bytes_limit" not in stats
+    # Groups read ahead: two; on an accelerator two pinned copies (`GroupStream` stages through page-locked
+    # memory) and the read being staged.
+    ahead = (2 if on_host else 3) * group if streamed else 0
+    host = ahead + flush_bytes()  # groups read ahead, a commit's blocks
     if host_available is None:
         host_available = psutil.virtual_memory().available
     if on_host:

@@ -91,28 +91,38 @@ def _sig(x, digits: int = 6):
     return float(f"{float(x):.{digits}g}")
 
 
+def round_significant(values: np.ndarray, digits: int = 4) -> np.ndarray:
+    """Values rounded to `digits` significant digits (0 stays 0), elementwise."""
+    values = np.asarray(values, np.float64)
+    magnitude = np.floor(np.log10(np.where(values != 0, np.abs(values), 1.0)))  # [...]
+    scale = 10.0 ** (digits - 1 - magnitude)
+    return np.round(values * scale) / scale
+
+
 def curve_bins(kept: int, points: int = CURVE_POINTS) -> int:
     """Positions per point of a curve of `kept` positions drawn with at most `points` points."""
     return max(1, math.ceil(kept / points))
 
 
-def _curves(facts: nf.LayerFacts, start: int, stop: int) -> tuple[list, np.ndarray]:
-    """(positions, fr [points, stop - start]) of a block's curves, binned when longer than CURVE_POINTS."""
+def binned_curves(facts: nf.LayerFacts, start: int, stop: int, points: int = CURVE_POINTS) -> tuple[list, np.ndarray]:
+    """(positions, fr [points, stop - start]) of a block's curves: with more than `points` kept positions, the
+    means over bins of `curve_bins` consecutive ones, each at its first position; 4 significant digits."""
     values = facts.curves[:, start:stop].astype(np.float64)  # [k, b]
-    binned = curve_bins(len(facts.positions))
+    binned = curve_bins(len(facts.positions), points)
     if binned == 1 or not len(facts.positions):
-        return facts.positions.tolist(), np.round(values, 6)
+        return facts.positions.tolist(), round_significant(values)
     firsts = np.arange(0, len(facts.positions), binned)  # [points]
     sizes = np.diff(np.append(firsts, len(facts.positions)))  # [points]
     means = np.add.reduceat(values, firsts, axis=0) / sizes[:, None]  # [points, b]
-    return facts.positions[firsts].tolist(), np.round(means, 6)
+    return facts.positions[firsts].tolist(), round_significant(means)
 
 
-def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: int) -> list[dict]:
+def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: int,
+                   points: int = CURVE_POINTS) -> list[dict]:
     """The full records of neurons start..stop-1 of a layer (the `neurons` of a block file)."""
     text = source.text
-    positions, curves = _curves(facts, start, stop)
-    binned = curve_bins(len(facts.positions))
+    positions, curves = binned_curves(facts, start, stop, points)
+    binned = curve_bins(len(facts.positions), points)
     shares = facts.trigger_shares()
     out = []
     for col, n in enumerate(range(start, stop)):
@@ -264,20 +274,21 @@ class TokenIndex:
 
 def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: int = 128, layers=None,
                 thresholds: Thresholds = Thresholds(), before: int = nf.BEFORE, after: int = nf.AFTER,
-                page: str | None = None, verbose: bool = True) -> str:
+                curve_points: int = CURVE_POINTS, page: str | None = None, verbose: bool = True) -> str:
     """Write the atlas of one or more statistics directories into out_dir; returns out_dir's absolute path.
 
     A statistics directory may be given as `NAME=DIR`; the others are named by `names`, else by their
     directory's name (as `analyses.analyze`). `model_dirs` (one per directory) points at the converted models
     when the statistics' manifests name a moved one. `layers` builds only those collected layers (default all);
-    `block` neurons go in each block file; contexts show `before` / `after` tokens around a firing token.
+    `block` neurons go in each block file; contexts show `before` / `after` tokens around a firing token; a
+    curve has at most `curve_points` points (longer ones are binned).
     `page` is the viewer copied as index.html (default `analyses/neurons/web/index.html`).
     """
     page = page or PAGE
     if not os.path.isfile(page):
         raise MissingError(f"{page}: the atlas page is missing (the viewer index.html that the atlas copies)")
-    if block < 1:
-        raise InputError(f"block must be at least 1 neuron, got {block}")
+    if block < 1 or curve_points < 1:
+        raise InputError(f"block and curve_points must be at least 1, got {block} and {curve_points}")
     stats_dirs = [str(d) for d in stats_dirs]
     if any("=" in d for d in stats_dirs):
         names, stats_dirs = split_labels(stats_dirs, names)
@@ -292,16 +303,16 @@ def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: in
     out_dir = os.path.abspath(out_dir)
     atomic.recover_dir(out_dir)
     work = f"{out_dir}.partial"
-    identity = _identity(sources, chosen, block, thresholds, before, after)
+    identity = _identity(sources, chosen, block, thresholds, before, after, curve_points)
     state_path = os.path.join(work, PARTS, "state.json")
     if _read_json(state_path) != identity:  # a fresh build (or other inputs): nothing of it is reused
         atomic.remove(work)
         atomic.write_json(state_path, identity)
     models = []
     for index, (source, built) in enumerate(zip(sources, chosen)):
-        models.append(_build_model(source, index, built, work, block, before, after, verbose))
+        models.append(_build_model(source, index, built, work, block, before, after, curve_points, verbose))
     manifest = {"version": VERSION, "created": datetime.datetime.now(datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"), "block": block, "token_buckets": TOKEN_BUCKETS, "curve_points": CURVE_POINTS,
+        "%Y-%m-%dT%H:%M:%SZ"), "block": block, "token_buckets": TOKEN_BUCKETS, "curve_points": curve_points,
         "index_limit": INDEX_LIMIT, "context": {"before": before, "after": after},
         "top_k": thresholds.top_k, "top_triggers": nf.TOP_TRIGGERS, "always": nf.ALWAYS, "models": models}
     with open(page, "rb") as f:
@@ -323,12 +334,12 @@ def _layers(source: nf.Source, layers) -> list[int]:
     return sorted({int(l) for l in layers})
 
 
-def _identity(sources, chosen, block, thresholds, before, after) -> dict:
+def _identity(sources, chosen, block, thresholds, before, after, curve_points) -> dict:
     """What a build depends on: a resumed build reuses finished layers only when all of it is the same."""
     stores = [{"stats": s.stats.root, "generation": s.stats.manifest.get("generation"), "model": s.model_dir,
                "layers": built} for s, built in zip(sources, chosen)]
     return {"version": VERSION, "stores": stores, "block": block, "thresholds": thresholds.to_json(),
-            "context": [before, after], "builder": _builder_hash()}
+            "context": [before, after], "curve_points": curve_points, "builder": _builder_hash()}
 
 
 def _builder_hash() -> str:
@@ -349,7 +360,7 @@ def _read_json(path: str):
 
 
 def _build_model(source: nf.Source, index: int, built: list[int], work: str, block: int, before: int,
-                 after: int, verbose: bool) -> dict:
+                 after: int, curve_points: int, verbose: bool) -> dict:
     """Write one model's layers and token index into work; its manifest entry."""
     stats = source.stats
     config = stats.config
@@ -364,7 +375,8 @@ def _build_model(source: nf.Source, index: int, built: list[int], work: str, blo
             for b, start in enumerate(range(0, facts.neurons, block)):
                 stop = min(start + block, facts.neurons)
                 write_js(work, f"m{index}/L{layer}/B{b}", {"layer": layer, "block": b,
-                                                           "neurons": neuron_records(facts, source, start, stop)})
+                                                           "neurons": neuron_records(facts, source, start, stop,
+                                                                                     curve_points)})
             entries = index_entries(facts)
             flat = {f"{kind}.{field}": v for kind, e in entries.items() for field, v in e.items()}
             flat["counts"] = np.frombuffer(json.dumps(facts.counts()).encode(), np.uint8)
