@@ -8,7 +8,6 @@ model cannot: hundreds of rows to filter, cap and sort, and non-ASCII token text
 """
 
 import io
-import os
 from urllib.parse import quote
 
 import numpy as np
@@ -16,13 +15,13 @@ import pytest
 from matplotlib import image
 from selenium.webdriver.support.ui import Select
 
+import analyses
 import planted
-from analyses.collection import open_stats
-from analyses.neurons.atlas import build_atlas
+from analyses.neurons.atlas import fnv1a32, token_key
 from analyses.tokens import TokenStrings
-from benchmarks.atlas_synthetic import fnv1a32, read_data, token_key, write_atlas
+from benchmarks.atlas_synthetic import read_data, write_atlas
 from benchmarks.browser import chromium, go, page_url, routes_done, wait_ready
-from helpers import run_script
+from conftest import run_step
 
 DETECTOR = 1  # planted layer-0 detector of two words (t2, t3)
 
@@ -34,24 +33,16 @@ def browser():
     driver.quit()
 
 
-def run(script, *args):
-    result = run_script(os.path.join("scripts", script), *args, timeout=None)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The planted model's statistics (as tests/study/test_planted.py collects them), a second collection
-    without examples, and the atlas of both (models M0 "planted" and M1 "bare")."""
+def built(planted_run, tmp_path_factory):
+    """The atlas of the planted model's statistics (the session's `planted_run`) and of a second collection
+    of the same model without examples: models M0 "planted" and M1 "bare"."""
     root = tmp_path_factory.mktemp("planted_atlas")
-    planted.build(str(root / "hf"))
-    corpus = planted.write_corpus(str(root / "corpus.jsonl"))
-    run("convert.py", "--hf_path", str(root / "hf"), "--out", str(root / "model"))
-    common = ("--model", str(root / "model"), "--corpus", corpus, "--seq_len", str(planted.SEQ), "--batch_size", "16")
-    run("collect.py", *common, "--out", str(root / "stats"), "--ngram_orders", "2,3")
-    run("collect.py", *common, "--out", str(root / "bare"), "--examples", "0", "--max_tokens", "4096")
-    atlas = build_atlas([str(root / "stats"), str(root / "bare")], str(root / "atlas"), names=["planted", "bare"])
-    return {"atlas": str(atlas), "stats": open_stats(str(root / "stats")), "tokens": TokenStrings(str(root / "model"))}
+    run_step("collect.py", "--model", planted_run.model, "--corpus", str(planted_run.root / "corpus.jsonl"),
+             "--out", str(root / "bare"), "--seq_len", str(planted.SEQ), "--batch_size", "16", "--examples", "0",
+             "--max_tokens", "4096")
+    atlas = analyses.atlas([planted_run.stats, str(root / "bare")], str(root / "atlas"), names=["planted", "bare"])
+    return {"atlas": str(atlas), "stats": analyses.open_stats(planted_run.stats), "tokens": TokenStrings(planted_run.model)}
 
 
 @pytest.fixture(scope="module")
