@@ -8,8 +8,10 @@ content rendered. The steps, run for each atlas in turn within each repeat (inte
 - cold: a fresh page load of `#L<l>N<n>` with the browser's cache cleared (the manifest, then the block);
 - warm, new block: from that page, a neuron of another block (one more data file);
 - warm, loaded block: back to the first neuron (no file);
-- token search: `#search=<a token of the index>` (its bucket and the summaries of the layers it names);
-- filter: `#search=&pos=any&sort=mi` (every layer's summary, progressively; sorted by MI).
+- token search: a fresh page load of `#search=<a token of the index>` to its lists shown (the manifest and
+  one bucket; the summaries of the layers the lists name fill their labels in afterwards);
+- filter: a fresh page load of `#search=&pos=any&sort=mi` to every layer's summary loaded, filtered and
+  the matches sorted by MI and shown.
 Medians are printed, with each atlas's ratio to the first one's (the baseline: a small atlas shows what a
 large one costs on top). Size on disk and file counts too. The neurons are the middle layer's, in the
 first and the last block the atlas holds (a synthetic atlas may hold only a few blocks per layer).
@@ -59,19 +61,23 @@ def targets(atlas_dir: str) -> dict:
     return {"layer": layer, "neurons": (first, last), "token": token, "shape": (len(model["counts"]), model["ffn"])}
 
 
+def fresh(driver, atlas_dir: str, fragment: str, timeout: float = 600) -> float:
+    """Milliseconds from a fresh page load of `#fragment` (browser cache cleared) to its content rendered."""
+    driver.get("about:blank")
+    driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+    driver.get(page_url(atlas_dir, fragment))
+    return wait_ready(driver, timeout=timeout)["ms"]
+
+
 def measure(driver, atlas_dir: str, target: dict) -> dict:
     """One pass of every step on one atlas: milliseconds per step."""
     layer, (first, second) = target["layer"], target["neurons"]
-    out = {}
-    driver.get("about:blank")
-    driver.execute_cdp_cmd("Network.clearBrowserCache", {})
-    driver.get(page_url(atlas_dir, f"L{layer}N{first}"))
-    out["cold"] = wait_ready(driver)["ms"]
+    out = {"cold": fresh(driver, atlas_dir, f"L{layer}N{first}")}
     out["warm, new block"] = go(driver, f"L{layer}N{second}")["ms"]
     out["warm, loaded block"] = go(driver, f"L{layer}N{first}")["ms"]
     if target["token"]:
-        out["token search"] = go(driver, "search=" + quote(target["token"]), timeout=600)["ms"]
-    out["filter"] = go(driver, "search=&pos=any&sort=mi", timeout=600)["ms"]
+        out["token search"] = fresh(driver, atlas_dir, "search=" + quote(target["token"]))
+    out["filter"] = fresh(driver, atlas_dir, "search=&pos=any&sort=mi")
     return out
 
 
