@@ -111,8 +111,8 @@ def main(argv=None):
             if not times[atlas][step]:
                 continue
             median = statistics.median(times[atlas][step])
-            ratio = median / statistics.median(times[base][step]) if times[base][step] else float("nan")
-            print(f"  {step:<20} {median:9.1f} ms   x{ratio:.2f}")
+            ratio = f"x{median / statistics.median(times[base][step]):.2f}" if times[base][step] else "(no baseline)"
+            print(f"  {step:<20} {median:9.1f} ms   {ratio}")
 
 
 if __name__ == "__main__":
