@@ -14,6 +14,7 @@ flags.DEFINE_string("text", None, "the text to run", required=True)
 flags.DEFINE_string("atlas", None, "an atlas folder (scripts/atlas.py) or a statistics directory, for the neurons' "
                     "labels and the collected layers (default: every layer, no labels)")
 flags.DEFINE_list("layers", None, "only these layers (default: the collected ones)")
+flags.DEFINE_string("dtype", None, "compute dtype (float32, bfloat16, float16; default: the stored one)")
 flags.DEFINE_integer("top", 5, "neurons shown per token and layer, strongest first")
 
 
@@ -22,7 +23,7 @@ def main(argv):
     from analyses.neurons.fired import fired, format_fired
 
     layers = [int(l) for l in FLAGS.layers] if FLAGS.layers else None
-    return cli.run(lambda: fired(FLAGS.model, FLAGS.text, atlas=FLAGS.atlas, layers=layers),
+    return cli.run(lambda: fired(FLAGS.model, FLAGS.text, atlas=FLAGS.atlas, layers=layers, dtype=FLAGS.dtype),
                    lambda tokens: format_fired(tokens, FLAGS.top))
 
 

@@ -142,7 +142,7 @@ def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: in
             found.append({"kind": "token", "items": [text(i) for i in facts.token_items[n]],
                           "tokens": facts.token_items[n].tolist()})
         if n in facts.trigram_items:
-            found.append({"kind": "trigram", "items": ["".join(text(i) for i in g) for g in facts.trigram_items[n]],
+            found.append({"kind": "trigram", "items": source.joined(facts.trigram_items[n]),
                           "tokens": facts.trigram_items[n].tolist()})
         record["detector"] = found[0] if found else None
         record["detectors"] = found
@@ -157,21 +157,23 @@ def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: in
             values, ranks = facts.trigger_scores[n]
             record["trigger_scores"] = [{"token": int(i), "text": text(i), "score": _sig(v, 4), "rank": int(r)}
                                         for i, v, r in zip(facts.token_items[n], values, ranks)]
-        record["examples"] = {kind: _contexts(e, n, text) for kind, e in facts.examples.items()} or \
-            {"top": [], "random": []}
+        record["examples"] = {"top": [], "random": []}
         out.append(record)
+    for kind, examples in facts.examples.items():
+        for record, contexts in zip(out, _contexts(examples, start, stop, source.texts)):
+            record["examples"][kind] = contexts
     return out
 
 
-def _contexts(examples: nf.Examples, n: int, text) -> list[dict]:
-    """One neuron's examples of one set as decoded contexts."""
-    out = []
-    for j in np.flatnonzero(examples.valid[n]):
-        ids = examples.ids[n, j]
-        out.append({"tokens": [text(i) for i in ids[ids >= 0]], "fire": int(examples.fire[n, j]),
-                    "value": _sig(examples.value[n, j], 4), "window": int(examples.window[n, j]),
-                    "position": int(examples.position[n, j])})
-    return out
+def _contexts(examples: nf.Examples, start: int, stop: int, texts: list[str]) -> list[list[dict]]:
+    """The examples of one set of neurons start..stop-1 as decoded contexts, a list per neuron."""
+    ids = examples.ids[start:stop].tolist()  # [b][k][c]
+    valid = examples.valid[start:stop].tolist()
+    fire, window, position = (a[start:stop].tolist() for a in (examples.fire, examples.window, examples.position))
+    value = round_significant(examples.value[start:stop]).tolist()
+    return [[{"tokens": [texts[i] for i in ids[b][j] if i >= 0], "fire": fire[b][j], "value": value[b][j],
+              "window": window[b][j], "position": position[b][j]} for j in range(len(valid[b])) if valid[b][j]]
+            for b in range(len(valid))]
 
 
 def layer_summary(facts: nf.LayerFacts, source: nf.Source) -> dict:

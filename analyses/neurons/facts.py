@@ -47,7 +47,8 @@ class Source:
     stats: object  # analyses.collection.Stats
     model_dir: str | None
     thresholds: Thresholds
-    texts: list[str] | None  # token id -> decoded text; None without the tokenizer
+    texts: list[str]  # token id -> decoded text ('<id N>' without the tokenizer)
+    strings: TokenStrings | None  # the tokenizer's decoder (None without it)
     unembedding: tuple | None  # (E [v, e], project_out [e, d] or None); None without the weights
     table: object  # the n-gram table (None when n-grams were not collected)
     occurrences: dict  # order -> function item ids -> occurrences
@@ -55,7 +56,13 @@ class Source:
 
     def text(self, token: int) -> str:
         """The decoded text of a token id ('<id N>' without the tokenizer)."""
-        return self.texts[token] if self.texts is not None else f"<id {int(token)}>"
+        return self.texts[token]
+
+    def joined(self, sequences) -> list[str]:
+        """One text per id sequence (a trigram), decoded together as the report decodes it."""
+        if self.strings is None:
+            return [" ".join(self.text(i) for i in seq) for seq in sequences]
+        return self.strings.join(sequences)
 
     @property
     def collected_layers(self) -> int:
@@ -70,9 +77,10 @@ def open_source(stats_dir: str, name: str | None = None, model_dir: str | None =
     stats = open_stats(stats_dir)
     model_dir = model_dir or stats.manifest.get("model")
     notes = []
-    texts = unembedding = None
+    texts = unembedding = strings = None
     if model_dir and os.path.isdir(model_dir):
-        texts = TokenStrings(model_dir)(np.arange(stats.config.vocab_size))
+        strings = TokenStrings(model_dir)
+        texts = strings(np.arange(stats.config.vocab_size))
         if scores:
             unembedding = suppression.unembedding(model_dir)
     else:
@@ -80,6 +88,8 @@ def open_source(stats_dir: str, name: str | None = None, model_dir: str | None =
                      "scores (promoted / suppressed tokens) were computed" if model_dir else
                      "the statistics name no model: tokens are shown as ids and no update scores were computed")
         model_dir = None
+    if texts is None:
+        texts = [f"<id {i}>" for i in range(stats.config.vocab_size)]
     table = stats.ngram_table() if 3 in (stats.manifest.get("ngram_orders") or []) else None
     orders = [1] + ([3] if table is not None else [])
     occurrences = {k: coverage.occurrences(stats, k, table) for k in orders if stats.token_layers}
@@ -90,7 +100,7 @@ def open_source(stats_dir: str, name: str | None = None, model_dir: str | None =
     if stats.full_length_sequences == 0:
         notes.append(positional.SKIPPED_NOTE)
     return Source(name or os.path.basename(os.path.normpath(stats_dir)), stats, model_dir, thresholds, texts,
-                  unembedding, table, occurrences, notes)
+                  strings, unembedding, table, occurrences, notes)
 
 
 @dataclasses.dataclass
@@ -277,7 +287,7 @@ def label(facts: LayerFacts, n: int, source: Source, triggers: int = 3) -> str:
         parts.append("detector of " + ", ".join(repr(source.text(i)) for i in facts.token_items[n]))
     elif n in facts.trigram_items:
         grams = facts.trigram_items[n]
-        shown = ", ".join(repr("".join(source.text(i) for i in g)) for g in grams[:triggers])
+        shown = ", ".join(repr(t) for t in source.joined(grams[:triggers]))
         parts.append(f"trigram detector of {shown}" + (f" (+{len(grams) - triggers} more)"
                                                        if len(grams) > triggers else ""))
     if facts.pos_type[n] >= 0:

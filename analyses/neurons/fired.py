@@ -21,7 +21,7 @@ import numpy as np
 from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig
 from opt_jax.errors import InputError, MissingError
-from opt_jax.model import decoder_layers, embed
+from opt_jax.model import decoder_layers, embed, unflatten
 
 
 @dataclasses.dataclass
@@ -35,11 +35,13 @@ class FiredToken:
     layers: dict  # layer -> [(neuron, value, label)]
 
 
-def fired(model_dir: str, text: str, atlas: str | None = None, layers=None) -> list[FiredToken]:
+def fired(model_dir: str, text: str, atlas: str | None = None, layers=None,
+          dtype: str | None = None) -> list[FiredToken]:
     """For each token of `text` (BOS left out) and each collected layer, the neurons of the model at `model_dir`
     that fire on it, with their labels from `atlas`: an atlas folder (`build_atlas`'s output) or a statistics
     directory (labels computed from it). Without `atlas`, every layer of the model, with empty labels; `layers`
-    restricts the layers. Raises `InputError` when the text is longer than the model's positions."""
+    restricts the layers; `dtype` the compute dtype (default: the stored one, as collection runs by default).
+    Raises `InputError` when the text is longer than the model's positions."""
     from transformers import AutoTokenizer
 
     config = ckpt.read_config(model_dir)
@@ -56,7 +58,7 @@ def fired(model_dir: str, text: str, atlas: str | None = None, layers=None) -> l
     bad = [l for l in wanted if not 0 <= l < collected]
     if bad:
         raise InputError(f"layers {bad} are out of range: {collected} layers are collected")
-    values = _fc1(model_dir, config, np.asarray(ids, np.int32), max(wanted) + 1)  # [layers, seq, ffn]
+    values = _fc1(model_dir, config, np.asarray(ids, np.int32), max(wanted) + 1, dtype)  # [layers, seq, ffn]
     strings = [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
     out = []
     for p in range(1, len(ids)):
@@ -87,11 +89,9 @@ def _fc1_values(config: OPTConfig, params, ids):
     return state
 
 
-def _fc1(model_dir: str, config: OPTConfig, ids: np.ndarray, num_layers: int) -> np.ndarray:
+def _fc1(model_dir: str, config: OPTConfig, ids: np.ndarray, num_layers: int, dtype: str | None) -> np.ndarray:
     """fc1 outputs (> 0, else 0) of the first `num_layers` layers: float32 [layers, seq, ffn]."""
-    from opt_jax.model import unflatten
-
-    params = unflatten(ckpt.read_params(model_dir, layers=slice(0, num_layers)))
+    params = unflatten(ckpt.read_params(model_dir, dtype, layers=slice(0, num_layers)))
     return np.asarray(_fc1_values(config, params, ids))
 
 

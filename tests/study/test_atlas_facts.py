@@ -217,6 +217,10 @@ def test_the_written_files_parse_and_hold_the_facts(built, layers, source):
     detector = block["neurons"][0]
     assert detector["detector"] == {"kind": "token", "items": ["w0"], "tokens": [word_id("t1")]}
     assert [d["kind"] for d in detector["detectors"]] == ["token", "trigram"]
+    trigrams = {tuple(g) for g in detector["detectors"][1]["tokens"]}
+    assert trigrams == planted.trigger_trigrams(("t1",))
+    assert sorted(detector["detectors"][1]["items"]) == sorted(" ".join(planted.word(i - 4) for i in g)
+                                                               for g in trigrams), "decoded as the report does"
     assert detector["triggers"][0] | {"share": 1.0} == {"token": word_id("t1"), "text": "w0", "count":
                                                         detector["triggers"][0]["count"], "share": 1.0,
                                                         "rate": 1.0, "always": True}
