@@ -11,13 +11,12 @@ browser like a built atlas. Used to time the page at OPT-66b's size (64 layers x
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 
 import numpy as np
 
-from opt_jax.atomic import write_text
+from analyses.neurons.atlas import fnv1a32, read_js, token_key, write_js
 from opt_jax.progress import Progress
 
 PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "analyses", "neurons", "web",
@@ -25,34 +24,9 @@ PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 TYPES = ("oscillatory", "both extremes", "one extreme", "other")
 
 
-def fnv1a32(text: str) -> int:
-    """FNV-1a 32-bit hash of the text's UTF-8 bytes (the token index's bucket function)."""
-    h = 2166136261
-    for byte in text.encode("utf-8"):
-        h = ((h ^ byte) * 16777619) % (1 << 32)
-    return h
-
-
-def token_key(text: str) -> str:
-    """The token index's key of a token text: surrounding whitespace stripped, lower-cased."""
-    return text.strip().lower()
-
-
-def write_data(out_dir: str, key: str, payload) -> str:
-    """Write data/<key>.js calling atlasData(key, payload), atomically."""
-    text = f"atlasData({json.dumps(key)}, {json.dumps(payload, separators=(',', ':'))});\n"
-    return write_text(os.path.join(out_dir, "data", key + ".js"), text)
-
-
 def read_data(out_dir: str, key: str):
-    """The payload of data/<key>.js (the inverse of write_data)."""
-    path = os.path.join(out_dir, "data", key + ".js")
-    with open(path, encoding="utf-8") as f:
-        text = f.read().strip()
-    head = f"atlasData({json.dumps(key)}, "
-    if not (text.startswith(head) and text.endswith(");")):
-        raise ValueError(f"{path}: not an atlas data file of key {key!r}")
-    return json.loads(text[len(head):-2])
+    """The payload of an atlas's data file data/<key>.js."""
+    return read_js(os.path.join(out_dir, "data", key + ".js"))[1]
 
 
 def vocabulary(size: int) -> list[str]:
@@ -70,7 +44,7 @@ def layer_summary(rng, ffn: int, dead_share: float, vocab: list[str]) -> dict:
     order = np.argsort(-freq, kind="stable")  # [ffn]
     rank = np.empty(ffn, np.int64)
     rank[order] = np.arange(1, ffn + 1)
-    mi = np.where(dead, 0.0, rng.exponential(0.01, ffn))  # [ffn]
+    mi = np.where(dead, 0.0, rng.exponential(0.02, ffn))  # [ffn]: about 8% of the alive above 0.05
     positional = (mi > 0.05) & ~dead
     pos = [TYPES[i % len(TYPES)] if p else None for i, p in enumerate(positional)]
     strong = (positional & (mi > 0.08)).astype(int)
@@ -151,11 +125,11 @@ def write_atlas(out_dir: str, layers: int = 4, ffn: int = 256, blocks: list[int]
         index: dict[str, dict] = {}
         for layer in range(layers):
             summary = layer_summary(rng, ffn, max(0.0, 0.5 * (1 - layer / max(layers / 2, 1))), texts)
-            write_data(out_dir, f"m{m}/L{layer}/summary", summary)
+            write_js(out_dir, f"m{m}/L{layer}/summary", summary)
             for b in block_ids:
                 neurons = [neuron_facts(rng, layer, n, summary, texts, seq_len, examples, layer < token_layers)
                            for n in range(b * block, min((b + 1) * block, ffn))]
-                write_data(out_dir, f"m{m}/L{layer}/B{b}", {"layer": layer, "block": b, "neurons": neurons})
+                write_js(out_dir, f"m{m}/L{layer}/B{b}", {"layer": layer, "block": b, "neurons": neurons})
             kinds = {t: sum(p == t for p in summary["pos"]) for t in TYPES}
             counts.append({"layer": layer, "neurons": ffn, "dead": sum(summary["dead"]),
                            "token_detectors": sum(summary["token_det"]), "trigram_detectors": sum(summary["trigram_det"]),
@@ -164,7 +138,7 @@ def write_atlas(out_dir: str, layers: int = 4, ffn: int = 256, blocks: list[int]
             for k in range(vocab):  # every token names an alive neuron of each layer (50 per list at most)
                 if not alive:
                     break
-                key = token_key(texts[k]) or texts[k]
+                key = token_key(texts[k])
                 entry = index.setdefault(key, {"texts": [], "triggers": [], "detects": [], "promotes": [], "suppresses": []})
                 if texts[k] not in entry["texts"]:
                     entry["texts"].append(texts[k])
@@ -179,12 +153,12 @@ def write_atlas(out_dir: str, layers: int = 4, ffn: int = 256, blocks: list[int]
         for key, entry in index.items():
             by_bucket[fnv1a32(key) % buckets][key] = entry
         for h, payload in enumerate(by_bucket):
-            write_data(out_dir, f"m{m}/tokens/{h}", payload)
+            write_js(out_dir, f"m{m}/tokens/{h}", payload)
         entries.append({"name": name, "index": m, "stats": None, "model": None, "layers": layers, "ffn": ffn,
                         "seq_len": seq_len, "vocab": vocab, "tokens": 1_000_000, "token_layers": list(range(token_layers)),
                         "examples": examples, "note": "synthetic: every number is drawn at random", "counts": counts})
     progress.update(0, force=True)
-    write_data(out_dir, "atlas", {"version": 1, "created": "synthetic", "block": block, "token_buckets": buckets,
+    write_js(out_dir, "atlas", {"version": 1, "created": "synthetic", "block": block, "token_buckets": buckets,
                                   "models": entries})
     return out_dir
 

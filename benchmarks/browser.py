@@ -66,3 +66,24 @@ def go(driver, fragment: str, timeout: float = 60.0) -> dict:
     done = routes_done(driver)
     driver.execute_script("location.hash = arguments[0]", fragment)
     return wait_ready(driver, done, timeout)
+
+
+def screenshot(atlas_dir: str, fragment: str, path: str, width: int = 1000, height: int = 1400) -> str:
+    """Save a PNG of the atlas page at `#fragment` (the browser window's size, width x height)."""
+    driver = chromium(width, height)
+    try:
+        driver.get(page_url(atlas_dir, fragment))
+        wait_ready(driver)
+        driver.save_screenshot(path)
+    finally:
+        driver.quit()
+    return path
+
+
+if __name__ == "__main__":  # python -m benchmarks.browser ATLAS_DIR FRAGMENT OUT.png [WIDTH HEIGHT]
+    import sys
+
+    args = sys.argv[1:]
+    if len(args) not in (3, 5):
+        raise SystemExit("usage: python -m benchmarks.browser ATLAS_DIR FRAGMENT OUT.png [WIDTH HEIGHT]")
+    print(screenshot(*args[:3], *(int(a) for a in args[3:])))
