@@ -125,7 +125,7 @@ def write_atlas(out_dir: str, layers: int = 4, ffn: int = 256, blocks: list[int]
         index: dict[str, dict] = {}
         for layer in range(layers):
             summary = layer_summary(rng, ffn, max(0.0, 0.5 * (1 - layer / max(layers / 2, 1))), texts)
-            write_js(out_dir, f"m{m}/L{layer}/summary", summary)
+            write_js(out_dir, f"m{m}/L{layer}/summary", summary, as_string=True)  # as build_atlas writes them
             for b in block_ids:
                 neurons = [neuron_facts(rng, layer, n, summary, texts, seq_len, examples, layer < token_layers)
                            for n in range(b * block, min((b + 1) * block, ffn))]
