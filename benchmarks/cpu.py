@@ -222,9 +222,12 @@ class HF:
 
     chunk = 1
 
-    def __init__(self, model, seq_len: int, decoder_only: bool, token_layers=()):
+    def __init__(self, model, seq_len: int, decoder_only: bool, token_layers=(), counter: HFCounter | None = None):
+        """`counter`: an `HFCounter` shared with other variants (its tok_act alone is 3.7 GB at 125m), else
+        one of its own."""
         self.model, self.decoder_only = model, decoder_only
-        self.counter = HFCounter(model, seq_len, token_layers)
+        self.owned = counter is None
+        self.counter = counter or HFCounter(model, seq_len, token_layers)
         self.info = {"decoder_only": decoder_only, "attn_implementation": model.config._attn_implementation}
 
     def step(self, batches: list) -> float:
@@ -235,7 +238,8 @@ class HF:
         return time.perf_counter() - start
 
     def close(self) -> None:
-        self.counter.close()
+        if self.owned:
+            self.counter.close()
 
 
 def time_interleaved(variants: dict, batches: list, warmup: int, matmul_n: int | None = None,
@@ -392,13 +396,14 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
             b = batch_size_for(seq_len, tokens_per_batch)
             data = make_batches(config, seq_len, b, warmup + batches, seed)
             say(f"seq {seq_len} x batch {b}: loading our resident and streamed runners ...")
+            counter = HFCounter(models.hf_model, seq_len, token_layers)  # both HF variants count into it
             variants = {
                 "ours_resident": Ours(models.converted_dir, config, (b, seq_len), offload=False),
                 "ours_no_examples": Ours(models.converted_dir, config, (b, seq_len), offload=False, examples=0),
                 "ours_streamed": Ours(models.converted_dir, config, (b, seq_len), offload=True,
                                       group_size=group_size, chunk_batches=chunk_batches),
-                "hf_full": HF(models.hf_model, seq_len, decoder_only=False, token_layers=token_layers),
-                "hf_decoder": HF(models.hf_model, seq_len, decoder_only=True, token_layers=token_layers),
+                "hf_full": HF(models.hf_model, seq_len, decoder_only=False, counter=counter),
+                "hf_decoder": HF(models.hf_model, seq_len, decoder_only=True, counter=counter),
             }
             say(f"  warm-up ({warmup} batch each), then {batches} timed batches, the {len(variants)} variants "
                 f"interleaved in rounds of {chunk_batches} batches, one numpy matmul sample per round ...")
@@ -408,7 +413,8 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
             finally:
                 for v in variants.values():
                     v.close()
-                del variants
+                counter.close()
+                del variants, counter
                 gc.collect()
             common = {"batch_size": b, "warmup": warmup, "timed_batches": batches}
             for name in VARIANTS:
