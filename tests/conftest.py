@@ -1,7 +1,8 @@
 """Shared fixtures: tiny random HF OPT checkpoints written the way transformers writes them.
 
 Test files live in folders mirroring the packages (`tests/opt_jax/`, `tests/collection/`, ...). The shared
-modules (`helpers`, `hf_models`, `planted`, `kill`) are imported from this folder, and the repository root
+modules (`helpers`, `hf_models`, `planted`, `kill`,
+`paused_commits`) are imported from this folder, and the repository root
 comes first on the path, so that `import opt_jax` finds the package and never the folder of its tests.
 """
 
