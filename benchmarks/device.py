@@ -15,6 +15,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import SingleDeviceSharding
 
 from benchmarks.conversion import peak_rss
 from benchmarks.cpu import Ours, _default_emit, _default_log, make_batches, model_flops_per_token, time_interleaved
@@ -61,15 +62,48 @@ def device_matmul_rate(n: int = 8192, dtype: str = "bfloat16", repeats: int = 3,
     return calls * 2 * n ** 3 / best
 
 
+def pinned_copy(host_params):
+    """The tree copied into page-locked host memory of the default device (what `GroupStream` stages through)."""
+    device = jax.devices()[0]
+    return jax.block_until_ready(jax.device_put(host_params, SingleDeviceSharding(device, memory_kind="pinned_host")))
+
+
 def transfer_seconds(host_params, repeats: int = 3) -> float:
-    """Seconds to move a host parameter tree to the default device (best of `repeats`)."""
+    """Seconds to move a host parameter tree (pageable numpy or pinned jax arrays) to the default device (best
+    of `repeats`)."""
+    device = SingleDeviceSharding(jax.devices()[0], memory_kind="device")
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        moved = jax.block_until_ready(jax.device_put(host_params))
+        moved = jax.block_until_ready(jax.device_put(host_params, device))
         best = min(best, time.perf_counter() - start)
         del moved
     return best
+
+
+def transfer_overlap(host_params, n: int = 8192, dtype: str = "bfloat16") -> dict:
+    """Whether a host -> device transfer runs beside device matmuls: seconds of the matmuls alone, the transfer
+    alone, and both issued together (matmuls first); `hidden` = (alone + alone - together) / the shorter."""
+    device = SingleDeviceSharding(jax.devices()[0], memory_kind="device")
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)  # [n, n]
+    chain = jax.jit(lambda x: jax.lax.fori_loop(0, 32, lambda i, y: jnp.einsum("ij,jk->ik", y, x) * 1e-2, x))
+    chain(a).block_until_ready()
+    transfer = transfer_seconds(host_params, repeats=1)
+    start = time.perf_counter()
+    jax.block_until_ready(chain(a))
+    per_call = time.perf_counter() - start
+    calls = max(1, round(transfer / per_call))
+
+    def timed(compute: bool, move: bool) -> float:
+        start = time.perf_counter()
+        outs = [chain(a) for _ in range(calls)] if compute else []
+        moved = jax.device_put(host_params, device) if move else None
+        jax.block_until_ready((outs, moved))
+        return time.perf_counter() - start
+
+    alone_compute, alone_transfer, together = timed(True, False), timed(False, True), timed(True, True)
+    return {"compute_s": alone_compute, "transfer_s": alone_transfer, "together_s": together,
+            "hidden": (alone_compute + alone_transfer - together) / min(alone_compute, alone_transfer)}
 
 
 def device_machine() -> dict:
@@ -147,13 +181,24 @@ def _device_size(s: DeviceSuite, size: str, matmul: float, say: Callable, record
         timed["resident"] = measure("resident", source, False)
     device_group = source.read(range(largest))
     host_group = jax.device_get(device_group)  # one group's host copy, moved again for every group
-    transfer = transfer_seconds(host_group)
-    say(f"  one group of {largest} layers to the device: {transfer:.3f} s")
+    pageable = transfer_seconds(host_group)
+    transfer = pageable
+    if jax.devices()[0].platform != "cpu":  # what GroupStream does on an accelerator: stage through pinned memory
+        pinned = pinned_copy(host_group)
+        transfer = transfer_seconds(pinned)
+        for name, tree in (("pageable", host_group), ("pinned", pinned)):
+            overlap = transfer_overlap(tree, s.matmul_n, s.dtype)
+            record("transfer_overlap", size=size, source=name, **overlap)
+            say(f"  transfer beside matmuls, from {name} memory: {100 * overlap['hidden']:.0f}% hidden")
+        del pinned
+    say(f"  one group of {largest} layers to the device: {pageable:.3f} s from pageable memory, {transfer:.3f} s "
+        "as streamed")
     timed["compute_only"] = measure("compute_only", RepeatedGroup(device_group, layers), True)
     del device_group
     gc.collect()
     timed["streamed"] = measure("streamed", RepeatedGroup(host_group, layers), True)
-    return _device_row(s, size, config, timed, groups, group_size, transfer / largest, matmul)
+    row = _device_row(s, size, config, timed, groups, group_size, transfer / largest, matmul)
+    return row | {"layer_transfer_pageable_s": pageable / largest}
 
 
 def _shrunk(s: DeviceSuite) -> str:

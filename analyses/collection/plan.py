@@ -115,11 +115,14 @@ def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: 
     working = working_bytes(plan, options, max(1, layer_bytes // streaming.layer_bytes(plan.config, 1)))
     if masks and options.background_ngrams and not options.offload:
         working += 2 * masks  # copies of the batch being counted and of the one just run
-    host = (2 * group if streamed else 0) + flush_bytes()  # groups read ahead, a commit's blocks
-    if masks and options.offload:
-        host += (2 if options.background_ngrams else 1) * options.chunk_batches * masks  # the chunks' masks
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     on_host = not stats or "bytes_limit" not in stats
+    # Groups read ahead: two; on an accelerator two pinned copies (`GroupStream` stages through page-locked
+    # memory) and the read being staged.
+    ahead = (2 if on_host else 3) * group if streamed else 0
+    host = ahead + flush_bytes()  # groups read ahead, a commit's blocks
+    if masks and options.offload:
+        host += (2 if options.background_ngrams else 1) * options.chunk_batches * masks  # the chunks' masks
     if host_available is None:
         host_available = psutil.virtual_memory().available
     if on_host:

@@ -148,7 +148,7 @@ def test_the_snapshot_goes_where_a_second_set_of_counters_fits():
     plan = make_plan(config, options)
     groups = plan.groups(4)
     counters = accumulator_bytes(plan, groups)
-    host_needs = 2 * 4 * layer + (2 + 3) * (1 << 22) * 8  # two groups read ahead, a commit's blocks
+    host_needs = 3 * 4 * layer + (2 + 3) * (1 << 22) * 8  # groups read ahead and staged, a commit's blocks
     assert check_memory(plan, groups, layer, options, h200, host_needs + counters) == "host"
     assert check_memory(plan, groups, layer, options, h200, host_needs + counters - 1) is None
     off = Options(offload=True, group_size=4, token_layers=tuple(range(11)), background_commits=False)

@@ -39,3 +39,18 @@ def test_group_size_from_device_memory():
     assert group_size_for(stacked, _FakeDevice(110_000, 10_000)) == 3
     assert group_size_for(stacked, _FakeDevice(1_000, 999)) == 1
     assert group_size_for(stacked, _FakeDevice(10**12, 0)) == 64
+
+
+def test_group_stream_staged_through_pinned_memory_gives_the_same_device_params():
+    """The accelerator path (staging each group in page-locked host memory) forced on the CPU."""
+    stacked = {"w": np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)}
+    groups = split_layers(range(7), 3)
+    stream = GroupStream(StackedLayers(stacked), groups, pinned=True)
+    assert stream.pinned is not None and stream.pinned.memory_kind == "pinned_host"
+    for _ in range(2 * len(groups)):
+        group, params = stream.next()
+        stream.advance()
+        assert params["w"].sharding.memory_kind == "device"
+        np.testing.assert_array_equal(np.asarray(params["w"]), stacked["w"][group.start:group.stop])
+    stream.close()
+    assert GroupStream(StackedLayers(stacked), groups).pinned is None  # the CPU default: no staging
