@@ -6,6 +6,7 @@ run, interleaved on the same batches. Each timed step runs `per_step` batches on
 collection's step loop makes them, and then waits for the device and the counting (`Runner.wait`), so that
 the overlap of one batch's counting with the next batch's forward is inside the timed span.
 
+`python -m benchmarks.ngram_cost --token_layers 0,1` runs `ngram_cost` with fewer token layers (less memory).
 `candidate_pass` (`python -m benchmarks.ngram_cost --twins`): what `make run` does per shipped twin, the second
 collection pass that counts n-grams of the first pass's candidate neurons, timed whole (a fresh store each
 time) with the counting in the step loop and in the background, alternated.
@@ -44,17 +45,17 @@ class _Sequential(Ours):
 
 
 def ngram_cost(config: OPTConfig, seq_len: int = 512, batch_size: int = 8, batches: int = 6, warmup: int = 1,
-               orders=(2, 3), per_step: int = 3, workdir: str | None = None, seed: int = 0,
-               log: Callable = _default_log) -> dict:
+               orders=(2, 3), per_step: int = 3, token_layers: tuple | None = None, workdir: str | None = None,
+               seed: int = 0, log: Callable = _default_log) -> dict:
     """Tokens/s without n-grams, with them in the step loop and in the background (interleaved), and pairs held."""
     with tempfile.TemporaryDirectory(dir=workdir) as directory:
         models = build_models(config, directory, seed)
         data = make_batches(config, seq_len, batch_size, warmup + batches, seed)
-        shape = (batch_size, seq_len)
-        variants = {"without_ngrams": _Sequential(models.converted_dir, config, shape, per_step=per_step),
-                    "ngrams_in_step_loop": _Sequential(models.converted_dir, config, shape, per_step=per_step,
+        shape, common = (batch_size, seq_len), dict(per_step=per_step, token_layers=token_layers)
+        variants = {"without_ngrams": _Sequential(models.converted_dir, config, shape, **common),
+                    "ngrams_in_step_loop": _Sequential(models.converted_dir, config, shape, **common,
                                                        ngram_orders=tuple(orders), background_ngrams=False),
-                    "ngrams_in_background": _Sequential(models.converted_dir, config, shape, per_step=per_step,
+                    "ngrams_in_background": _Sequential(models.converted_dir, config, shape, **common,
                                                         ngram_orders=tuple(orders))}
         log(f"n-gram cost: seq {seq_len} x batch {batch_size}, {batches} timed batches ({per_step} per step), "
             f"orders {list(orders)}")
@@ -66,6 +67,7 @@ def ngram_cost(config: OPTConfig, seq_len: int = 512, batch_size: int = 8, batch
             v.close()
     rates = {name: result[name]["tokens_per_s"] for name in variants}
     return {"seq_len": seq_len, "batch_size": batch_size, "orders": list(orders), "per_step": per_step,
+            "token_layers": token_layers,
             "tokens_counted": (warmup + batches) * seq_len * batch_size,
             "without_ngrams_tok_s": rates["without_ngrams"], "with_ngrams_tok_s": rates["ngrams_in_step_loop"],
             "background_ngrams_tok_s": rates["ngrams_in_background"],
@@ -105,11 +107,21 @@ def main(argv=None) -> None:
     jax.config.update("jax_platforms", "cpu")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--twins", action="store_true", help="time the shipped twins' n-gram (candidate) pass")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="--twins: rounds")
+    parser.add_argument("--size", default="125m", help="otherwise: the shape of `ngram_cost`'s random model")
+    parser.add_argument("--seq_len", type=int, default=512)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--token_layers", help="layers with token statistics and n-grams (default: the first half)")
     parser.add_argument("--workdir")
     args = parser.parse_args(argv)
     if not args.twins:
-        parser.error("use scripts/benchmark.py --ngram_cost for the 125m shape, or --twins here")
+        import opt_jax
+
+        layers = tuple(int(t) for t in args.token_layers.split(",")) if args.token_layers else None
+        print(json.dumps(ngram_cost(opt_jax.for_size(args.size), args.seq_len, args.batch_size, args.batches,
+                                    token_layers=layers, workdir=args.workdir)))
+        return
     with tempfile.TemporaryDirectory(dir=args.workdir) as directory:
         rows = candidate_pass(directory, args.rounds)
     for row in rows:
