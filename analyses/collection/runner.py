@@ -204,8 +204,8 @@ class Runner:
         if self.ngrams is None or "masks" not in self.accs[gi]:
             return
         masks = self.accs[gi]["masks"]  # [g, b, s, n / 8]
-        if not on_device:
-            masks = np.asarray(masks)
+        if not on_device:  # a copy: on the CPU np.asarray may alias the buffer the next step overwrites
+            masks = np.array(masks, copy=True)
         for j, layer in enumerate(self.groups[gi]):
             into[self.plan.token_layers.index(layer)] = masks[j]  # [b, s, n / 8]: on the device a new array
 
