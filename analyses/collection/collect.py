@@ -191,8 +191,8 @@ def _zero_host(plan: st.Plan) -> dict:
 def _flush(runner: Runner, store: StatsStore, commits: Behind, host: dict, cursor: dict, complete: bool) -> None:
     """Commit device and host counts with the cursor they reach, and go on with empty counters.
 
-    In the background when the runner has room for a snapshot of its counters (the last commit of a run in
-    the step loop, which waits for it anyway); the previous commit is waited for first either way."""
+    In the background when the runner has room for a snapshot of its counters, except the run's last commit
+    (its end would wait for it anyway); the previous commit is waited for first either way."""
     runner.settle()  # the n-grams of every batch up to the cursor
     ngrams = _ngram_arrays(runner)  # arrays the table never changes in place: safe to write behind it
     commits.wait()  # one commit in flight; the next reads the generation the previous one wrote
