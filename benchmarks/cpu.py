@@ -1,9 +1,10 @@
 """Statistics collection speed against the baseline a researcher writes today, on the same batches.
 
-Ours: `analyses.collection.Runner` (forward without LM head, plus act, pos_act and tok_act counted on the
-device), resident and streamed. Baseline: Hugging Face torch `OPTForCausalLM` in eval mode under
-`torch.inference_mode()`, with forward hooks on every `fc1` adding act and pos_act into int64 tensors;
-once as the full model call (logits included) and once as the decoder alone (no LM head). Both load the
+Ours: `analyses.collection.Runner` with collect's defaults (forward without LM head, plus act, pos_act, tok_act
+of the first half of the layers and the example sets, kept on the device), resident, resident without
+examples, and streamed. Baseline: Hugging Face torch `OPTForCausalLM` in eval mode under
+`torch.inference_mode()`, with forward hooks on every `fc1` counting the same act, pos_act and tok_act
+(`HFCounter`), once as the full model call (logits included) and once as the decoder alone (no LM head). Both load the
 same random weights, and every figure (numpy matmul rate included) is measured in one invocation, the
 variants interleaved batch round by batch round so that a shared machine's changing load hits them alike.
 
@@ -157,32 +158,41 @@ class Ours:
 
 
 class HFCounter:
-    """Forward hooks on every decoder layer's fc1 adding (out > 0) into int64 act [L, ffn] and pos_act [L, seq, ffn].
+    """Forward hooks on every decoder layer's fc1 counting what our default run counts, in int32 as ours does:
+    act [L, ffn] and pos_act [L, seq, ffn] over real tokens (BOS included), and tok_act [T, vocab, ffn] of the
+    token layers over real non-BOS tokens (`index_add_` of the fired rows at their token ids).
 
-    Real tokens only (the attention mask). pos_act sums the batch axis and act sums pos_act's sequence axis,
-    the cheapest way to get both in torch. Counts only while `mask` is set (by `hf_step`, for its forward),
-    so several counters can hook one model; `close` removes the hooks.
+    Counts only while `mask` and `ids` are set (by `hf_step`, for its forward), so several counters can hook
+    one model; `close` removes the hooks. pos_act sums the batch axis and act sums pos_act's sequence axis.
     """
 
-    def __init__(self, model, seq_len: int):
+    def __init__(self, model, seq_len: int, token_layers=()):
         import torch
 
         layers = model.model.decoder.layers
         ffn = layers[0].fc1.out_features
-        self.act = torch.zeros(len(layers), ffn, dtype=torch.int64)  # [l, f]
-        self.pos_act = torch.zeros(len(layers), seq_len, ffn, dtype=torch.int64)  # [l, s, f]
-        self.mask = None  # bool [b, s]
+        vocab = model.config.vocab_size
+        self.token_layers = tuple(token_layers)
+        self.act = torch.zeros(len(layers), ffn, dtype=torch.int32)  # [l, f]
+        self.pos_act = torch.zeros(len(layers), seq_len, ffn, dtype=torch.int32)  # [l, s, f]
+        self.tok_act = torch.zeros(len(self.token_layers), vocab, ffn, dtype=torch.int32)  # [t, v, f]
+        self.mask = self.ids = None  # bool [b, s], int64 [b, s]
         self.hooks = [layer.fc1.register_forward_hook(self._hook(l)) for l, layer in enumerate(layers)]
 
     def _hook(self, layer: int):
+        t = self.token_layers.index(layer) if layer in self.token_layers else None
+
         def hook(module, inputs, out):  # out: [b * s, f] (HF flattens tokens before fc1)
             if self.mask is None:
                 return
             b, s = self.mask.shape
             fired = (out.view(b, s, -1) > 0) & self.mask[:, :, None]  # [b, s, f]
-            pos = fired.sum(0)  # [s, f] int64
+            pos = fired.sum(0, dtype=self.pos_act.dtype)  # [s, f]
             self.pos_act[layer] += pos
-            self.act[layer] += pos.sum(0)  # [f]
+            self.act[layer] += pos.sum(0, dtype=self.act.dtype)  # [f]
+            if t is not None:
+                rows = fired[:, 1:].reshape(b * (s - 1), -1).to(self.tok_act.dtype)  # [b * (s - 1), f], no BOS
+                self.tok_act[t].index_add_(0, self.ids[:, 1:].reshape(-1), rows)  # [v, f]
         return hook
 
     def close(self) -> None:
@@ -197,14 +207,14 @@ def hf_step(model, counter: HFCounter, ids: np.ndarray, mask: np.ndarray, decode
     with torch.inference_mode():
         ids_t = torch.from_numpy(ids.astype(np.int64))  # [b, s]
         mask_t = torch.from_numpy(mask.astype(np.int64))  # [b, s]
-        counter.mask = mask_t.bool()  # [b, s]
+        counter.mask, counter.ids = mask_t.bool(), ids_t  # [b, s] each
         try:
             if decoder_only:
                 model.model.decoder(input_ids=ids_t, attention_mask=mask_t, use_cache=False)
             else:
                 model(input_ids=ids_t, attention_mask=mask_t)
         finally:
-            counter.mask = None
+            counter.mask = counter.ids = None
 
 
 class HF:
@@ -212,9 +222,9 @@ class HF:
 
     chunk = 1
 
-    def __init__(self, model, seq_len: int, decoder_only: bool):
+    def __init__(self, model, seq_len: int, decoder_only: bool, token_layers=()):
         self.model, self.decoder_only = model, decoder_only
-        self.counter = HFCounter(model, seq_len)
+        self.counter = HFCounter(model, seq_len, token_layers)
         self.info = {"decoder_only": decoder_only, "attn_implementation": model.config._attn_implementation}
 
     def step(self, batches: list) -> float:
@@ -263,36 +273,58 @@ def time_interleaved(variants: dict, batches: list, warmup: int, matmul_n: int |
     return out | {"numpy_samples": samples}
 
 
-def ours_counts(converted_dir: str, config: OPTConfig, batch: tuple) -> dict:
-    """act [L, ffn] and pos_act [L, seq, ffn] (int64) of a fresh resident Runner after one batch."""
-    runner = _ours_runner(converted_dir, config, batch[0].shape, False, None, 1)
+def ours_counts(converted_dir: str, config: OPTConfig, batch: tuple, token_layers: tuple[int, ...] = ()) -> dict:
+    """act [L, ffn], pos_act [L, seq, ffn] and tok_act [T, vocab, ffn] (int64) of a fresh resident Runner after
+    one batch."""
+    runner = _ours_runner(converted_dir, config, batch[0].shape, False, None, 1, token_layers=token_layers,
+                          examples=0)
     runner.run([batch])
     runner.wait()
     deltas = runner.deltas()
     out = {"act": np.asarray(deltas["act"], np.int64),  # [l, f]
-           "pos_act": np.stack([runner.layer_counts("pos_act", l) for l in range(runner.plan.num_layers)])}
+           "pos_act": np.stack([runner.layer_counts("pos_act", l) for l in range(runner.plan.num_layers)]),
+           "tok_act": np.stack([runner.layer_counts("tok_act", t) for t in range(len(token_layers))])
+           if token_layers else np.zeros((0, config.vocab_size, config.ffn_dim), np.int64)}
     del runner, deltas
     gc.collect()
-    return out  # pos_act: [l, s, f]
+    return out  # pos_act: [l, s, f], tok_act: [t, v, f]
 
 
-def hf_counts(model, batch: tuple) -> dict:
-    """act [L, ffn] and pos_act [L, seq, ffn] (int64) of the hooked torch decoder after one batch."""
+def hf_counts(model, batch: tuple, token_layers: tuple[int, ...] = ()) -> dict:
+    """act [L, ffn], pos_act [L, seq, ffn] and tok_act [T, vocab, ffn] (int64) of the hooked torch decoder after
+    one batch."""
     ids, mask = batch
-    counter = HFCounter(model, ids.shape[1])
+    counter = HFCounter(model, ids.shape[1], token_layers)
     try:
         hf_step(model, counter, ids, mask, decoder_only=True)
     finally:
         counter.close()
-    return {"act": counter.act.numpy(), "pos_act": counter.pos_act.numpy()}  # [l, f], [l, s, f]
+    return {name: getattr(counter, name).numpy().astype(np.int64) for name in ("act", "pos_act", "tok_act")}
 
 
 def agreement(ours: dict, hf: dict, tokens: int) -> dict:
-    """Fraction of equal counts (act, pos_act), the largest act difference, the fraction of neurons firing."""
+    """Fraction of equal counts (act, pos_act, tok_act), the largest act difference, the fraction of neurons
+    firing."""
     return {"act_agreement": float(np.mean(ours["act"] == hf["act"])),
             "pos_act_agreement": float(np.mean(ours["pos_act"] == hf["pos_act"])),
+            "tok_act_agreement": float(np.mean(ours["tok_act"] == hf["tok_act"])) if hf["tok_act"].size else None,
             "act_max_abs_diff": int(np.max(np.abs(ours["act"] - hf["act"]))),
             "active_fraction": float(hf["act"].sum() / (tokens * hf["act"].size))}
+
+
+def commit_seconds(runner, directory: str) -> float:
+    """Seconds of one synchronous commit of a runner's counters (and example sets) into a fresh store."""
+    from analyses.collection.store import StatsStore, array_layouts, example_layouts, example_merges, stored_examples
+
+    plan = runner.plan
+    layouts = array_layouts(plan.num_layers, len(plan.token_layers), plan.seq_len, plan.vocab, plan.ffn)
+    layouts |= example_layouts(plan.num_layers, plan.ffn, plan.examples, plan.seq_len)
+    layouts.pop("windows", None)
+    store = StatsStore.create(directory, {"tokens": 0}, layouts)
+    start = time.perf_counter()
+    values = example_merges([stored_examples(store), runner.example_sets]) if plan.examples else {}
+    store.commit(runner.deltas(), {"tokens": 1}, values=values)
+    return time.perf_counter() - start
 
 
 def machine() -> dict:
@@ -317,6 +349,9 @@ def _default_log(message: str) -> None:
 
 def _default_emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
+
+
+VARIANTS = ("ours_resident", "ours_no_examples", "ours_streamed", "hf_full", "hf_decoder")
 
 
 def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4096, batches: int = 6,
@@ -345,6 +380,9 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
         return r
 
     record("machine", **machine())
+    from analyses.collection import Options, make_plan
+
+    token_layers = make_plan(config, Options()).token_layers  # our default: the first half of the layers
     rows = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         say(f"building the model ({config.num_hidden_layers} layers, hidden {config.hidden_size}, "
@@ -356,42 +394,47 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
             say(f"seq {seq_len} x batch {b}: loading our resident and streamed runners ...")
             variants = {
                 "ours_resident": Ours(models.converted_dir, config, (b, seq_len), offload=False),
+                "ours_no_examples": Ours(models.converted_dir, config, (b, seq_len), offload=False, examples=0),
                 "ours_streamed": Ours(models.converted_dir, config, (b, seq_len), offload=True,
                                       group_size=group_size, chunk_batches=chunk_batches),
-                "hf_full": HF(models.hf_model, seq_len, decoder_only=False),
-                "hf_decoder": HF(models.hf_model, seq_len, decoder_only=True),
+                "hf_full": HF(models.hf_model, seq_len, decoder_only=False, token_layers=token_layers),
+                "hf_decoder": HF(models.hf_model, seq_len, decoder_only=True, token_layers=token_layers),
             }
-            say(f"  warm-up ({warmup} batch each), then {batches} timed batches, the four variants interleaved "
-                f"in rounds of {chunk_batches} batches, one numpy matmul sample per round ...")
+            say(f"  warm-up ({warmup} batch each), then {batches} timed batches, the {len(variants)} variants "
+                f"interleaved in rounds of {chunk_batches} batches, one numpy matmul sample per round ...")
             try:
                 timed = time_interleaved(variants, data, warmup, matmul_n, log=lambda m: say("  " + m))
+                commit = commit_seconds(variants["ours_resident"].runner, os.path.join(tmp, f"commit-{seq_len}"))
             finally:
                 for v in variants.values():
                     v.close()
                 del variants
                 gc.collect()
             common = {"batch_size": b, "warmup": warmup, "timed_batches": batches}
-            for name in ("ours_resident", "ours_streamed", "hf_full", "hf_decoder"):
+            for name in VARIANTS:
                 record(name, seq_len, **common, **timed[name])
                 say(f"  {name}: {timed[name]['tokens_per_s']:.0f} tok/s")
+            record("commit", seq_len, seconds=commit)
+            say(f"  one commit of the resident runner's counters: {commit:.2f} s")
             for i, sample in enumerate(timed["numpy_samples"]):
                 record("numpy_matmul", seq_len, n=matmul_n, round=i, flops_per_s=sample)
             numpy_rate = float(np.median(timed["numpy_samples"]))
             say(f"  numpy matmul {numpy_rate / 1e9:.1f} GFLOP/s (median of {len(timed['numpy_samples'])} rounds); "
                 "checking act counts on the first timed batch ...")
             first = data[warmup]
-            ours, hf = ours_counts(models.converted_dir, config, first), hf_counts(models.hf_model, first)
+            ours = ours_counts(models.converted_dir, config, first, token_layers)
+            hf = hf_counts(models.hf_model, first, token_layers)
             agree = record("act_agreement", seq_len, **agreement(ours, hf, int(first[1].sum())))
             del ours, hf
             say(f"  act agreement {agree['act_agreement']:.6f}")
             flops = model_flops_per_token(config, seq_len)
             rows.append({
                 "seq_len": seq_len, "batch_size": b, "timed_batches": batches, "flops_per_token": flops,
-                "ours_resident_tok_s": timed["ours_resident"]["tokens_per_s"],
-                "ours_streamed_tok_s": timed["ours_streamed"]["tokens_per_s"],
-                "hf_full_tok_s": timed["hf_full"]["tokens_per_s"],
-                "hf_decoder_tok_s": timed["hf_decoder"]["tokens_per_s"],
+                "token_layers": list(token_layers),
+                **{f"{name}_tok_s": timed[name]["tokens_per_s"] for name in VARIANTS},
+                "commit_s": commit, "batch_s": float(np.median(timed["ours_resident"]["step_seconds"])),
                 "act_agreement": agree["act_agreement"], "pos_act_agreement": agree["pos_act_agreement"],
+                "tok_act_agreement": agree["tok_act_agreement"],
                 "numpy_flops_per_s": numpy_rate, "numpy_samples": len(timed["numpy_samples"]), "matmul_n": matmul_n,
             })
         del models
@@ -401,6 +444,8 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
         row |= {
             "ours_vs_hf_full": row["ours_resident_tok_s"] / row["hf_full_tok_s"],
             "ours_vs_hf_decoder": row["ours_resident_tok_s"] / row["hf_decoder_tok_s"],
+            "no_examples_vs_hf_decoder": row["ours_no_examples_tok_s"] / row["hf_decoder_tok_s"],
+            "examples_time": row["ours_no_examples_tok_s"] / row["ours_resident_tok_s"],
             "streamed_time_vs_resident": row["ours_resident_tok_s"] / row["ours_streamed_tok_s"],
             "ours_flops_per_s": row["ours_resident_tok_s"] * row["flops_per_token"],
             "peak_rss_bytes": rss,
@@ -412,19 +457,29 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The rows of `run_suite` as a markdown table, with the numpy rate and peak RSS below it."""
-    lines = ["| seq len | batch | ours resident tok/s | ours streamed tok/s | HF full tok/s | HF decoder-only tok/s "
-             "| ours/HF full | ours/HF decoder | streamed/resident time | ours GFLOP/s (of numpy) | act agreement |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """The rows of `run_suite` as a markdown table, with what each column means and the numpy rate below it."""
+    lines = ["| seq len | batch | ours tok/s | ours, no examples | ours streamed | HF decoder tok/s | HF full tok/s "
+             "| ours / HF decoder | ours / HF full | no examples / HF decoder | examples cost (time) "
+             "| commit s (batches) | ours GFLOP/s (of numpy) | agreement act / pos_act / tok_act |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        tok = "-" if r["tok_act_agreement"] is None else f"{r['tok_act_agreement']:.6f}"
         lines.append(
-            f"| {r['seq_len']} | {r['batch_size']} | {r['ours_resident_tok_s']:.0f} | {r['ours_streamed_tok_s']:.0f} "
-            f"| {r['hf_full_tok_s']:.0f} | {r['hf_decoder_tok_s']:.0f} | {r['ours_vs_hf_full']:.2f} "
-            f"| {r['ours_vs_hf_decoder']:.2f} | {r['streamed_time_vs_resident']:.2f} "
-            f"| {r['ours_flops_per_s'] / 1e9:.1f} ({100 * r['fraction_of_numpy']:.0f}%) | {r['act_agreement']:.6f} |")
+            f"| {r['seq_len']} | {r['batch_size']} | {r['ours_resident_tok_s']:.0f} | {r['ours_no_examples_tok_s']:.0f} "
+            f"| {r['ours_streamed_tok_s']:.0f} | {r['hf_decoder_tok_s']:.0f} | {r['hf_full_tok_s']:.0f} "
+            f"| {r['ours_vs_hf_decoder']:.2f} | {r['ours_vs_hf_full']:.2f} | {r['no_examples_vs_hf_decoder']:.2f} "
+            f"| {r['examples_time']:.2f}x | {r['commit_s']:.2f} ({r['commit_s'] / r['batch_s']:.1f}) "
+            f"| {r['ours_flops_per_s'] / 1e9:.1f} ({100 * r['fraction_of_numpy']:.0f}%) "
+            f"| {r['act_agreement']:.6f} / {r['pos_act_agreement']:.6f} / {tok} |")
     if rows:
         lines += [
             "",
+            "Every variant counts the same statistics: act and pos_act of every layer over real tokens, tok_act of "
+            f"layers {rows[0]['token_layers']} over real non-BOS tokens. Ours also keeps the example sets (16 top and "
+            "16 sampled activations per neuron, its default), which the baseline does not; 'no examples' is ours "
+            "without them. HF decoder calls `model.model.decoder` (no LM head, the like-for-like comparison), HF full "
+            "the usual `model(ids, mask)` (logits too). Commit: one synchronous commit of the resident runner's "
+            "counters into a fresh store, in seconds and in batches of ours.",
             f"Machine rate: numpy float32 `np.dot` of {rows[0]['matmul_n']}^3 (best of 3), sampled once per round "
             "between the variants, median: " + ", ".join(
                 f"{r['numpy_flops_per_s'] / 1e9:.1f} GFLOP/s during seq {r['seq_len']}" for r in rows) + ".",

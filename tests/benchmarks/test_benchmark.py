@@ -40,11 +40,11 @@ def test_suite_on_a_tiny_model(tmp_path):
     for r in records:
         json.dumps(r)  # every record is one JSON line
     kinds = [r["measurement"] for r in records]
-    assert kinds == ["machine", "ours_resident", "ours_streamed", "hf_full", "hf_decoder", "numpy_matmul",
-                     "act_agreement", "summary"]  # one round of two batches: one numpy sample
+    assert kinds == ["machine", *cpu.VARIANTS, "commit", "numpy_matmul", "act_agreement",
+                     "summary"]  # one round of two batches: one numpy sample
     assert messages and list(tmp_path.iterdir()) == []  # progress went to log; the temp dir is gone
     by_kind = {r["measurement"]: r for r in records}
-    for kind in ("ours_resident", "ours_streamed", "hf_full", "hf_decoder"):
+    for kind in cpu.VARIANTS:
         r = by_kind[kind]
         assert r["seq_len"] == SEQ and r["batch_size"] == 2 and r["tokens"] == 2 * 2 * SEQ
         assert r["tokens_per_s"] > 0 and r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds"])
@@ -55,13 +55,14 @@ def test_suite_on_a_tiny_model(tmp_path):
     assert 0.2 < agree["active_fraction"] < 0.8  # the counts are not trivially all zero or all one
 
     [row] = rows
-    assert row["act_agreement"] == 1.0 and row["pos_act_agreement"] == 1.0
+    assert row["act_agreement"] == 1.0 and row["pos_act_agreement"] == 1.0 and row["tok_act_agreement"] == 1.0
+    assert row["token_layers"] == [0] and by_kind["commit"]["seconds"] > 0  # the first half of 2 layers
     assert row["flops_per_token"] == 212992
-    for key in ("ours_resident_tok_s", "ours_streamed_tok_s", "hf_full_tok_s", "hf_decoder_tok_s",
-                "numpy_flops_per_s", "peak_rss_bytes"):
+    for key in (*(f"{v}_tok_s" for v in cpu.VARIANTS), "numpy_flops_per_s", "peak_rss_bytes", "commit_s"):
         assert row[key] > 0, key
     assert row["ours_vs_hf_full"] == pytest.approx(row["ours_resident_tok_s"] / row["hf_full_tok_s"])
     assert row["ours_vs_hf_decoder"] == pytest.approx(row["ours_resident_tok_s"] / row["hf_decoder_tok_s"])
+    assert row["examples_time"] == pytest.approx(row["ours_no_examples_tok_s"] / row["ours_resident_tok_s"])
     assert row["streamed_time_vs_resident"] == pytest.approx(row["ours_resident_tok_s"] / row["ours_streamed_tok_s"])
     assert row["fraction_of_numpy"] == pytest.approx(
         row["ours_resident_tok_s"] * row["flops_per_token"] / row["numpy_flops_per_s"])
@@ -78,14 +79,22 @@ def test_counts_agree_with_a_hand_count(tmp_path):
     import numpy as np
 
     models = cpu.build_models(TINY, str(tmp_path))
-    batch = cpu.make_batches(TINY, SEQ, 2, 1, seed=3)[0]
-    hf = cpu.hf_counts(models.hf_model, batch)
+    ids, mask = cpu.make_batches(TINY, SEQ, 2, 1, seed=3)[0]
+    mask[1, -5:] = False  # the second window is 5 tokens short: padding at its end
+    hf = cpu.hf_counts(models.hf_model, (ids, mask), token_layers=(0, 1))
     model = opt_jax.load(models.converted_dir)
-    fired = opt_jax.unpack_masks(model.forward(batch[0], batch[1]).masks, TINY.ffn_dim)  # [l, b, s, f]
+    fired = opt_jax.unpack_masks(model.forward(ids, mask).masks, TINY.ffn_dim)  # [l, b, s, f], False at padding
     np.testing.assert_array_equal(hf["pos_act"], fired.sum(axis=1))
     np.testing.assert_array_equal(hf["act"], fired.sum(axis=(1, 2)))
-    ours = cpu.ours_counts(models.converted_dir, TINY, batch)
-    assert cpu.agreement(ours, hf, 2 * SEQ)["act_agreement"] == 1.0
+    tok_act = np.zeros((2, TINY.vocab_size, TINY.ffn_dim), np.int64)  # [t, v, f]
+    for b in range(2):
+        for p in range(1, SEQ):  # BOS (position 0) is not counted by token
+            tok_act[:, ids[b, p]] += fired[:, b, p]
+    np.testing.assert_array_equal(hf["tok_act"], tok_act)
+    assert tok_act.sum() > 0
+    ours = cpu.ours_counts(models.converted_dir, TINY, (ids, mask), token_layers=(0, 1))
+    agree = cpu.agreement(ours, hf, int(mask.sum()))
+    assert agree["act_agreement"] == agree["pos_act_agreement"] == agree["tok_act_agreement"] == 1.0
 
 
 def test_interleaved_rounds_rotate_and_chunk():
