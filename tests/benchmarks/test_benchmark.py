@@ -136,7 +136,9 @@ def test_commit_idle_times_both_modes_on_a_tiny_model(tmp_path):
     results = commit_idle.compare(TINY, seq_len=SEQ, batch_size=2, batches=4, flush_every=2, rounds=2,
                                   workdir=str(tmp_path), log=lambda message: None)
     assert [r["mode"] for r in results] == ["step_loop", "background", "background", "step_loop"]
-    assert all(r["commits"] == 2 and len(r["blocked_s"]) == 1 and r["tokens"] == 4 * 2 * SEQ for r in results)
+    assert all(r["commits"] == 2 and len(r["blocked_s"]) == len(r["waited_for_previous_s"]) == 1 and
+               r["tokens"] == 4 * 2 * SEQ for r in results)
+    assert all(w <= b for r in results for w, b in zip(r["waited_for_previous_s"], r["blocked_s"]))
     assert {r["mode"]: r["snapshot"] for r in results} == {"step_loop": None, "background": "device"}
     table = commit_idle.markdown(results, TINY, (0,))
     assert "| step_loop | - | 2 |" in table and "| background | device | 2 |" in table
