@@ -11,7 +11,7 @@ OUT ?= out
 ARGS ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install run convert test test-real test-all
+.PHONY: install browser run convert test test-real test-all
 
 $(VENV)/.installed: setup.cfg requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,19 @@ $(VENV)/.installed: setup.cfg requirements.lock
 	touch $@
 
 install: $(VENV)/.installed
+
+# The atlas page's tests drive Debian's headless Chromium with Selenium (no browser download): installed
+# with apt-get when missing (as root), else a clear error.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make browser: installing Debian's chromium and chromium-driver"; \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } >/dev/null \
+			|| { echo "make browser: apt-get could not install chromium chromium-driver" >&2; exit 1; }; \
+	else \
+		echo "make browser: the atlas tests need /usr/bin/chromium and /usr/bin/chromedriver;" \
+			"run 'apt-get install -y chromium chromium-driver' as root" >&2; exit 1; \
+	fi
 
 # The main job: collect statistics of the shipped trained twins on the Python standard library and write
 # the study's report, figures and tables into OUT/report (a few minutes on 2 cores).
@@ -38,12 +51,12 @@ else
 	@echo "make convert needs HF_PATH=dir or SIZE=125m..66b" && exit 2
 endif
 
-test: install
+test: install browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m 'not slow and not real' tests
 
 # The pipeline at OPT's real dimensions (125m, 350m, 66b widths): about 15 minutes, up to ~18 GB of memory.
 test-real: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -s -m real tests
 
-test-all: install
+test-all: install browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

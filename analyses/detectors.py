@@ -59,6 +59,14 @@ def layer_detectors(layer: int, counts: ItemCounts, item_occurrences: np.ndarray
     return LayerDetectors(layer, neurons, items, fraction)
 
 
+def detectors_of_order(layer: int, counts: ItemCounts, occurrences, order: int,
+                       thresholds: DetectorThresholds) -> LayerDetectors:
+    """The token (order 1) or trigram (order 3) detectors of one layer, at most `max_tokens` / `max_trigrams`
+    items each; `occurrences` maps item ids to their occurrences (`analyses.coverage.occurrences`)."""
+    limit = thresholds.max_tokens if order == 1 else thresholds.max_trigrams
+    return layer_detectors(layer, counts, occurrences(counts.items), limit, thresholds)
+
+
 def new_items(per_layer: list[LayerDetectors]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per layer: detected items, cumulative distinct items, new overall, new vs the previous layer: int [layers] x4."""
     seen = np.zeros(0, np.int64)

@@ -290,9 +290,7 @@ def _analyze_token_layers(r: ModelResults, wanted: set, thresholds: Thresholds, 
             codes = coverage.covering_codes(counts, alive, layer_tracked, thresholds.coverage_fraction)  # [n]
             r.histograms[order].append(coverage.histogram(codes, thresholds.bin_edges))
             if "detectors" in wanted and order in (1, 3):
-                limit = thresholds.detectors.max_tokens if order == 1 else thresholds.detectors.max_trigrams
-                found = detectors.layer_detectors(layer, counts, occurrences[order](counts.items), limit,
-                                                  thresholds.detectors)
+                found = detectors.detectors_of_order(layer, counts, occurrences[order], order, thresholds.detectors)
                 (r.token_detectors if order == 1 else r.trigram_detectors).append(found)
         progress.update()
 

@@ -11,7 +11,7 @@ import os
 
 from analyses import report
 from analyses.collection import collect, open_stats
-from analyses.tokens import TokenStrings
+from analyses.tokens import TokenStrings, context_span
 from opt_jax import checkpoint as ckpt
 from opt_jax import shipped, stdlib_corpus
 from opt_jax.errors import AnalysisError, OptJaxError
@@ -51,8 +51,10 @@ def corpus_domains(corpus) -> tuple[list[str], dict[str, list[str]]]:
 
 def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int = 128, batch_size: int = 16,
               max_tokens: int | None = 200_000, ngram_orders=(2, 3), analyses=report.ANALYSES,
-              overwrite: bool = False, verbose: bool = True, compare_domains: bool = True) -> dict:
-    """Collect into OUT/stats/<name> for each model, then analyze them together into OUT/report.
+              overwrite: bool = False, verbose: bool = True, compare_domains: bool = True, atlas: bool = True) -> dict:
+    """Collect into OUT/stats/<name> for each model, analyze them together into OUT/report, and (with `atlas`)
+    write the neuron atlas of the models whose statistics hold example activations into OUT/atlas
+    (`analyses.neurons.atlas`); returns the report.
 
     A model is a converted checkpoint, `NAME=DIR`, or a training run directory (its snapshots, in step
     order: see `expand_models`); `names` name the unlabelled ones. Corpus entries labelled `DOMAIN=PATH`
@@ -95,8 +97,17 @@ def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int =
                 print(f"collecting {name} on the domain {domain}", flush=True)
             by_domain.setdefault(name, {})[domain] = collect(model, paths, f"{where}-domain-{domain}",
                                                              **(flags | {"examples": 0}))
-    return report.analyze(stats, os.path.join(out_dir, "report"), analyses=analyses, names=names, verbose=verbose,
-                          domains=by_domain or None)
+    result = report.analyze(stats, os.path.join(out_dir, "report"), analyses=analyses, names=names,
+                            verbose=verbose, domains=by_domain or None)
+    with_examples = [(name, path, model) for name, path, model in zip(names, stats, models)
+                     if open_stats(path).examples_per_neuron]
+    if atlas and with_examples:
+        from analyses.neurons.atlas import build_atlas
+
+        build_atlas([path for _, path, _ in with_examples], os.path.join(out_dir, "atlas"),
+                    names=[name for name, _, _ in with_examples], model_dirs=[m for _, _, m in with_examples],
+                    verbose=verbose)
+    return result
 
 
 def example_contexts(result: dict, per_neuron: int = 3, before: int = 8, after: int = 3) -> str:
@@ -119,9 +130,9 @@ def example_contexts(result: dict, per_neuron: int = 3, before: int = 8, after: 
         for layer, neuron, what in picks:
             lines.append(f"  layer {layer} neuron {neuron} ({what}):")
             for e in stats.examples(layer, neuron, "top")[:per_neuron]:
+                start, stop = context_span(e.position, len(e.tokens), before, after)
                 left, token, right = (strings.join([piece])[0] for piece in (
-                    e.tokens[max(1, e.position - before):e.position], e.tokens[e.position:e.position + 1],
-                    e.tokens[e.position + 1:e.position + 1 + after]))
+                    e.tokens[start:e.position], e.tokens[e.position:e.position + 1], e.tokens[e.position + 1:stop]))
                 text = f"{left}[[{token}]]{right}".replace("\n", "\\n")
                 lines.append(f"    {e.value:7.3f}  window {e.window}, position {e.position}: {text}")
     return "\n".join(lines)

@@ -37,12 +37,29 @@ class Suppression:
         return float(np.mean([bool((s < 0).all()) for s in self.trigger_scores]))
 
 
-def analyze_suppression(model_dir: str, layer_detectors, top_k: int = 10) -> Suppression:
-    """Scores of every token detector's update over the vocabulary (`layer_detectors`: LayerDetectors list)."""
+def unembedding(model_dir: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """What scores an update over the vocabulary: the token embeddings E float32 [v, e] and `project_out`
+    float32 [e, d] (None for a model without one)."""
     config = ckpt.read_config(model_dir)
     embedding = np.asarray(ckpt.open_array(model_dir, "embed/tokens").read().result(), np.float32)  # [v, e]
     project_out = (np.asarray(ckpt.open_array(model_dir, "head/project_out/weight").read().result(), np.float32)
                    if config.has_projections else None)  # [e, d]
+    return embedding, project_out
+
+
+def update_scores(embedding: np.ndarray, project_out: np.ndarray | None, columns: np.ndarray) -> np.ndarray:
+    """Scores over the vocabulary of the updates `columns` (fc2 columns [d, k]): E @ update, float32 [k, v].
+
+    `optimize=True` lets einsum hand the products to BLAS (about 10x numpy's own loop at 125m's sizes)."""
+    updates = np.asarray(columns, np.float32).T  # [k, d]
+    if project_out is not None:
+        updates = np.einsum("ed,kd->ke", project_out, updates, optimize=True)  # [k, e]
+    return np.einsum("ve,ke->kv", embedding, updates, optimize=True)  # [k, v]
+
+
+def analyze_suppression(model_dir: str, layer_detectors, top_k: int = 10) -> Suppression:
+    """Scores of every token detector's update over the vocabulary (`layer_detectors`: LayerDetectors list)."""
+    embedding, project_out = unembedding(model_dir)  # [v, e], [e, d]
     fc2 = ckpt.open_array(model_dir, "layers/ffn/fc2/weight")  # [L, d, n] lazily
     parts = []
     for found in layer_detectors:
@@ -52,27 +69,25 @@ def analyze_suppression(model_dir: str, layer_detectors, top_k: int = 10) -> Sup
     layers, neurons, triggers, scores_of, ranks_of, promoted, suppressed = [], [], [], [], [], [], []
     for layer, ids, items, columns in parts:
         for start in range(0, len(ids), DETECTOR_BLOCK):
-            updates = columns[:, start:start + DETECTOR_BLOCK].T  # [k, d]
-            if project_out is not None:
-                updates = np.einsum("ed,kd->ke", project_out, updates)  # [k, e]
-            scores = np.einsum("ve,ke->kv", embedding, updates)  # [k, v]
+            scores = update_scores(embedding, project_out, columns[:, start:start + DETECTOR_BLOCK])  # [k, v]
             block_items = items[start:start + DETECTOR_BLOCK]
-            s, r = _trigger_scores_and_ranks(scores, block_items)
+            s, r = trigger_scores_and_ranks(scores, block_items)
             layers += [layer] * len(block_items)
             neurons += ids[start:start + DETECTOR_BLOCK].tolist()
             triggers += block_items
             scores_of += s
             ranks_of += r
-            promoted.append(_top(-scores, top_k))
-            suppressed.append(_top(scores, top_k))
+            promoted.append(lowest(-scores, top_k))
+            suppressed.append(lowest(scores, top_k))
     empty = np.zeros((0, min(top_k, embedding.shape[0])), np.int64)
     return Suppression(np.array(layers, np.int64), np.array(neurons, np.int64), triggers, scores_of, ranks_of,
                        np.concatenate(promoted) if promoted else empty,
                        np.concatenate(suppressed) if suppressed else empty)
 
 
-def _trigger_scores_and_ranks(scores: np.ndarray, items: list[np.ndarray]):
-    """Each detector's trigger scores and ranks (1 + tokens scoring strictly lower)."""
+def trigger_scores_and_ranks(scores: np.ndarray, items: list[np.ndarray]):
+    """Each row's trigger scores and ranks among the suppressed (1 + tokens scoring strictly lower), for the
+    scores [k, v] of k updates and their k arrays of trigger ids."""
     width = max(len(i) for i in items)
     padded = np.zeros((len(items), width), np.int64)  # [k, m]
     for row, ids in enumerate(items):
@@ -83,7 +98,7 @@ def _trigger_scores_and_ranks(scores: np.ndarray, items: list[np.ndarray]):
             [ranks[i, :len(ids)] for i, ids in enumerate(items)])
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
+def lowest(scores: np.ndarray, k: int) -> np.ndarray:
     """Ids of the k lowest values per row, lowest first: int64 [rows, k]."""
     k = min(k, scores.shape[1])
     part = np.argpartition(scores, k - 1, axis=1)[:, :k]  # [r, k]

@@ -35,3 +35,11 @@ class TokenStrings:
         """One string per id sequence (e.g. a trigram), decoded together."""
         return [self._tokenizer.decode([int(i) for i in seq if i < self._size], clean_up_tokenization_spaces=False)
                 for seq in np.asarray(sequences, np.int64)]
+
+
+def context_span(position, length, before: int, after: int):
+    """[start, stop) of the context shown around a firing position of a window of `length` tokens: up to
+    `before` tokens before it (never BOS, position 0) and `after` after it (arrays broadcast)."""
+    start = np.maximum(1, np.asarray(position) - before)
+    stop = np.minimum(np.asarray(length), np.asarray(position) + 1 + after)
+    return start, stop

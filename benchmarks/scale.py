@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from analyses.collection.store import StatsStore, array_layouts, from_layers, open_stats
+from analyses.collection.store import (EXAMPLE_FIELDS, EXAMPLE_KINDS, StatsStore, array_layouts, example_layouts,
+                                       example_name, from_layers, open_stats)
 from benchmarks.conversion import peak_rss
 from opt_jax.progress import Progress
 
@@ -30,8 +31,11 @@ def dead_share(layer: int, num_layers: int) -> float:
 
 
 def write_synthetic_stats(root: str, config, seq_len: int = 2048, sequences: int = 1000, positional: int = 64,
-                          seed: int = 0, verbose: bool = True) -> str:
-    """A complete statistics store of `config`'s shape with synthetic act / pos_act counts (no token layers)."""
+                          seed: int = 0, verbose: bool = True, examples: int = 0) -> str:
+    """A complete statistics store of `config`'s shape with synthetic act / pos_act counts (no token layers).
+
+    `examples` > 0 adds k synthetic example activations per neuron and set (`synthetic_examples`) over
+    `sequences` windows of random token ids, so that the store has the atlas's example contexts to show."""
     rng = np.random.default_rng(seed)
     layers, ffn = config.num_hidden_layers, config.ffn_dim
     frequency = np.exp(rng.uniform(np.log(1e-4), np.log(0.3), ffn))  # [n]
@@ -40,7 +44,11 @@ def write_synthetic_stats(root: str, config, seq_len: int = 2048, sequences: int
     manifest = {"model": None, "config": config.to_dict(), "corpus": {"synthetic": True, "seed": seed},
                 "flags": {"seq_len": seq_len}, "token_layers": [], "layers": layers, "ngram_orders": [],
                 "tokens": 0, "sequences": 0, "full_length_sequences": 0, "complete": False}
-    store = StatsStore.create(root, manifest, array_layouts(layers, 0, seq_len, config.vocab_size, ffn))
+    layouts = array_layouts(layers, 0, seq_len, config.vocab_size, ffn)
+    if examples:
+        layouts |= example_layouts(layers, ffn, examples, seq_len)
+        manifest["examples"] = examples
+    store = StatsStore.create(root, manifest, layouts)
     progress = Progress("synthetic layers", layers, enabled=verbose, every=10.0)
 
     column_sums = template.sum(axis=0)  # [n]
@@ -63,11 +71,43 @@ def write_synthetic_stats(root: str, config, seq_len: int = 2048, sequences: int
         total[:positional] = wave.sum() * sequences
         return total
 
+    values, shapes = {}, {}
+    if examples:
+        values, shapes = synthetic_examples(layers, ffn, examples, seq_len, sequences, config.vocab_size, seed)
     store.commit({"act": from_layers(act), "pos_act": from_layers(pos_act),
                   "pos_tokens": np.full(seq_len, sequences, np.int64)},
                  {"tokens": seq_len * sequences, "sequences": sequences, "full_length_sequences": sequences,
-                  "complete": True})
+                  "complete": True}, values=values, shapes=shapes)
     return store.root
+
+
+def synthetic_examples(layers: int, ffn: int, k: int, seq_len: int, windows: int, vocab: int, seed: int = 0):
+    """`StatsStore.commit` (values, shapes) of synthetic example sets: every neuron k examples per set at random
+    (window, position >= 1), top values falling, random ones below them; `windows` rows of random token ids."""
+    def sets(layer):
+        rng = np.random.default_rng([seed, layer, 1])
+        out = {}
+        for kind, scale in (("top", 3.0), ("random", 1.0)):
+            value = np.sort(rng.exponential(scale, (ffn, k)).astype(np.float32), axis=1)[:, ::-1]  # [n, k]
+            out[kind] = {"window": rng.integers(0, windows, (ffn, k), dtype=np.int32),
+                         "position": rng.integers(1, seq_len, (ffn, k), dtype=np.int32), "value": value}
+        return out
+
+    last = {}
+
+    def field(kind, name):
+        def value(block):
+            layer = block[0].start
+            if layer not in last:
+                last.clear()
+                last[layer] = sets(layer)
+            return last[layer][kind][name][None]  # [1, n, k]
+        return value
+
+    values = {example_name(kind, name): field(kind, name) for kind in EXAMPLE_KINDS for name in EXAMPLE_FIELDS}
+    values["windows"] = lambda block: np.random.default_rng([seed, block[0].start]).integers(
+        0, vocab, (block[0].stop - block[0].start, seq_len), dtype=np.int32)  # [rows, s]
+    return values, {"windows": (windows, seq_len)}
 
 
 def read_pass(root: str) -> dict:

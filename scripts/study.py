@@ -1,4 +1,5 @@
-"""The main job: statistics of the models over a corpus, then every analysis (report.json, figures, tables).
+"""The main job: statistics of the models over a corpus, then every analysis (report.json, figures, tables) and
+the neuron atlas (a page per neuron).
 
   python scripts/study.py                      # the shipped twins on the Python standard library -> out/
   python scripts/study.py --model converted/opt-125m --corpus pile_val.jsonl.zst --seq_len 2048 \\
@@ -26,6 +27,7 @@ flags.DEFINE_list("ngram_orders", ["2", "3"], "n-gram orders counted exactly")
 flags.DEFINE_list("analyses", ["dead", "ngrams", "detectors", "suppression", "positional"], "analyses to run")
 flags.DEFINE_bool("domains", True, "collect each domain of a labelled corpus (with the default corpus: the standard "
                   "library's docstrings and its code) and compare positional neurons across domains")
+flags.DEFINE_bool("atlas", True, "also write the neuron atlas of the models (OUT/atlas/index.html: a page per neuron)")
 flags.DEFINE_bool("overwrite", False, "replace statistics collected with other flags")
 
 
@@ -38,9 +40,10 @@ def main(argv):
     return cli.run(lambda: run_study(FLAGS.out, FLAGS.model, FLAGS.corpus, FLAGS.names, seq_len=FLAGS.seq_len,
                                      batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens or None,
                                      ngram_orders=[int(k) for k in FLAGS.ngram_orders], analyses=FLAGS.analyses,
-                                     overwrite=FLAGS.overwrite, compare_domains=FLAGS.domains),
+                                     overwrite=FLAGS.overwrite, compare_domains=FLAGS.domains, atlas=FLAGS.atlas),
                    lambda result: f"{report.summary(result)}\n{example_contexts(result)}\n"
-                                  f"report, figures and tables: {FLAGS.out}/report/")
+                                  f"report, figures and tables: {FLAGS.out}/report/"
+                                  + (f"\natlas: {FLAGS.out}/atlas/index.html" if FLAGS.atlas else ""))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random HF OPT checkpoints written the way transformers writes them.
+"""Shared fixtures: tiny random HF OPT checkpoints written the way transformers writes them, and the planted
+model's pipeline run once per session (`planted_run`).
 
 Test files live in folders mirroring the packages (`tests/opt_jax/`, `tests/collection/`, ...). The shared
 modules (`helpers`, `hf_models`, `planted`, `kill`,
@@ -13,6 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _TESTS)
 sys.path.insert(0, os.path.dirname(_TESTS))
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -54,3 +59,50 @@ def tiny_corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
     path.write_text("\n".join(json.dumps({"text": d}) for d in DOCS) + "\n")
     return str(path)
+
+
+# The planted model's pipeline (tests/planted.py), run once per session and shared by the tests of the report,
+# the atlas and `fired`: HF checkpoint -> convert -> collect (n-grams, 16 examples per neuron) -> analyze, each
+# step by its script.
+
+def run_step(script, *args):
+    """Run scripts/<script> as a user does; fail the test with its stderr when it fails."""
+    from helpers import run_script
+
+    result = run_script(os.path.join("scripts", script), *args, timeout=None)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@dataclasses.dataclass
+class PlantedRun:
+    """Where the planted pipeline wrote its outputs, and what the report found."""
+
+    root: pathlib.Path  # hf/, model/, stats/, report/, corpus.jsonl
+    report: dict  # report.json's entry of the model "planted"
+    stdout: str  # scripts/analyze.py's output
+
+    @property
+    def model(self) -> str:
+        return str(self.root / "model")
+
+    @property
+    def stats(self) -> str:
+        return str(self.root / "stats")
+
+
+@pytest.fixture(scope="session")
+def planted_run(tmp_path_factory) -> PlantedRun:
+    """The planted model converted, collected and analyzed (`PlantedRun`)."""
+    import planted
+
+    root = tmp_path_factory.mktemp("planted")
+    planted.build(str(root / "hf"))
+    corpus = planted.write_corpus(str(root / "corpus.jsonl"))
+    run_step("convert.py", "--hf_path", str(root / "hf"), "--out", str(root / "model"))
+    run_step("collect.py", "--model", str(root / "model"), "--corpus", corpus, "--out", str(root / "stats"),
+             "--seq_len", str(planted.SEQ), "--batch_size", "16", "--ngram_orders", "2,3")
+    out = run_step("analyze.py", "--stats", str(root / "stats"), "--out", str(root / "report"),
+                   "--names", "planted")
+    with open(root / "report" / "report.json") as f:
+        return PlantedRun(root, json.load(f)["models"]["planted"], out.stdout)

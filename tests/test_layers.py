@@ -5,7 +5,8 @@ import os
 
 from helpers import ROOT
 
-STUDY = {"coverage", "dead", "detectors", "figures", "positional", "report", "study", "suppression", "tokens"}
+STUDY = {"coverage", "dead", "detectors", "figures", "positional", "report", "study", "suppression", "tokens",
+         "neurons.atlas", "neurons.facts", "neurons.fired"}
 
 
 def _modules(package: str):

@@ -318,6 +318,66 @@ def test_opt_125m_dimensions_end_to_end(tmp_path):
     rate = [line for line in result["stdout"].replace("\r", "\n").splitlines() if "tokens/s" in line][-1:]
     print(f"\n125m dimensions, 6 windows x 2048, 6 token layers, bigrams + trigrams: collect peak RSS "
           f"{result['peak_rss'] / 1e9:.2f} GB; {rate}")
+    check_atlas_layer(result, tmp_path / "atlas", layer=1)
+
+
+def check_atlas_layer(result: dict, out, layer: int) -> None:
+    """One layer's atlas at real dimensions (vocab 50272, 2048 positions): the summary has a row per neuron, the
+    curves are binned to 512 points, the triggers and update scores match numpy on the stored arrays and weights."""
+    from analyses.neurons.atlas import read_js
+
+    stats, converted = result["stats"], result["converted"]
+    ffn = stats.config.ffn_dim
+    run_script("atlas.py", "--stats", stats.root, "--out", str(out), "--layers", str(layer), "--block", "512")
+    _, summary = read_js(str(out / "data" / "m0" / f"L{layer}" / "summary.js"))
+    assert len(summary["freq"]) == len(summary["label"]) == ffn
+    act = stats.act[layer]
+    np.testing.assert_allclose(summary["freq"], act / stats.tokens, rtol=1e-5)
+    _, block = read_js(str(out / "data" / "m0" / f"L{layer}" / "B0.js"))
+    assert len(block["neurons"]) == 512 and (out / "data" / "m0" / f"L{layer}" / "B5.js").is_file()
+    counts = stats.tok_act[stats.token_layers.index(layer)]  # [v, n]
+    embedding = ckpt.read_params(converted, "float32", layers=slice(0, 0))["embed/tokens"].astype(np.float64)
+    fc2 = np.asarray(ckpt.open_array(converted, "layers/ffn/fc2/weight")[layer].read().result(), np.float64)
+    alive = [n for n in range(512) if act[n] > 0][:8]
+    assert alive
+    for n in alive:
+        record = block["neurons"][n]
+        assert record["curve"]["binned"] == 4 and len(record["curve"]["freq"]) == 512  # 2047 positions in bins of 4
+        column = counts[:, n]
+        want = sorted(np.flatnonzero(column), key=lambda i: (-column[i], i))[:10]
+        assert [t["token"] for t in record["triggers"]] == [int(i) for i in want]
+        scores = embedding @ fc2[:, n]  # [v]
+        np.testing.assert_allclose([t["score"] for t in record["promoted"]], np.sort(scores)[::-1][:10], rtol=2e-3)
+        np.testing.assert_allclose([t["score"] for t in record["suppressed"]], np.sort(scores)[:10], rtol=2e-3)
+        assert len(record["examples"]["top"]) == min(16, int(act[n]))
+        assert all(len(e["tokens"]) <= 17 and 0 <= e["fire"] < len(e["tokens"]) for e in record["examples"]["top"])
+
+
+def test_atlas_of_a_synthetic_66b_shaped_store(tmp_path):
+    """Two layers of 66b's width (36864 neurons, 2048 positions) with synthetic counts and examples: every
+    neuron has a summary row and a record, the planted square waves are the strong oscillatory neurons, and no
+    data file is large (each loads in well under a second)."""
+    from analyses.neurons.atlas import read_js
+    from benchmarks.scale import write_synthetic_stats
+
+    config = opt_jax.for_size("66b").replace(num_hidden_layers=2)
+    stats = write_synthetic_stats(str(tmp_path / "stats"), config, sequences=100, positional=64, examples=2,
+                                  verbose=False)
+    out = tmp_path / "atlas"
+    run_script("atlas.py", "--stats", stats, "--out", str(out), "--block", "1024")
+    _, manifest = read_js(str(out / "data" / "atlas.js"))
+    counts = manifest["models"][0]["counts"]
+    assert [c["neurons"] for c in counts] == [36864, 36864]
+    assert [c["positional_strong"]["oscillatory"] for c in counts] == [64, 64]
+    assert counts[0]["dead"] / 36864 == pytest.approx(0.7, abs=0.01)
+    _, summary = read_js(str(out / "data" / "m0" / "L1" / "summary.js"))
+    assert len(summary["label"]) == 36864 and summary["pos"][:64] == ["oscillatory"] * 64
+    _, last = read_js(str(out / "data" / "m0" / "L1" / "B35.js"))
+    assert [r["n"] for r in last["neurons"]] == list(range(35 * 1024, 36864))
+    sizes = [os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(out / "data") for f in files]
+    print(f"\n66b-shaped atlas, 2 layers: {sum(sizes) / 1e6:.0f} MB in {len(sizes)} files, largest "
+          f"{max(sizes) / 1e6:.1f} MB")
+    assert max(sizes) < 40e6
 
 
 def test_opt_350m_dimensions_end_to_end(tmp_path):

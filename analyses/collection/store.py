@@ -466,6 +466,32 @@ class Stats:
         return [Example(int(w), int(p), float(v), self.window(int(w)))
                 for w, p, v in zip(rows["window"], rows["position"], rows["value"]) if w >= 0]
 
+    def layer_examples(self, layer: int) -> dict:
+        """Both example sets of a whole layer in one read: {kind: {window, position, value: [ffn, k]}} (window and
+        position -1, value 0 in empty slots; the rows of `examples`, for every neuron at once)."""
+        if not self.examples_per_neuron:
+            raise StatsError(f"{self.root}: holds no example activations (collected with --examples 0); collect "
+                             "again with --examples K")
+        layers = self.manifest["layers"]
+        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < layers:
+            raise StatsError(f"{self.root}: layer {layer!r} is out of range; the store holds layers 0..{layers - 1}")
+        return stored_examples(self)(int(layer))
+
+    def window_rows(self, indices) -> np.ndarray:
+        """The token ids of several windows in one read: int32 [len(indices), seq_len], -1 after each window's end
+        (`window` gives one, without the padding)."""
+        indices = np.asarray(indices, np.int64).reshape(-1)  # [m]
+        if "windows" not in self.manifest["arrays"]:
+            raise StatsError(f"{self.root}: keeps no windows (collected with --examples 0)")
+        windows = self.array("windows")
+        bad = indices[(indices < 0) | (indices >= windows.shape[0])]
+        if len(bad):
+            raise StatsError(f"{self.root}: window {int(bad[0])} is past the end; the store holds windows "
+                             f"0..{windows.shape[0] - 1}")
+        if not len(indices):
+            return np.zeros((0, windows.shape[1]), np.int32)
+        return np.asarray(windows.oindex[indices].read().result())
+
     @property
     def num_windows(self) -> int:
         """Rows of the `windows` array: the windows of the stream so far (0 when it was not kept)."""

@@ -56,3 +56,9 @@ def test_main_job_runs_end_to_end(tmp_path):
     assert (tmp_path / "report" / "fig8_positional_types.png").stat().st_size > 10_000
     assert (tmp_path / "report" / "fig10_positional_with_without.png").stat().st_size > 10_000, "the twins compared"
     assert "collect:" in result.stderr and "tokens/s" in result.stderr
+    with open(tmp_path / "atlas" / "data" / "atlas.js") as f:  # the neuron atlas beside the report
+        atlas = json.loads(f.read()[len('atlasData("atlas", '):].rstrip()[:-2])
+    assert [m["name"] for m in atlas["models"]] == list(report["models"])
+    assert all(m["examples"] == 16 and m["built"] == [0, 1, 2, 3] for m in atlas["models"])
+    assert (tmp_path / "atlas" / "index.html").stat().st_size > 1000
+    assert f"atlas: {tmp_path}/atlas/index.html" in result.stdout and "atlas stdlib-4l-nopos: 4/4" in result.stderr

@@ -14,25 +14,12 @@ from matplotlib import image
 
 import analyses
 import planted
-from helpers import check_claims, run_script
-
-def run(script, *args):
-    result = run_script(os.path.join("scripts", script), *args, timeout=None)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
+from helpers import check_claims
 
 @pytest.fixture(scope="module")
-def analyzed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("planted")
-    planted.build(str(root / "hf"))
-    corpus = planted.write_corpus(str(root / "corpus.jsonl"))
-    run("convert.py", "--hf_path", str(root / "hf"), "--out", str(root / "model"))
-    run("collect.py", "--model", str(root / "model"), "--corpus", corpus, "--out", str(root / "stats"),
-        "--seq_len", str(planted.SEQ), "--batch_size", "16", "--ngram_orders", "2,3")
-    out = run("analyze.py", "--stats", str(root / "stats"), "--out", str(root / "report"), "--names", "planted")
-    with open(root / "report" / "report.json") as f:
-        return json.load(f)["models"]["planted"], root / "report", out.stdout
+def analyzed(planted_run):
+    """The planted pipeline (tests/study/conftest.py): the report's entry, the report folder, analyze's output."""
+    return planted_run.report, planted_run.root / "report", planted_run.stdout
 
 
 def test_dead_neurons_per_layer(analyzed):

@@ -1,0 +1,410 @@
+"""The neuron atlas: statistics directories -> a static folder with a page per neuron (docs/atlas-format.md).
+
+`build_atlas(stats_dirs, out_dir)` computes each collected layer's facts (`analyses.neurons.facts`) a layer at a
+time and writes them as JavaScript data files (`atlasData("<key>", {...});`, loadable from `file://` by a
+`<script>` element): per layer a summary (one row per neuron) and blocks of full neuron records, per model a
+token search index, and the manifest `data/atlas.js`, beside the viewer `index.html` (copied from
+`analyses/neurons/web/index.html`). Several models go side by side, named as `analyses.analyze` names them.
+
+The atlas is built in `<out_dir>.partial` and takes the name `out_dir` only when complete
+(`opt_jax.atomic.replace_dir`): an earlier atlas stays readable until then. A build that is killed resumes: the
+layers already written (each layer's summary is written last, with its token-index entries beside it under
+`.parts/`) are not computed again when the inputs are the same.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+
+import numpy as np
+
+from analyses import positional
+from analyses.neurons import facts as nf
+from analyses.report import Thresholds, split_labels
+from opt_jax import atomic
+from opt_jax.errors import AnalysisError, InputError, MissingError
+from opt_jax.progress import Progress
+
+VERSION = 1
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web", "index.html")
+TOKEN_BUCKETS = 256
+INDEX_LIMIT = 50  # entries kept per list of a token's index entry
+CURVE_POINTS = 512  # a longer curve is shown as the means over bins of consecutive positions
+INDEX_KINDS = ("triggers", "detects", "promotes", "suppresses")
+PARTS = ".parts"  # per-layer token-index entries and counts of a build in progress
+
+
+# The data files: one call of the page's `atlasData` each.
+
+def js_text(key: str, data, as_string: bool = False) -> str:
+    """The text of a data file: `atlasData("<key>", <json>);`, or with `as_string` the JSON as a string literal
+    the page parses, `atlasData("<key>", JSON.parse("<json>"));` (Chromium parses a large payload faster so)."""
+    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if as_string:
+        payload = f"JSON.parse({json.dumps(payload, ensure_ascii=False)})"
+    return f"atlasData({json.dumps(key)}, {payload});\n"
+
+
+def write_js(root: str, key: str, data, as_string: bool = False) -> str:
+    """Write the data file of `key` (its path: root/data/<key>.js), atomically."""
+    return atomic.write_text(os.path.join(root, "data", f"{key}.js"), js_text(key, data, as_string))
+
+
+def read_js(path: str) -> tuple[str, object]:
+    """(key, data) of a data file written by `write_js` (either form)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read().strip()
+    head = "atlasData("
+    if not text.startswith(head) or not text.endswith(");"):
+        raise AnalysisError(f"{path}: not an atlas data file (expected atlasData(\"key\", {{...}});)")
+    key, _, payload = text[len(head):-2].partition(", ")
+    if payload.startswith("JSON.parse(") and payload.endswith(")"):
+        payload = json.loads(payload[len("JSON.parse("):-1])
+    return json.loads(key), json.loads(payload)
+
+
+def fnv1a32(text: str) -> int:
+    """FNV-1a 32-bit hash of the UTF-8 bytes of text (the page computes the same)."""
+    h = 2166136261
+    for byte in text.encode("utf-8"):
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def token_key(text: str) -> str:
+    """The search key of a token text: stripped of surrounding whitespace and lower-cased; a text of whitespace
+    only keeps it (lower-cased), so that newline and space tokens can be searched."""
+    stripped = text.strip()
+    return (stripped or text).lower()
+
+
+def bucket_of(key: str, buckets: int = TOKEN_BUCKETS) -> int:
+    """The token-index file holding `key`."""
+    return fnv1a32(key) % buckets
+
+
+# One neuron, one layer.
+
+def _sig(x, digits: int = 6):
+    """A float with `digits` significant digits (None for None / NaN)."""
+    if x is None or not math.isfinite(float(x)):
+        return None
+    return float(f"{float(x):.{digits}g}")
+
+
+def round_significant(values: np.ndarray, digits: int = 4) -> np.ndarray:
+    """Values rounded to `digits` significant digits (0 stays 0), elementwise."""
+    values = np.asarray(values, np.float64)
+    magnitude = np.floor(np.log10(np.where(values != 0, np.abs(values), 1.0)))  # [...]
+    scale = 10.0 ** (digits - 1 - magnitude)
+    return np.round(values * scale) / scale
+
+
+def curve_bins(kept: int, points: int = CURVE_POINTS) -> int:
+    """Positions per point of a curve of `kept` positions drawn with at most `points` points."""
+    return max(1, math.ceil(kept / points))
+
+
+def binned_curves(facts: nf.LayerFacts, start: int, stop: int, points: int = CURVE_POINTS) -> tuple[list, np.ndarray]:
+    """(positions, fr [points, stop - start]) of a block's curves: with more than `points` kept positions, the
+    means over bins of `curve_bins` consecutive ones, each at its first position; 4 significant digits."""
+    values = facts.curves[:, start:stop].astype(np.float64)  # [k, b]
+    binned = curve_bins(len(facts.positions), points)
+    if binned == 1 or not len(facts.positions):
+        return facts.positions.tolist(), round_significant(values)
+    firsts = np.arange(0, len(facts.positions), binned)  # [points]
+    sizes = np.diff(np.append(firsts, len(facts.positions)))  # [points]
+    means = np.add.reduceat(values, firsts, axis=0) / sizes[:, None]  # [points, b]
+    return facts.positions[firsts].tolist(), round_significant(means)
+
+
+def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: int,
+                   points: int = CURVE_POINTS) -> list[dict]:
+    """The full records of neurons start..stop-1 of a layer (the `neurons` of a block file)."""
+    text = source.text
+    positions, curves = binned_curves(facts, start, stop, points)
+    binned = curve_bins(len(facts.positions), points)
+    shares = facts.trigger_shares()
+    out = []
+    for col, n in enumerate(range(start, stop)):
+        kind = facts.pos_type[n]
+        record = {"n": n, "freq": _sig(facts.freq[n]), "rank": int(facts.rank[n]), "dead": bool(facts.dead[n]),
+                  "mi": None if facts.mi is None else _sig(facts.mi[n]),
+                  "positional": None if kind < 0 else {"type": positional.TYPES[kind],
+                                                       "strong": bool(facts.strong[n])},
+                  "curve": {"positions": positions, "freq": curves[:, col].tolist(), "binned": binned},
+                  "triggers": [{"token": int(i), "text": text(i), "count": int(c), "share": _sig(s, 4),
+                                "rate": _sig(r, 4), "always": bool(r >= nf.ALWAYS)}
+                               for i, c, s, r in zip(facts.trigger_ids[n], facts.trigger_counts[n], shares[n],
+                                                     facts.trigger_rates[n]) if i >= 0],
+                  "label": nf.label(facts, n, source)}
+        found = []
+        if n in facts.token_items:
+            found.append({"kind": "token", "items": [text(i) for i in facts.token_items[n]],
+                          "tokens": facts.token_items[n].tolist()})
+        if n in facts.trigram_items:
+            found.append({"kind": "trigram", "items": source.joined(facts.trigram_items[n]),
+                          "tokens": facts.trigram_items[n].tolist()})
+        record["detector"] = found[0] if found else None
+        record["detectors"] = found
+        record["promoted"], record["suppressed"] = [], []
+        if facts.promoted is not None and not facts.dead[n]:
+            record["promoted"] = [{"token": int(i), "text": text(i), "score": _sig(s, 4)}
+                                  for i, s in zip(facts.promoted[n], facts.promoted_scores[n])]
+            record["suppressed"] = [{"token": int(i), "text": text(i), "score": _sig(s, 4)}
+                                    for i, s in zip(facts.suppressed[n], facts.suppressed_scores[n])]
+        record["trigger_scores"] = []
+        if n in facts.trigger_scores:
+            values, ranks = facts.trigger_scores[n]
+            record["trigger_scores"] = [{"token": int(i), "text": text(i), "score": _sig(v, 4), "rank": int(r)}
+                                        for i, v, r in zip(facts.token_items[n], values, ranks)]
+        record["examples"] = {"top": [], "random": []}
+        out.append(record)
+    for kind, examples in facts.examples.items():
+        for record, contexts in zip(out, _contexts(examples, start, stop, source.texts)):
+            record["examples"][kind] = contexts
+    return out
+
+
+def _contexts(examples: nf.Examples, start: int, stop: int, texts: list[str]) -> list[list[dict]]:
+    """The examples of one set of neurons start..stop-1 as decoded contexts, a list per neuron."""
+    ids = examples.ids[start:stop].tolist()  # [b][k][c]
+    valid = examples.valid[start:stop].tolist()
+    fire, window, position = (a[start:stop].tolist() for a in (examples.fire, examples.window, examples.position))
+    value = round_significant(examples.value[start:stop]).tolist()
+    return [[{"tokens": [texts[i] for i in ids[b][j] if i >= 0], "fire": fire[b][j], "value": value[b][j],
+              "window": window[b][j], "position": position[b][j]} for j in range(len(valid[b])) if valid[b][j]]
+            for b in range(len(valid))]
+
+
+def layer_summary(facts: nf.LayerFacts, source: nf.Source) -> dict:
+    """The summary columns of a layer (one row per neuron)."""
+    return {"layer": facts.layer, "neurons": facts.neurons,
+            "freq": [_sig(f) for f in facts.freq.tolist()], "rank": facts.rank.tolist(),
+            "dead": facts.dead.astype(int).tolist(),
+            "mi": None if facts.mi is None else [_sig(m) for m in facts.mi.tolist()],
+            "pos": [positional.TYPES[k] if k >= 0 else None for k in facts.pos_type.tolist()],
+            "strong": facts.strong.astype(int).tolist(),
+            "token_det": [int(n in facts.token_items) for n in range(facts.neurons)],
+            "trigram_det": [int(n in facts.trigram_items) for n in range(facts.neurons)],
+            "label": [nf.label(facts, n, source) for n in range(facts.neurons)]}
+
+
+# The token search index.
+
+def index_entries(facts: nf.LayerFacts) -> dict:
+    """A layer's entries of the token index: kind -> {token, neuron, order, value} arrays (order: smaller first)."""
+    n_ids = np.arange(facts.neurons)
+    out = {}
+    has = facts.trigger_ids >= 0  # [n, T]
+    shares = facts.trigger_shares()
+    out["triggers"] = (facts.trigger_ids[has], np.broadcast_to(n_ids[:, None], has.shape)[has], -shares[has],
+                       shares[has])
+    tokens, neurons, order = [np.zeros(0)], [np.zeros(0)], [np.zeros(0)]
+    for n, items in list(facts.token_items.items()) + list(facts.trigram_items.items()):
+        unique = np.unique(items)  # a trigram detector: every token of its trigrams
+        tokens.append(unique)
+        neurons.append(np.full(len(unique), n))
+        order.append(np.full(len(unique), float(len(items))))  # fewer items: a more specific detector first
+    order = np.concatenate(order)
+    out["detects"] = (np.concatenate(tokens), np.concatenate(neurons), order, order)
+    if facts.promoted is not None:
+        alive = ~facts.dead  # [n]
+        for kind, ids, scores, sign in (("promotes", facts.promoted, facts.promoted_scores, -1.0),
+                                        ("suppresses", facts.suppressed, facts.suppressed_scores, 1.0)):
+            rows = np.broadcast_to(n_ids[:, None], ids.shape)[alive]  # [a, k]
+            out[kind] = (ids[alive].reshape(-1), rows.reshape(-1), sign * scores[alive].reshape(-1).astype(np.float64),
+                         scores[alive].reshape(-1).astype(np.float64))
+    return {kind: {"token": np.asarray(t, np.int64), "neuron": np.asarray(n, np.int64),
+                   "order": np.asarray(o, np.float64), "value": np.asarray(v, np.float64),
+                   "layer": np.full(len(t), facts.layer, np.int64)} for kind, (t, n, o, v) in out.items()}
+
+
+def _best(entries: dict, limit: int = INDEX_LIMIT) -> dict:
+    """The `limit` best entries per token (smallest order; ties by layer, then neuron)."""
+    if not len(entries["token"]):
+        return entries
+    order = np.lexsort((entries["neuron"], entries["layer"], entries["order"], entries["token"]))  # [e]
+    tokens = entries["token"][order]
+    first = np.searchsorted(tokens, tokens, side="left")  # [e]
+    keep = order[np.arange(len(order)) - first < limit]
+    return {k: v[keep] for k, v in entries.items()}
+
+
+class TokenIndex:
+    """One model's token index, kept at INDEX_LIMIT entries per token and list as layers are added."""
+
+    def __init__(self):
+        empty = {f: np.zeros(0, np.float64 if f in ("order", "value") else np.int64)
+                 for f in ("token", "neuron", "order", "value", "layer")}
+        self.kept = {kind: dict(empty) for kind in INDEX_KINDS}
+
+    def add(self, entries: dict) -> None:
+        """Add one layer's `index_entries`."""
+        for kind, new in entries.items():
+            both = {f: np.concatenate([self.kept[kind][f], new[f]]) for f in new}
+            self.kept[kind] = _best(both)
+
+    def buckets(self, text, buckets: int = TOKEN_BUCKETS) -> list[dict]:
+        """The index as `buckets` dicts key -> entry (docs/atlas-format.md), tokens sharing a key merged."""
+        by_key = {}
+        spans = {}
+        for kind, e in self.kept.items():
+            order = np.lexsort((e["neuron"], e["layer"], e["order"], e["token"]))
+            e = {f: v[order] for f, v in e.items()}
+            self.kept[kind] = e
+            tokens, firsts, counts = np.unique(e["token"], return_index=True, return_counts=True)
+            spans[kind] = {int(t): (int(a), int(a + c)) for t, a, c in zip(tokens, firsts, counts)}
+            for t in tokens.tolist():
+                by_key.setdefault(token_key(text(t)), set()).add(t)
+        out = [{} for _ in range(buckets)]
+        for key, tokens in by_key.items():
+            tokens = sorted(tokens)
+            entry = {"texts": sorted({text(t) for t in tokens})}
+            for kind, e in self.kept.items():
+                rows = np.concatenate([np.arange(*spans[kind][t]) for t in tokens if t in spans[kind]] or
+                                      [np.zeros(0, np.int64)])
+                rows = rows[np.lexsort((e["neuron"][rows], e["layer"][rows], e["order"][rows]))][:INDEX_LIMIT]
+                if kind == "detects":
+                    entry[kind] = [[int(e["layer"][r]), int(e["neuron"][r])] for r in rows]
+                else:
+                    entry[kind] = [[int(e["layer"][r]), int(e["neuron"][r]), _sig(e["value"][r], 4)] for r in rows]
+            out[bucket_of(key, buckets)][key] = entry
+        return out
+
+
+# The build.
+
+def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: int = 128, layers=None,
+                thresholds: Thresholds = Thresholds(), before: int = nf.BEFORE, after: int = nf.AFTER,
+                curve_points: int = CURVE_POINTS, page: str | None = None, verbose: bool = True) -> str:
+    """Write the atlas of one or more statistics directories into out_dir; returns out_dir's absolute path.
+
+    A statistics directory may be given as `NAME=DIR`; the others are named by `names`, else by their
+    directory's name (as `analyses.analyze`). `model_dirs` (one per directory) points at the converted models
+    when the statistics' manifests name a moved one. `layers` builds only those collected layers (default all);
+    `block` neurons go in each block file; contexts show `before` / `after` tokens around a firing token; a
+    curve has at most `curve_points` points (longer ones are binned).
+    `page` is the viewer copied as index.html (default `analyses/neurons/web/index.html`).
+    """
+    page = page or PAGE
+    if not os.path.isfile(page):
+        raise MissingError(f"{page}: the atlas page is missing (the viewer index.html that the atlas copies)")
+    if block < 1 or curve_points < 1:
+        raise InputError(f"block and curve_points must be at least 1, got {block} and {curve_points}")
+    stats_dirs = [str(d) for d in stats_dirs]
+    if any("=" in d for d in stats_dirs):
+        names, stats_dirs = split_labels(stats_dirs, names)
+    names = list(names) if names else [os.path.basename(os.path.normpath(d)) for d in stats_dirs]
+    if len(names) != len(stats_dirs) or len(set(names)) != len(names):
+        raise AnalysisError(f"need one distinct name per statistics directory, got {names}: pass names")
+    model_dirs = list(model_dirs) if model_dirs else [None] * len(stats_dirs)
+    if len(model_dirs) != len(stats_dirs):
+        raise InputError(f"{len(model_dirs)} model directories for {len(stats_dirs)} statistics directories")
+    sources = [nf.open_source(d, name, m, thresholds) for name, d, m in zip(names, stats_dirs, model_dirs)]
+    chosen = [_layers(s, layers) for s in sources]
+    out_dir = os.path.abspath(out_dir)
+    atomic.recover_dir(out_dir)
+    work = f"{out_dir}.partial"
+    identity = _identity(sources, chosen, block, thresholds, before, after, curve_points)
+    state_path = os.path.join(work, PARTS, "state.json")
+    if _read_json(state_path) != identity:  # a fresh build (or other inputs): nothing of it is reused
+        atomic.remove(work)
+        atomic.write_json(state_path, identity)
+    models = []
+    for index, (source, built) in enumerate(zip(sources, chosen)):
+        models.append(_build_model(source, index, built, work, block, before, after, curve_points, verbose))
+    manifest = {"version": VERSION, "created": datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"), "block": block, "token_buckets": TOKEN_BUCKETS, "curve_points": curve_points,
+        "index_limit": INDEX_LIMIT, "context": {"before": before, "after": after},
+        "top_k": thresholds.top_k, "top_triggers": nf.TOP_TRIGGERS, "always": nf.ALWAYS, "models": models}
+    with open(page, "rb") as f:
+        html = f.read()
+    atomic.write_file(os.path.join(work, "index.html"), lambda f: f.write(html), binary=True)
+    write_js(work, "atlas", manifest)
+    atomic.remove(os.path.join(work, PARTS))
+    return atomic.replace_dir(work, out_dir)
+
+
+def _layers(source: nf.Source, layers) -> list[int]:
+    """The collected layers to build, checked against the store."""
+    count = source.collected_layers
+    if layers is None:
+        return list(range(count))
+    bad = [l for l in layers if not isinstance(l, (int, np.integer)) or not 0 <= l < count]
+    if bad:
+        raise InputError(f"{source.stats.root}: layers {bad} are out of range; the store holds layers 0..{count - 1}")
+    return sorted({int(l) for l in layers})
+
+
+def _identity(sources, chosen, block, thresholds, before, after, curve_points) -> dict:
+    """What a build depends on: a resumed build reuses finished layers only when all of it is the same."""
+    stores = [{"stats": s.stats.root, "generation": s.stats.manifest.get("generation"), "model": s.model_dir,
+               "layers": built} for s, built in zip(sources, chosen)]
+    return {"version": VERSION, "stores": stores, "block": block, "thresholds": thresholds.to_json(),
+            "context": [before, after], "curve_points": curve_points, "builder": _builder_hash()}
+
+
+def _builder_hash() -> str:
+    """A digest of the code that writes the data (this module and the facts): a changed builder rebuilds."""
+    digest = hashlib.sha256()
+    for path in (__file__, nf.__file__):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _build_model(source: nf.Source, index: int, built: list[int], work: str, block: int, before: int,
+                 after: int, curve_points: int, verbose: bool) -> dict:
+    """Write one model's layers and token index into work; its manifest entry."""
+    stats = source.stats
+    config = stats.config
+    progress = Progress(f"atlas {source.name}", len(built), " layers", enabled=verbose, every=0.0)
+    tokens = TokenIndex()
+    counts = []
+    for layer in built:
+        part = os.path.join(work, PARTS, f"m{index}-L{layer}.npz")
+        summary = os.path.join(work, "data", f"m{index}", f"L{layer}", "summary.js")
+        if not (os.path.isfile(part) and os.path.isfile(summary)):
+            facts = nf.layer_facts(source, layer, before, after)
+            for b, start in enumerate(range(0, facts.neurons, block)):
+                stop = min(start + block, facts.neurons)
+                write_js(work, f"m{index}/L{layer}/B{b}", {"layer": layer, "block": b,
+                                                           "neurons": neuron_records(facts, source, start, stop,
+                                                                                     curve_points)})
+            entries = index_entries(facts)
+            flat = {f"{kind}.{field}": v for kind, e in entries.items() for field, v in e.items()}
+            flat["counts"] = np.frombuffer(json.dumps(facts.counts()).encode(), np.uint8)
+            atomic.write_file(part, lambda f: np.savez(f, **flat), binary=True)
+            write_js(work, f"m{index}/L{layer}/summary", layer_summary(facts, source),  # the layer's commit
+                     as_string=True)  # a filter over every layer parses every summary
+        with np.load(part) as saved:
+            entries = {}
+            for name in saved.files:
+                if name != "counts":
+                    kind, field = name.split(".")
+                    entries.setdefault(kind, {})[field] = saved[name]
+            counts.append(json.loads(saved["counts"].tobytes()))
+        tokens.add(entries)
+        progress.update()
+    for h, bucket in enumerate(tokens.buckets(source.text)):
+        write_js(work, f"m{index}/tokens/{h}", bucket)
+    notes = list(source.notes)
+    return {"name": source.name, "index": index, "stats": stats.root, "model": source.model_dir,
+            "layers": source.collected_layers, "built": built, "model_layers": config.num_hidden_layers,
+            "ffn": config.ffn_dim, "seq_len": int(stats.pos_act.shape[1]), "vocab": config.vocab_size,
+            "tokens": stats.tokens, "token_layers": list(stats.token_layers), "examples": stats.examples_per_neuron,
+            "positional_embeddings": bool(config.positional_embeddings), "note": "; ".join(notes), "notes": notes,
+            "counts": counts}

@@ -1,0 +1,310 @@
+"""Per-neuron facts of one collected layer, every neuron at once: what the atlas shows of each neuron.
+
+`layer_facts(source, layer)` reads the layer's statistics once and computes, vectorised over its neurons:
+
+- activation frequency (`act / tokens`, BOS included, as `analyses.dead`), dead (never active), and the
+  frequency's rank in the layer (1 + the neurons firing strictly more often);
+- the positional curve fr(p), its mutual information and, for a positional neuron, its type and strength
+  (`analyses.positional`: the same kept positions, MI and classification as the study);
+- token layers: the TOP_TRIGGERS tokens with most activations (`tok_act`, BOS excluded), each with its share
+  of the neuron's activations and its rate (activations / occurrences of the token; `always` when >= 95%),
+  and the token and trigram detectors (`analyses.detectors`, the study's thresholds);
+- with the model's weights: each alive neuron's top promoted and suppressed tokens (E @ fc2[:, n], through
+  project_out where present, `analyses.suppression`), and each token detector's trigger scores and ranks;
+- with example activations: both sets as contexts (token ids around the firing position, `context_span`).
+
+Memory per layer: one `pos_act` layer (int64 [positions, ffn]) and its curves (float32), `tok_act` read a block
+of rows at a time (`ItemCounts`), the update scores SCORE_BLOCK neurons at a time (float32 [block, vocab]),
+and the layer's example arrays once (int32 / float32 [ffn, k] per field) with the windows they name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from analyses import coverage, detectors, positional, suppression
+from analyses.collection import decode_ngrams, open_stats
+from analyses.report import Thresholds
+from analyses.tokens import TokenStrings, context_span
+from opt_jax import checkpoint as ckpt
+from opt_jax.errors import InputError
+
+TOP_TRIGGERS = 10  # trigger tokens listed per neuron
+ALWAYS = 0.95  # a trigger is `always` when the neuron fires on at least this share of its occurrences
+SCORE_BLOCK = 256  # neurons whose update scores are computed at once: float32 [block, vocab]
+CURVE_BLOCK = positional.NEURON_BLOCK  # neurons whose curves are computed at once (float64 [positions, block])
+BEFORE, AFTER = 12, 4  # tokens of context shown before and after a firing token
+
+
+@dataclasses.dataclass
+class Source:
+    """One model's inputs to the facts: statistics, weights and tokenizer (when found), thresholds."""
+
+    name: str
+    stats: object  # analyses.collection.Stats
+    model_dir: str | None
+    thresholds: Thresholds
+    texts: list[str]  # token id -> decoded text ('<id N>' without the tokenizer)
+    strings: TokenStrings | None  # the tokenizer's decoder (None without it)
+    unembedding: tuple | None  # (E [v, e], project_out [e, d] or None); None without the weights
+    table: object  # the n-gram table (None when n-grams were not collected)
+    occurrences: dict  # order -> function item ids -> occurrences
+    notes: list[str]
+
+    def text(self, token: int) -> str:
+        """The decoded text of a token id ('<id N>' without the tokenizer)."""
+        return self.texts[token]
+
+    def joined(self, sequences) -> list[str]:
+        """One text per id sequence (a trigram), decoded together as the report decodes it."""
+        if self.strings is None:
+            return [" ".join(self.text(i) for i in seq) for seq in sequences]
+        return self.strings.join(sequences)
+
+    @property
+    def collected_layers(self) -> int:
+        return int(self.stats.act.shape[0])
+
+
+def open_source(stats_dir: str, name: str | None = None, model_dir: str | None = None,
+                thresholds: Thresholds = Thresholds(), scores: bool = True) -> Source:
+    """The inputs of one model: its statistics directory and the converted model the statistics name (or
+    `model_dir`). Without the model directory the facts lack token texts and update scores (said in `notes`);
+    `scores=False` skips the weights (labels only)."""
+    stats = open_stats(stats_dir)
+    model_dir = model_dir or stats.manifest.get("model")
+    notes = []
+    texts = unembedding = strings = None
+    if model_dir and os.path.isdir(model_dir):
+        strings = TokenStrings(model_dir)
+        texts = strings(np.arange(stats.config.vocab_size))
+        if scores:
+            unembedding = suppression.unembedding(model_dir)
+    else:
+        notes.append(f"the model directory {model_dir!r} was not found: tokens are shown as ids and no update "
+                     "scores (promoted / suppressed tokens) were computed" if model_dir else
+                     "the statistics name no model: tokens are shown as ids and no update scores were computed")
+        model_dir = None
+    if texts is None:
+        texts = [f"<id {i}>" for i in range(stats.config.vocab_size)]
+    table = stats.ngram_table() if 3 in (stats.manifest.get("ngram_orders") or []) else None
+    orders = [1] + ([3] if table is not None else [])
+    occurrences = {k: coverage.occurrences(stats, k, table) for k in orders if stats.token_layers}
+    if stats.token_layers and table is None:
+        notes.append("n-grams were not collected: no trigram detectors")
+    if not stats.examples_per_neuron:
+        notes.append("no example contexts were collected (the statistics were collected with --examples 0)")
+    if stats.full_length_sequences == 0:
+        notes.append(positional.SKIPPED_NOTE)
+    return Source(name or os.path.basename(os.path.normpath(stats_dir)), stats, model_dir, thresholds, texts,
+                  strings, unembedding, table, occurrences, notes)
+
+
+@dataclasses.dataclass
+class Examples:
+    """One example set of a layer as contexts: token ids [n, k, c] (-1 outside the context), the firing token's
+    index in the context [n, k], its fc1 value, window and position [n, k]; `valid` [n, k] marks real examples."""
+
+    ids: np.ndarray
+    fire: np.ndarray
+    value: np.ndarray
+    window: np.ndarray
+    position: np.ndarray
+    valid: np.ndarray
+
+
+@dataclasses.dataclass
+class LayerFacts:
+    """The facts of every neuron of one layer (n = ffn); see the module docstring."""
+
+    layer: int
+    freq: np.ndarray  # float64 [n]
+    rank: np.ndarray  # int64 [n], 1 = most frequent
+    dead: np.ndarray  # bool [n]
+    mi: np.ndarray | None  # float64 [n]; None without full-length sequences
+    pos_type: np.ndarray  # int8 [n]: index into positional.TYPES, -1 when not positional
+    strong: np.ndarray  # bool [n]
+    positions: np.ndarray  # int64 [kept]: the positions of the curves
+    curves: np.ndarray  # float32 [kept, n]: fr(p)
+    token_layer: bool
+    trigger_ids: np.ndarray  # int64 [n, TOP_TRIGGERS], -1 past a neuron's triggers
+    trigger_counts: np.ndarray  # int64 [n, TOP_TRIGGERS]
+    trigger_rates: np.ndarray  # float64 [n, TOP_TRIGGERS]
+    totals: np.ndarray  # int64 [n]: activations at non-BOS positions (the sum of the neuron's tok_act column)
+    token_items: dict  # token detector neuron -> its covered token ids [m]
+    trigram_items: dict  # trigram detector neuron -> its covered trigrams' token ids [m, 3]
+    promoted: np.ndarray | None  # int64 [n, k] (-1 for dead neurons), highest score first; None without weights
+    promoted_scores: np.ndarray | None  # float32 [n, k]
+    suppressed: np.ndarray | None  # int64 [n, k], lowest score first
+    suppressed_scores: np.ndarray | None  # float32 [n, k]
+    trigger_scores: dict  # token detector neuron -> (scores float [m], ranks among the suppressed int [m])
+    examples: dict  # kind -> Examples (empty without examples)
+
+    @property
+    def neurons(self) -> int:
+        return len(self.freq)
+
+    def trigger_shares(self) -> np.ndarray:
+        """Each trigger's share of its neuron's activations: float64 [n, TOP_TRIGGERS] (0 past its triggers)."""
+        return self.trigger_counts / np.maximum(self.totals, 1)[:, None]
+
+    def counts(self) -> dict:
+        """The layer's tallies: neurons, dead, token and trigram detectors, positional neurons per type."""
+        positional_counts = {name: int((self.pos_type == code).sum()) for code, name in enumerate(positional.TYPES)}
+        strong = {name: int(((self.pos_type == code) & self.strong).sum())
+                  for code, name in enumerate(positional.TYPES)}
+        return {"layer": self.layer, "neurons": self.neurons, "dead": int(self.dead.sum()),
+                "token_detectors": len(self.token_items), "trigram_detectors": len(self.trigram_items),
+                "positional": positional_counts, "positional_strong": strong}
+
+
+def layer_facts(source: Source, layer: int, before: int = BEFORE, after: int = AFTER,
+                examples: bool = True) -> LayerFacts:
+    """Every neuron's facts of one collected layer of `source` (see the module docstring); `examples=False`
+    leaves the example contexts out."""
+    stats, th = source.stats, source.thresholds
+    if not isinstance(layer, (int, np.integer)) or not 0 <= layer < source.collected_layers:
+        raise InputError(f"{stats.root}: layer {layer!r} is out of range; the store holds layers "
+                         f"0..{source.collected_layers - 1}")
+    layer = int(layer)
+    act = np.asarray(stats.act[layer], np.int64)  # [n]
+    freq = act / max(stats.tokens, 1)  # [n]
+    ordered = np.sort(freq)  # [n]
+    rank = 1 + len(freq) - np.searchsorted(ordered, freq, side="right")  # [n]: 1 + neurons strictly above
+    mi, pos_type, strong, positions, curves = _positional(stats, layer, th.positional)
+    n = len(act)
+    token_layer = layer in stats.token_layers
+    trigger_ids = np.full((n, TOP_TRIGGERS), -1, np.int64)
+    trigger_counts = np.zeros((n, TOP_TRIGGERS), np.int64)
+    totals = np.zeros(n, np.int64)
+    token_items, trigram_items = {}, {}
+    if token_layer:
+        t = stats.token_layers.index(layer)
+        counts = coverage.item_counts(stats, 1, t)  # sorted by neuron, most activations first
+        totals = counts.totals()
+        top = counts.ranks() < TOP_TRIGGERS  # [e]
+        trigger_ids[counts.neurons[top], counts.ranks()[top]] = counts.items[top]
+        trigger_counts[counts.neurons[top], counts.ranks()[top]] = counts.counts[top]
+        found = detectors.detectors_of_order(layer, counts, source.occurrences[1], 1, th.detectors)
+        token_items = {int(k): v for k, v in zip(found.neurons, found.items)}
+        if 3 in source.occurrences:
+            grams = coverage.item_counts(stats, 3, t, source.table)
+            found = detectors.detectors_of_order(layer, grams, source.occurrences[3], 3, th.detectors)
+            trigram_items = {int(k): decode_ngrams(v, 3, stats.config.vocab_size)
+                             for k, v in zip(found.neurons, found.items)}
+    occurrences = np.asarray(stats.token_occ, np.int64) if token_layer else None  # [v]
+    trigger_rates = (trigger_counts / np.maximum(occurrences[np.maximum(trigger_ids, 0)], 1)
+                     if token_layer else np.zeros((n, TOP_TRIGGERS)))  # [n, T]
+    scores = _update_scores(source, layer, ~(act > 0), token_items)
+    examples = _examples(stats, layer, before, after) if examples and stats.examples_per_neuron else {}
+    return LayerFacts(layer, freq, rank.astype(np.int64), act == 0, mi, pos_type, strong, positions, curves,
+                      token_layer, trigger_ids, trigger_counts, trigger_rates, totals, token_items, trigram_items,
+                      *scores, examples)
+
+
+def _positional(stats, layer: int, th: positional.PositionalThresholds):
+    """(mi [n] or None, type [n], strong [n], kept positions, curves float32 [kept, n]) of one layer."""
+    pos_tokens = np.asarray(stats.pos_tokens, np.int64)  # [p]
+    counts = stats.pos_act[layer]  # [p, n]
+    n = counts.shape[1]
+    positions = positional.kept_positions(pos_tokens, th.include_bos)  # [k]
+    curves = np.zeros((len(positions), n), np.float32)  # [k, n]
+    for start in range(0, n if len(positions) else 0, CURVE_BLOCK):
+        curves[:, start:start + CURVE_BLOCK] = positional.frequencies(counts[:, start:start + CURVE_BLOCK],
+                                                                      pos_tokens, positions)
+    pos_type = np.full(n, -1, np.int8)
+    strong = np.zeros(n, bool)
+    if stats.full_length_sequences == 0:  # the study skips such a store (positional.SKIPPED_NOTE)
+        return None, pos_type, strong, positions, curves
+    mi = positional.mutual_information(counts, pos_tokens, th.include_bos)  # [n]
+    chosen = np.flatnonzero(mi > th.mi_threshold)  # [c]
+    if len(chosen) and len(positions):
+        pos_type[chosen], strong[chosen] = positional.classify(counts[:, chosen], pos_tokens, th)
+    return mi, pos_type, strong, positions, curves
+
+
+def _update_scores(source: Source, layer: int, dead: np.ndarray, token_items: dict) -> tuple:
+    """(promoted, promoted scores, suppressed, suppressed scores, trigger scores) of the alive neurons' updates,
+    SCORE_BLOCK neurons at a time; Nones (and no trigger scores) without the weights."""
+    if source.unembedding is None:
+        return None, None, None, None, {}
+    embedding, project_out = source.unembedding  # [v, e], [e, d]
+    k = min(source.thresholds.top_k, embedding.shape[0])
+    fc2 = np.asarray(ckpt.open_array(source.model_dir, "layers/ffn/fc2/weight")[layer].read().result())  # [d, n]
+    n = fc2.shape[1]
+    promoted, suppressed = np.full((n, k), -1, np.int64), np.full((n, k), -1, np.int64)
+    promoted_scores, suppressed_scores = np.zeros((n, k), np.float32), np.zeros((n, k), np.float32)
+    trigger_scores = {}
+    alive = np.flatnonzero(~dead)  # [a]
+    for start in range(0, len(alive), SCORE_BLOCK):
+        ids = alive[start:start + SCORE_BLOCK]  # [b]
+        scores = suppression.update_scores(embedding, project_out, fc2[:, ids])  # [b, v]
+        promoted[ids] = suppression.lowest(-scores, k)
+        suppressed[ids] = suppression.lowest(scores, k)
+        promoted_scores[ids] = np.take_along_axis(scores, promoted[ids], axis=1)
+        suppressed_scores[ids] = np.take_along_axis(scores, suppressed[ids], axis=1)
+        rows = [i for i, neuron in enumerate(ids.tolist()) if neuron in token_items]
+        if rows:
+            values, ranks = suppression.trigger_scores_and_ranks(scores[rows], [token_items[int(ids[i])]
+                                                                                for i in rows])
+            trigger_scores |= {int(ids[i]): (v, r) for i, v, r in zip(rows, values, ranks)}
+    return promoted, promoted_scores, suppressed, suppressed_scores, trigger_scores
+
+
+def _examples(stats, layer: int, before: int, after: int) -> dict:
+    """Both example sets of a layer as contexts (`Examples`), reading the example arrays and their windows once."""
+    sets = stats.layer_examples(layer)  # {kind: {field: [n, k]}}
+    used = np.unique(np.concatenate([s["window"][s["window"] >= 0] for s in sets.values()]))  # [u]
+    rows = stats.window_rows(used)  # [u, seq]
+    lengths = (rows >= 0).sum(axis=1)  # [u]: windows hold -1 after their end
+    offsets = np.arange(-before, after + 1)  # [c]
+    out = {}
+    for kind, s in sets.items():
+        valid = s["window"] >= 0  # [n, k]
+        row = np.searchsorted(used, np.where(valid, s["window"], used[0] if len(used) else 0))  # [n, k]
+        row = np.minimum(row, max(len(used) - 1, 0))
+        length = lengths[row] if len(used) else np.zeros_like(row)  # [n, k]
+        start, stop = context_span(s["position"], length, before, after)  # [n, k] each
+        at = s["position"][..., None] + offsets  # [n, k, c]
+        inside = valid[..., None] & (at >= start[..., None]) & (at < stop[..., None])  # [n, k, c]
+        ids = (rows[row[..., None], np.clip(at, 0, rows.shape[1] - 1)] if len(used)
+               else np.zeros(at.shape, np.int32))  # [n, k, c]
+        out[kind] = Examples(np.where(inside, ids, -1), s["position"] - start, s["value"], s["window"],
+                             s["position"], valid)
+    return out
+
+
+def label(facts: LayerFacts, n: int, source: Source, triggers: int = 3) -> str:
+    """A short human label of neuron n: "dead", "detector of 'w'", "positional, oscillatory strong", or its top
+    trigger tokens with their shares; "" when nothing is known."""
+    if facts.dead[n]:
+        return "dead"
+    parts = []
+    if n in facts.token_items:
+        parts.append("detector of " + ", ".join(repr(source.text(i)) for i in facts.token_items[n]))
+    elif n in facts.trigram_items:
+        grams = facts.trigram_items[n]
+        shown = ", ".join(repr(t) for t in source.joined(grams[:triggers]))
+        parts.append(f"trigram detector of {shown}" + (f" (+{len(grams) - triggers} more)"
+                                                       if len(grams) > triggers else ""))
+    if facts.pos_type[n] >= 0:
+        parts.append(f"positional, {positional.TYPES[facts.pos_type[n]]} "
+                     f"{positional.STRENGTHS[0 if facts.strong[n] else 1]}")
+    if not parts and facts.trigger_ids[n, 0] >= 0:
+        shares = facts.trigger_shares()[n]
+        parts.append("fires on " + ", ".join(f"{source.text(i)!r} ({s:.0%})" for i, s in
+                                             zip(facts.trigger_ids[n, :triggers], shares[:triggers]) if i >= 0))
+    return "; ".join(parts)
+
+
+def labels(source: Source, layers=None) -> dict[int, list[str]]:
+    """The label of every neuron of the given collected layers (default: all): layer -> [ffn] labels."""
+    layers = range(source.collected_layers) if layers is None else layers
+    out = {}
+    for layer in layers:
+        facts = layer_facts(source, layer, examples=False)
+        out[int(layer)] = [label(facts, n, source) for n in range(facts.neurons)]
+    return out

@@ -1,0 +1,34 @@
+"""The neuron atlas of one or more statistics directories: a static folder with a page per neuron.
+
+  python scripts/atlas.py --stats out/stats/stdlib-4l out/stats/stdlib-4l-nopos --out out/atlas
+  python scripts/atlas.py --stats opt-125m=stats/opt-125m --out atlas/ --layers 0,1
+Open OUT/index.html in a browser (no server needed), or host the folder as plain files.
+"""
+
+from absl import app, flags
+
+from opt_jax import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("stats", None, "statistics directories written by scripts/collect.py, each DIR or "
+                          "NAME=DIR", required=True)
+flags.DEFINE_string("out", None, "the atlas folder (index.html and data/)", required=True)
+flags.DEFINE_list("names", None, "model names, one per unlabelled --stats (default: the directories' names)")
+flags.DEFINE_multi_string("model_dirs", None, "converted model directory of each --stats (default: the one its "
+                          "manifest records); needed for token texts and promoted / suppressed tokens")
+flags.DEFINE_list("layers", None, "build only these collected layers (default: all)")
+flags.DEFINE_integer("block", 128, "neurons per data file of full neuron records")
+
+
+def main(argv):
+    from analyses.neurons.atlas import build_atlas
+
+    stats = FLAGS.stats + argv[1:]
+    layers = [int(l) for l in FLAGS.layers] if FLAGS.layers else None
+    return cli.run(lambda: build_atlas(stats, FLAGS.out, names=FLAGS.names, model_dirs=FLAGS.model_dirs,
+                                       block=FLAGS.block, layers=layers),
+                   lambda out: f"atlas: {out}/index.html")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,227 @@
+"""The atlas page in a real browser (Debian's headless Chromium through Selenium, from file://).
+
+The atlas is a real build (`build_atlas`) of the planted model's statistics (tests/planted.py), side by side
+with a second store of the same model collected with `--examples 0`. Expectations come from the planted
+construction and from the statistics themselves (numpy, the tokenizer), never from the page's own data.
+A synthetic atlas in the documented format (benchmarks/atlas_synthetic.py) covers what the small planted
+model cannot: hundreds of rows to filter, cap and sort, and non-ASCII token texts.
+"""
+
+import io
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+from matplotlib import image
+from selenium.webdriver.support.ui import Select
+
+import analyses
+import planted
+from analyses.neurons.atlas import fnv1a32, token_key
+from analyses.tokens import TokenStrings
+from benchmarks.atlas_synthetic import read_data, write_atlas
+from benchmarks.browser import chromium, go, page_url, routes_done, wait_ready
+from conftest import run_step
+
+DETECTOR = 1  # planted layer-0 detector of two words (t2, t3)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium(1200, 1000)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def built(planted_run, tmp_path_factory):
+    """The atlas of the planted model's statistics (the session's `planted_run`) and of a second collection
+    of the same model without examples: models M0 "planted" and M1 "bare"."""
+    root = tmp_path_factory.mktemp("planted_atlas")
+    run_step("collect.py", "--model", planted_run.model, "--corpus", str(planted_run.root / "corpus.jsonl"),
+             "--out", str(root / "bare"), "--seq_len", str(planted.SEQ), "--batch_size", "16", "--examples", "0",
+             "--max_tokens", "4096")
+    atlas = analyses.atlas([planted_run.stats, str(root / "bare")], str(root / "atlas"), names=["planted", "bare"])
+    return {"atlas": str(atlas), "stats": analyses.open_stats(planted_run.stats), "tokens": TokenStrings(planted_run.model)}
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    """A synthetic atlas: 3 layers of 300 neurons, token texts with whitespace and non-ASCII letters."""
+    return write_atlas(str(tmp_path_factory.mktemp("atlas") / "atlas"), layers=LAYERS, ffn=FFN, block=BLOCK,
+                       vocab=300, seq_len=32, examples=3)
+
+
+LAYERS, FFN, BLOCK = 3, 300, 128
+
+
+def visible(text: str) -> str:
+    """A token text as the page shows it (whitespace made visible)."""
+    return text.replace(" ", "\u00b7").replace("\n", "\u21b5").replace("\t", "\u21e5") or "\u2205"
+
+
+def open_page(driver, atlas_dir, fragment=""):
+    driver.get("about:blank")
+    driver.get(page_url(atlas_dir, fragment))
+    return wait_ready(driver)
+
+
+def click(driver, element_id):
+    done = routes_done(driver)
+    driver.find_element("id", element_id).click()
+    return wait_ready(driver, done)
+
+
+def text_of(driver, css):
+    return driver.find_element("css selector", css).text
+
+
+def heading(driver):
+    return driver.find_element("tag name", "h1").text
+
+
+def console_errors(driver):
+    return [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def test_detector_page_names_its_triggers_frequency_and_an_example(browser, built):
+    stats, decode = built["stats"], built["tokens"]
+    words, _ = planted.DETECTORS[DETECTOR]
+    triggers = {planted.word(planted.TRIGGERS[w]) for w in words}
+    open_page(browser, built["atlas"], f"L0N{DETECTOR}")
+    assert heading(browser) == f"Layer 0, neuron {DETECTOR}"
+    shown = {td.text for td in browser.find_elements("css selector", "#triggers tbody tr td:first-child")}
+    assert shown == triggers
+    frequency = np.asarray(stats.act[0])[DETECTOR] / stats.manifest["tokens"]
+    assert float(browser.find_element("id", "fact-freq").get_attribute("data-value")) == pytest.approx(frequency, rel=1e-5)
+    assert text_of(browser, "#fact-freq .v") == f"{100 * frequency:.3g}%"
+    kinds = browser.find_elements("css selector", "#fact-detector .detector")
+    assert kinds[0].text.startswith("token detector of")
+    assert {t.text for t in kinds[0].find_elements("css selector", ".tok")} == triggers
+    # the strongest example: a run of the window's decoded tokens, the firing one marked with its fc1 value
+    best = stats.examples(0, DETECTOR, "top")[0]
+    strip = browser.find_element("css selector", "#examples-top li .strip")
+    tokens = [t.text for t in strip.find_elements("css selector", ".t")]
+    fired = [t.text for t in strip.find_elements("css selector", "mark.fire .t")]
+    assert fired == [visible(decode([best.token])[0])] and fired[0] in triggers
+    k = browser.execute_script("return [...arguments[0].querySelectorAll('.t')].findIndex((t) => t.closest('mark'))", strip)
+    window = [visible(t) for t in decode(best.tokens)]
+    assert tokens == window[best.position - k: best.position - k + len(tokens)]
+    value = float(strip.find_element("css selector", "mark.fire .val").text)
+    assert value == pytest.approx(best.value, rel=1e-2)
+    assert not console_errors(browser)
+
+
+def test_positional_neurons_show_their_planted_type(browser, built):
+    open_page(browser, built["atlas"], "")
+    for n, (kind, strength) in planted.POSITIONAL.items():
+        go(browser, f"L0N{n}")
+        assert text_of(browser, "#fact-pos .v") == f"{kind}, {strength}", n
+        points = browser.find_element("css selector", "svg.curve polyline").get_attribute("points").split()
+        assert len(points) > planted.SEQ // 2, "the curve is drawn over the positions"
+    assert not console_errors(browser)
+
+
+@pytest.mark.parametrize("typed", [" W{}", "w{}"])
+def test_token_search_lists_the_detector(browser, built, typed):
+    words, _ = planted.DETECTORS[DETECTOR]
+    word = planted.word(planted.TRIGGERS[words[0]])
+    open_page(browser, built["atlas"], "search=" + quote(typed.format(word[1:])))
+    for group in ("triggers", "detects"):
+        links = [a.text for a in browser.find_elements("css selector", f"#group-{group} a.neuron")]
+        assert f"L0 N{DETECTOR}" in links, group
+    detects = [a.text for a in browser.find_elements("css selector", "#group-detects a.neuron")]
+    assert len(detects) == len(set(detects)), "a neuron once per list (detector of the token and of its trigrams)"
+    assert not console_errors(browser)
+
+
+def test_next_neuron_link_then_back_and_a_screenshot_that_is_not_blank(browser, built):
+    open_page(browser, built["atlas"], "search=" + quote(planted.word(planted.TRIGGERS["t2"])))
+    done = routes_done(browser)
+    browser.find_element("css selector", f"#group-detects a[href='#L0N{DETECTOR}']").click()
+    wait_ready(browser, done)
+    assert heading(browser) == f"Layer 0, neuron {DETECTOR}"
+    click(browser, "next-neuron")
+    assert heading(browser) == f"Layer 0, neuron {DETECTOR + 1}"
+    assert browser.execute_script("return location.hash") == f"#L0N{DETECTOR + 1}"
+    for expected in (f"Layer 0, neuron {DETECTOR}", "planted: search the neurons"):
+        done = routes_done(browser)
+        browser.back()
+        wait_ready(browser, done)
+        assert heading(browser) == expected
+    done = routes_done(browser)
+    browser.forward()
+    wait_ready(browser, done)
+    assert heading(browser) == f"Layer 0, neuron {DETECTOR}"
+    pixels = image.imread(io.BytesIO(browser.get_screenshot_as_png()), format="png")
+    assert pixels.shape[0] > 500 and np.std(pixels[..., :3]) > 0.05
+    assert not console_errors(browser)
+
+
+def test_last_neuron_of_a_layer_links_to_the_next_layer(browser, built):
+    open_page(browser, built["atlas"], f"L0N{planted.FFN - 1}")
+    click(browser, "next-neuron")
+    assert heading(browser) == "Layer 1, neuron 0"
+    assert text_of(browser, "#fact-status .v") == "dead"
+
+
+def test_out_of_range_neuron_and_layer_say_so(browser, built):
+    open_page(browser, built["atlas"], f"L0N{planted.FFN}")
+    assert f"Neuron {planted.FFN} is out of range" in text_of(browser, "#out-of-range")
+    go(browser, f"L{planted.LAYERS}N0")
+    assert f"Layer {planted.LAYERS} is out of range" in text_of(browser, "#out-of-range")
+    assert not console_errors(browser), "no data file of a missing neuron is requested"
+
+
+def test_statistics_without_examples_say_none_were_collected(browser, built):
+    open_page(browser, built["atlas"], f"M1/L0N{DETECTOR}")
+    assert heading(browser) == f"Layer 0, neuron {DETECTOR}"
+    assert "No example contexts were collected" in text_of(browser, "#no-examples")
+    assert not browser.find_elements("css selector", ".example")
+    go(browser, "M1/")
+    assert "example" in text_of(browser, "#model-note")
+
+
+def test_enter_in_the_search_box_jumps_to_layer_colon_neuron(browser, built):
+    open_page(browser, built["atlas"])
+    assert browser.find_element("css selector", "label[for=q]").text
+    done = routes_done(browser)
+    browser.find_element("id", "q").send_keys(f"0:{DETECTOR}\n")
+    wait_ready(browser, done)
+    assert browser.execute_script("return location.hash") == f"#L0N{DETECTOR}"
+    assert heading(browser) == f"Layer 0, neuron {DETECTOR}"
+
+
+def test_model_switcher_keeps_the_neuron(browser, built):
+    open_page(browser, built["atlas"], f"L0N{DETECTOR}")
+    done = routes_done(browser)
+    Select(browser.find_element("id", "model")).select_by_visible_text("M1: bare")
+    wait_ready(browser, done)
+    assert browser.execute_script("return location.hash") == f"#M1/L0N{DETECTOR}"
+    assert "bare" in browser.title
+
+
+def test_token_search_finds_each_group_through_the_hashed_bucket(browser, atlas):
+    """The page hashes the text (FNV-1a in JavaScript) to the bucket Python wrote it in, in any letter case."""
+    key = token_key(" na\u00efve6")  # vocabulary() word 6: a space, then non-ASCII letters
+    entry = read_data(atlas, f"m0/tokens/{fnv1a32(key) % 256}")[key]
+    open_page(browser, atlas, "search=" + quote(" " + key.upper()))
+    for group in ("triggers", "promotes", "suppresses"):
+        links = [a.text for a in browser.find_elements("css selector", f"#group-{group} a.neuron")]
+        assert links == [f"L{e[0]} N{e[1]}" for e in entry[group]], group
+    assert not console_errors(browser)
+
+
+def test_filters_load_every_layer_cap_the_rows_and_sort(browser, atlas):
+    summaries = [read_data(atlas, f"m0/L{l}/summary") for l in range(LAYERS)]
+    alive = [(s["freq"][n], l, n) for l, s in enumerate(summaries) for n in range(FFN) if not s["dead"][n]]
+    assert len(alive) > 200
+    open_page(browser, atlas, "search=&status=alive&sort=freq")
+    rows = browser.find_elements("css selector", "#filter-results tbody tr")
+    assert len(rows) == 200, "the first 200 rows, then a button"
+    best = sorted(alive, key=lambda x: -x[0])[:5]
+    assert [r.find_element("css selector", "a").text for r in rows[:5]] == [f"L{l} N{n}" for _, l, n in best]
+    more = browser.find_element("css selector", "#filter-results button.more")
+    more.click()
+    assert len(browser.find_elements("css selector", "#filter-results tbody tr")) == min(400, len(alive))
+    assert str(len(alive)) in text_of(browser, "#search-status")
