@@ -40,6 +40,11 @@ flags.DEFINE_integer("examples", 16, "example activations kept per neuron and se
                      "sample (0: none)", lower_bound=0)
 flags.DEFINE_float("flush_every_s", 300.0, "commit statistics at least this often (seconds)")
 flags.DEFINE_integer("flush_every_batches", None, "also commit every this many batches (chunks when offloading)")
+flags.DEFINE_bool("background_commits", True, "write each commit in a background thread while counting goes on "
+                  "into fresh counters, when a second set of counters fits on the device or the host "
+                  "(--nobackground_commits: the step loop waits for every commit)")
+flags.DEFINE_bool("background_ngrams", True, "count each batch's n-grams in a background thread while the next "
+                  "batches run (--nobackground_ngrams: the step loop counts them)")
 flags.DEFINE_bool("overwrite", False, "replace statistics of another model, corpus or flags in --out")
 flags.DEFINE_string("coordinator", None, "jax.distributed coordinator HOST:PORT (multi-host runs)")
 flags.DEFINE_integer("num_processes", 1, "number of processes in a multi-host run")
@@ -67,7 +72,8 @@ def main(argv):
             ngram_candidates_from=FLAGS.ngram_candidates_from, ngram_max_coverage=FLAGS.ngram_max_coverage,
             ngram_coverage_fraction=FLAGS.ngram_coverage_fraction, examples=FLAGS.examples,
             flush_every_s=FLAGS.flush_every_s,
-            flush_every_batches=FLAGS.flush_every_batches, overwrite=FLAGS.overwrite,
+            flush_every_batches=FLAGS.flush_every_batches, background_commits=FLAGS.background_commits,
+            background_ngrams=FLAGS.background_ngrams, overwrite=FLAGS.overwrite,
             process_index=FLAGS.process_id, process_count=FLAGS.num_processes),
         lambda path: f"statistics: {path}")
 

@@ -2,7 +2,8 @@
 model's pipeline run once per session (`planted_run`).
 
 Test files live in folders mirroring the packages (`tests/opt_jax/`, `tests/collection/`, ...). The shared
-modules (`helpers`, `hf_models`, `planted`, `kill`) are imported from this folder, and the repository root
+modules (`helpers`, `hf_models`, `planted`, `kill`,
+`paused_commits`) are imported from this folder, and the repository root
 comes first on the path, so that `import opt_jax` finds the package and never the folder of its tests.
 """
 

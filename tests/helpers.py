@@ -26,6 +26,28 @@ def run_script(*args, env: dict | None = None, timeout: float = 600) -> subproce
                           env=offline_env() if env is None else env, timeout=timeout)
 
 
+def assert_same_stats(a, b, examples: int = 16) -> None:
+    """Two statistics stores (`analyses.open_stats`) hold identical counts, example sets and windows (k =
+    `examples`, some filled) and n-gram tables (non-empty), array by array and bit for bit."""
+    import numpy as np
+
+    from analyses.collection.store import ARRAY_NAMES, example_layouts
+
+    for name in ARRAY_NAMES:
+        np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
+    for key in ("tokens", "sequences", "full_length_sequences"):
+        assert a.manifest[key] == b.manifest[key], key
+    assert a.examples_per_neuron == b.examples_per_neuron == examples
+    for name in example_layouts(1, 1, 1, 2):
+        np.testing.assert_array_equal(np.asarray(a.array(name).read().result()),
+                                      np.asarray(b.array(name).read().result()), err_msg=name)
+    assert (np.asarray(a.array("examples_random_window").read().result()) >= 0).any()
+    ta, tb = a.ngram_table().to_arrays(), b.ngram_table().to_arrays()
+    assert ta.keys() == tb.keys() and all(len(v) for v in ta.values())
+    for name in ta:
+        np.testing.assert_array_equal(ta[name], tb[name], err_msg=name)
+
+
 class FakeDevice:
     """An accelerator as `memory_stats()` reports it: its memory limit and what is in use."""
 

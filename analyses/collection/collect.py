@@ -7,16 +7,25 @@ Process p of P takes the batches with b % P == p. Weights are either resident on
 checkpoint (or sliced from parameters a caller holds in memory) two groups ahead. Statistics
 stay on the device until a flush commits them (see `analyses.collection.store`); the manifest's cursor
 is the next global batch, so a rerun continues exactly where the last commit left off.
+
+A flush takes the counters (and the n-gram table's arrays and the host's counts) as they stand at its
+cursor, hands the run fresh counters, and writes the commit in a background thread while the batches after
+the cursor are counted (`Runner.take_counters`; where no second set of counters fits, the run waits for the
+commit instead). One commit is in flight at a time: the next flush, and the run's end, wait for it, and its
+error is raised there. The cursor moves only with the generation it describes (`StatsStore.commit` writes
+both at once), so a crash mid-commit resumes from the previous one.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
 import numpy as np
 
 from analyses.collection import statistics as st
+from analyses.collection.background import Behind
 from analyses.collection.candidates import ngram_candidates
 from analyses.collection.plan import IDENTITY, Options, make_plan
 from analyses.collection.runner import Runner
@@ -78,11 +87,26 @@ def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
     counting = options.ngram_orders and plan.token_layers
     ngrams = open_stats(store.root).ngram_table(options.ngram_max_pairs) if counting else None
     runner = Runner(model_path, plan, options, ngrams=ngrams, ngram_neurons=tracked if counting else None)
+    _say(options, _commit_mode(runner))
+    commits = Behind("commit")
     try:
-        _run(runner, store, corpus, options, config.pad_token_id)
-    finally:
-        runner.close()
+        _run(runner, store, commits, corpus, options, config.pad_token_id)
+    except BaseException as e:  # no commit or count may still be running when the caller sees the error
+        commits.close(e)
+        runner.close(e)
+        raise
+    commits.close()
+    runner.close()
     return store.root
+
+
+def _commit_mode(runner: Runner) -> str:
+    if not runner.options.background_commits:
+        return "commits: in the step loop (--nobackground_commits)"
+    if runner.snapshot is None:
+        return ("commits: in the step loop: no room for a second set of counters on the device or the host "
+                "(fewer --token_layers make room)")
+    return f"commits: in the background, the counters' snapshot kept on the {runner.snapshot}"
 
 
 def _ngram_neurons(plan: st.Plan, options: Options) -> tuple[np.ndarray | None, dict | None]:
@@ -115,7 +139,7 @@ def _say(options: Options, message: str) -> None:
         print(message, flush=True)
 
 
-def _run(runner: Runner, store: StatsStore, corpus: Corpus, options: Options, pad_id: int) -> None:
+def _run(runner: Runner, store: StatsStore, commits: Behind, corpus: Corpus, options: Options, pad_id: int) -> None:
     cursor = dict(store.manifest["cursor"])
     next_batch, stream_tokens = cursor["next_batch"], cursor["stream_tokens"]
     windows = corpus.windows(skip=next_batch * options.batch_size)
@@ -148,12 +172,13 @@ def _run(runner: Runner, store: StatsStore, corpus: Corpus, options: Options, pa
                 time.monotonic() - last_flush >= options.flush_every_s or \
                 pending_tokens + chunk_size * options.batch_size * options.seq_len > st.MAX_TOKENS_PER_FLUSH
             if due:
-                _flush(runner, store, host, {"next_batch": next_batch, "stream_tokens": stream_tokens}, False)
+                _flush(runner, store, commits, host, {"next_batch": next_batch, "stream_tokens": stream_tokens},
+                       False)
                 host, pending_tokens, batches_since_flush, last_flush = _zero_host(runner.plan), 0, 0, time.monotonic()
     if chunk:
         runner.run(chunk, first_windows)
-    _flush(runner, store, host, {"next_batch": next_batch, "stream_tokens": stream_tokens, "exhausted": exhausted},
-           True)
+    _flush(runner, store, commits, host,
+           {"next_batch": next_batch, "stream_tokens": stream_tokens, "exhausted": exhausted}, True)
     progress.update(0, force=True)
 
 
@@ -163,22 +188,37 @@ def _zero_host(plan: st.Plan) -> dict:
             "full_length_sequences": np.int64(0), "windows": []}
 
 
-def _flush(runner: Runner, store: StatsStore, host: dict, cursor: dict, complete: bool) -> None:
-    """Commit device and host counts with the cursor they reach, then empty the counters.
+def _flush(runner: Runner, store: StatsStore, commits: Behind, host: dict, cursor: dict, complete: bool) -> None:
+    """Commit device and host counts with the cursor they reach, and go on with empty counters.
+
+    In the background when the runner has room for a snapshot of its counters, except the run's last commit
+    (its end would wait for it anyway); the previous commit is waited for first either way."""
+    runner.settle()  # the n-grams of every batch up to the cursor
+    ngrams = _ngram_arrays(runner)  # arrays the table never changes in place: safe to write behind it
+    commits.wait()  # one commit in flight; the next reads the generation the previous one wrote
+    if runner.snapshot is None or complete:
+        _commit(store, runner.counters, host, cursor, complete, ngrams)
+        runner.reset()
+        return
+    commits.submit(f"committing the batches before {cursor['next_batch']} to {store.root}",
+                   functools.partial(_commit, store, runner.take_counters(), host, cursor, complete, ngrams))
+
+
+def _commit(store: StatsStore, counters, host: dict, cursor: dict, complete: bool, ngrams: dict | None) -> None:
+    """Write old totals + `counters` (a `Counters`) + host counts as the store's next generation, with `cursor`.
 
     Example sets are merged with the committed ones (the k best of both), the batches' windows appended."""
-    deltas = runner.deltas() | {"pos_tokens": host["pos_tokens"], "token_occ": host["token_occ"]}
+    deltas = counters.deltas() | {"pos_tokens": host["pos_tokens"], "token_occ": host["token_occ"]}
     values, shapes = {}, {}
-    if runner.plan.examples:
-        values = example_merges([stored_examples(store), runner.example_sets])
+    if counters.plan.examples:
+        values = example_merges([stored_examples(store), counters.example_sets])
         values["windows"], shapes["windows"] = appended_windows(store.array("windows"), host["windows"])
     m = store.manifest
     store.commit(deltas, {
         "tokens": int(m["tokens"] + host["tokens"]), "sequences": int(m["sequences"] + host["sequences"]),
         "full_length_sequences": int(m["full_length_sequences"] + host["full_length_sequences"]),
         "cursor": cursor, "complete": complete,
-    }, replacements=_ngram_arrays(runner), values=values, shapes=shapes)
-    runner.reset()
+    }, replacements=ngrams, values=values, shapes=shapes)
 
 
 def _ngram_arrays(runner: Runner) -> dict | None:

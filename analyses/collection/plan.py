@@ -37,6 +37,8 @@ class Options:
     examples: int = 16  # example activations kept per neuron and set (strongest, uniform sample); 0 for none
     flush_every_s: float = 300.0
     flush_every_batches: int | None = None
+    background_commits: bool = True  # commits written behind the run when a snapshot of the counters fits
+    background_ngrams: bool = True  # a batch's n-grams counted while the next batches run
     overwrite: bool = False
     process_index: int = 0
     process_count: int = 1
@@ -90,26 +92,37 @@ def flush_bytes() -> int:
 
 
 def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: Options, device,
-                 host_available: int | None = None) -> None:
-    """Refuse, before allocating anything, a run that cannot fit in the device's or the host's memory.
+                 host_available: int | None = None) -> str | None:
+    """Refuse, before allocating anything, a run that cannot fit in the device's or the host's memory; return
+    where a background commit can keep its snapshot of the counters: "device", "host" or None (nowhere).
 
     On an accelerator: the counters, the weights on the device and a step's temporaries against its free
     memory, and the layer groups read ahead plus a commit's blocks against the host's. On the CPU the device
     is the host: all of it against the available host memory (`psutil`), where a run that does not fit
-    would otherwise be killed by the kernel.
+    would otherwise be killed by the kernel. With `options.background_commits`, a second set of counters
+    (without the n-gram masks) is then placed where it still fits, the device first: a commit writes that
+    snapshot while the run counts into fresh counters. With n-grams counted in the background
+    (`options.background_ngrams`), the masks of the batches being counted come on top: on the device when
+    resident (two batches' copies), on the host when streamed (two chunks').
     """
     batch = options.batch_size if options.ngram_orders and plan.token_layers else None
     counters = st.accumulator_bytes(plan, groups, batch)
+    snapshot = st.accumulator_bytes(plan, groups) if options.background_commits else None
+    masks = counters - st.accumulator_bytes(plan, groups) if batch else 0  # one batch's packed masks
     streamed = options.offload and len(groups) > 2
     group = layer_bytes * max(len(g) for g in groups)
     weights = 2 * group if streamed else plan.num_layers * layer_bytes
     working = working_bytes(plan, options, max(1, layer_bytes // streaming.layer_bytes(plan.config, 1)))
+    if masks and options.background_ngrams and not options.offload:
+        working += 2 * masks  # copies of the batch being counted and of the one just run
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     on_host = not stats or "bytes_limit" not in stats
     # Groups read ahead: two; on an accelerator two pinned copies (`GroupStream` stages through page-locked
     # memory) and the read being staged.
     ahead = (2 if on_host else 3) * group if streamed else 0
     host = ahead + flush_bytes()  # groups read ahead, a commit's blocks
+    if masks and options.offload:
+        host += (2 if options.background_ngrams else 1) * options.chunk_batches * masks  # the chunks' masks
     if host_available is None:
         host_available = psutil.virtual_memory().available
     if on_host:
@@ -131,3 +144,10 @@ def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: 
     if not on_host and host > host_available:
         raise StatsError(f"host memory: the layer groups read ahead and a commit's blocks need {host / 1e9:.1f} GB; "
                          f"{host_available / 1e9:.1f} GB are available. Use a smaller --group_size")
+    if snapshot is None:
+        return None
+    if needed + snapshot <= free:
+        return "device"
+    if not on_host and host + snapshot <= host_available:
+        return "host"
+    return None

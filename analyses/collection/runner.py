@@ -4,19 +4,28 @@
 batches through an executor, one of two behind the same small interface (`run(chunk, fired)`, `close()`):
 `Resident` (every collected layer on the device, one jitted step per batch) and `Streamed` (layer groups
 read from a layer source two groups ahead and moved to the device one group ahead, layer-major over the
-chunk). Both give identical counters. When n-grams are counted, the runner copies the token layers'
-packed masks to the host after each batch and adds them to its `NgramTable`.
+chunk). Both give identical counters. When n-grams are counted, the runner keeps the token layers'
+packed masks of each batch before the next step overwrites them (resident: a copy on the device; streamed:
+on the host) and adds them to its `NgramTable`, by default in a background thread while the next batches
+run (`Options.background_ngrams`; `settle()` waits for it).
+
+A commit reads the counters as `Counters`: the live ones (`Runner.counters`), or a snapshot taken with
+`take_counters()`, which hands the run fresh counters at once so that the commit can be written behind it
+(`Runner.snapshot` says where the snapshot lives: on the device, copied to the host, or nowhere when
+neither has room for a second set; see `check_memory`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from analyses.collection import statistics as st
+from analyses.collection.background import Behind
 from analyses.collection.plan import Options, check_memory
 from opt_jax import checkpoint as ckpt
 from opt_jax.bits import unpack_masks
@@ -60,7 +69,7 @@ class Resident:
             r.accs = st.resident_step(r.plan.config, r.embed_params, self.group_params, ids, mask, r.accs,
                                       first_window)
             for gi in range(len(r.groups)):
-                r.keep_masks(gi, fired[bi])
+                r.keep_masks(gi, fired[bi], on_device=r.options.background_ngrams)
 
     def close(self) -> None:
         """Nothing runs ahead."""
@@ -125,7 +134,8 @@ class Runner:
         self.embed_params = jax.device_put({"embed": weights.embed}, self.replicated)
         self.layers = weights.layers
         self.groups = plan.groups((options.group_size or group_size_for(self.layers)) if options.offload else None)
-        check_memory(plan, self.groups, self.layers.layer_bytes, options, devices[0])
+        self.snapshot = check_memory(plan, self.groups, self.layers.layer_bytes, options, devices[0])
+        self.counting = Behind("ngrams")
         self.executor = Streamed(self) if options.offload else Resident(self)
         self.reset()
 
@@ -137,9 +147,28 @@ class Runner:
     def reset(self) -> None:
         """Empty the device counters (after a commit)."""
         batch = self.options.batch_size if self.options.ngram_orders and self.plan.token_layers else None
-        self.accs = []  # the old counters go first: at 66b two sets would not fit on the device
+        self.accs = []  # the old counters go first, unless a snapshot holds them (`take_counters`)
         for g in self.groups:
             self.accs.append(jax.device_put(st.zero_accumulators(self.plan, g, batch), self.replicated))
+
+    @property
+    def counters(self) -> "Counters":
+        """The live counters, as a commit reads them (valid until the next `run` or `reset`)."""
+        return Counters(self.accs, self.groups, self.plan)
+
+    def take_counters(self) -> "Counters":
+        """The counters so far, for a commit written behind the run, and fresh zero counters for the run.
+
+        The snapshot stays on the device (`snapshot == "device"`: the old arrays, no copy) or is copied to the
+        host first (`"host"`: the step loop waits for the copy, not for the commit); with no room for it
+        (`snapshot is None`) this is refused: commit `counters` and `reset` instead."""
+        if self.snapshot is None:
+            raise StatsError("no room for a snapshot of the counters: commit them before counting on")
+        kept = [{name: a for name, a in acc.items() if name != "masks"} for acc in self.accs]
+        if self.snapshot == "host":
+            kept = jax.device_get(kept)
+        self.reset()
+        return Counters(kept, self.groups, self.plan)
 
     def run(self, chunk: list[tuple[np.ndarray, np.ndarray]], first_windows: list[int] | None = None) -> None:
         """Add the activations of a list of batches into the device counters; batch j's row 0 is window
@@ -149,31 +178,71 @@ class Runner:
                      for (ids, mask), w in zip(chunk, first_windows)]
         fired = [{} for _ in chunk]  # per batch: token layer index -> packed masks, for n-grams
         self.executor.run(on_device, fired)
-        if self.ngrams is not None:
-            for (ids, mask), packed in zip(chunk, fired):
-                active = {t: unpack_masks(m, self.plan.ffn) for t, m in packed.items()}  # [b, s, n] each
-                if self.ngram_neurons is not None:
-                    active = {t: a & self.ngram_neurons[t] for t, a in active.items()}  # [b, s, n] each
-                self.ngrams.add(ids, mask, active)
+        if self.ngrams is None:
+            return
+        count = functools.partial(self._count_ngrams, chunk, fired)
+        if self.options.background_ngrams:  # behind the next batches; waits for the previous chunk's count
+            self.counting.submit(f"counting the n-grams of {len(chunk)} batch(es)", count)
+        else:
+            count()
 
-    def keep_masks(self, gi: int, into: dict) -> None:
-        """Copy a token group's packed masks of the batch just run to the host (they are overwritten next)."""
+    def _count_ngrams(self, chunk: list, fired: list) -> None:
+        """Add a chunk's n-grams to the table, batch by batch (`NgramTable.add`: a batch counts whole or not)."""
+        for (ids, mask), packed in zip(chunk, fired):
+            active = {t: unpack_masks(np.asarray(m), self.plan.ffn) for t, m in packed.items()}  # [b, s, n] each
+            if self.ngram_neurons is not None:
+                active = {t: a & self.ngram_neurons[t] for t, a in active.items()}  # [b, s, n] each
+            self.ngrams.add(ids, mask, active)
+
+    def settle(self) -> None:
+        """Wait until the n-grams of every batch run so far are counted; raise a counting error here."""
+        self.counting.wait()
+
+    def keep_masks(self, gi: int, into: dict, on_device: bool = False) -> None:
+        """Keep a token group's packed masks of the batch just run (the next step overwrites them): copied to
+        the host now, or `on_device` as a copy there that the counting thread reads once the step is done."""
         if self.ngrams is None or "masks" not in self.accs[gi]:
             return
-        masks = np.asarray(self.accs[gi]["masks"])  # [g, b, s, n / 8]
+        masks = self.accs[gi]["masks"]  # [g, b, s, n / 8]
+        if not on_device:  # a copy: on the CPU np.asarray may alias the buffer the next step overwrites
+            masks = np.array(masks, copy=True)
         for j, layer in enumerate(self.groups[gi]):
-            into[self.plan.token_layers.index(layer)] = masks[j]
+            into[self.plan.token_layers.index(layer)] = masks[j]  # [b, s, n / 8]: on the device a new array
 
-    def close(self) -> None:
-        """Stop reading layers ahead (streamed mode); the counters stay readable."""
-        self.executor.close()
+    def close(self, error: BaseException | None = None) -> None:
+        """Stop reading layers ahead (streamed mode) and counting n-grams; the counters stay readable.
+        With the caller's `error` being raised, a counting error is noted on it rather than raised."""
+        try:
+            self.counting.close(error)
+        finally:
+            self.executor.close()
 
     def wait(self) -> None:
-        """Block until every dispatched step has finished (for timing)."""
+        """Block until every dispatched step has finished and its n-grams are counted (for timing)."""
         jax.block_until_ready(self.accs)
+        self.settle()
 
     def deltas(self) -> dict:
-        """The device counters as store deltas: act whole; pos_act and tok_act one block at a time.
+        """The live counters as store deltas (`Counters.deltas`)."""
+        return self.counters.deltas()
+
+    def example_sets(self, layer: int) -> dict:
+        """One layer's running example sets on the host (`Counters.example_sets`)."""
+        return self.counters.example_sets(layer)
+
+    def layer_counts(self, name: str, layer: int) -> np.ndarray:
+        """One layer's live counter as int64 on the host (`Counters.layer_counts`)."""
+        return self.counters.layer_counts(name, layer)
+
+
+class Counters:
+    """One set of a run's counters by layer group (device or host arrays alike), read as a commit needs them."""
+
+    def __init__(self, accs: list[dict], groups: list[range], plan: st.Plan):
+        self.accs, self.groups, self.plan = accs, groups, plan
+
+    def deltas(self) -> dict:
+        """The counters as store deltas: act whole; pos_act and tok_act one block at a time.
 
         A block (the store's chunk: one layer, some positions or token rows, some neurons) is sliced on the
         device and only it crosses to the host, so a flush holds at most a chunk of a [vocab, ffn] layer.
@@ -199,7 +268,7 @@ class Runner:
                 for kind, fields in self.accs[gi]["examples"].items()}
 
     def layer_counts(self, name: str, layer: int) -> np.ndarray:
-        """One layer's device counter (`pos_act` by layer, `tok_act` by token layer index) as int64 on the host."""
+        """One layer's counter (`pos_act` by layer, `tok_act` by token layer index) as int64 on the host."""
         gi, j = self._place(self.plan.token_layers[layer] if name == "tok_act" else layer)
         return np.asarray(self.accs[gi][name][j], np.int64)
 

@@ -125,6 +125,23 @@ def test_ngram_cost_on_a_tiny_model(tmp_path):
     assert result["distinct_pairs"] > 0 and result["pair_bytes"] == 16 * result["distinct_pairs"]
     assert result["tokens_counted"] == 3 * 2 * SEQ
     assert result["slowdown"] == pytest.approx(result["without_ngrams_tok_s"] / result["with_ngrams_tok_s"])
+    assert result["background_speedup"] == pytest.approx(result["background_ngrams_tok_s"] /
+                                                         result["with_ngrams_tok_s"])
+    assert result["identical_tables"], "the tables counted in the step loop and behind it differ"
+
+
+def test_commit_idle_times_both_modes_on_a_tiny_model(tmp_path):
+    from benchmarks import commit_idle
+
+    results = commit_idle.compare(TINY, seq_len=SEQ, batch_size=2, batches=4, flush_every=2, rounds=2,
+                                  workdir=str(tmp_path), log=lambda message: None)
+    assert [r["mode"] for r in results] == ["step_loop", "background", "background", "step_loop"]
+    assert all(r["commits"] == 2 and len(r["blocked_s"]) == len(r["waited_for_previous_s"]) == 1 and
+               r["tokens"] == 4 * 2 * SEQ for r in results)
+    assert all(w <= b for r in results for w, b in zip(r["waited_for_previous_s"], r["blocked_s"]))
+    assert {r["mode"]: r["snapshot"] for r in results} == {"step_loop": None, "background": "device"}
+    table = commit_idle.markdown(results, TINY, (0,))
+    assert "| step_loop | - | 2 |" in table and "| background | device | 2 |" in table
 
 
 def test_examples_cost_on_a_tiny_model(tmp_path):

@@ -14,8 +14,9 @@ import pytest
 
 import analyses
 from kill import kill_when
-from analyses.collection.store import ARRAY_NAMES, StatsError, example_layouts
-from helpers import ROOT, devices_env as _env
+from paused_commits import STEPS as PAUSE_STEPS
+from analyses.collection.store import StatsError
+from helpers import ROOT, assert_same_stats, devices_env as _env
 
 SEQ = 12
 
@@ -23,22 +24,6 @@ SEQ = 12
 def _collect_cmd(model, corpus, out, *extra):
     return [sys.executable, "scripts/collect.py", "--model", model, "--corpus", corpus, "--out", out,
             "--seq_len", str(SEQ), "--batch_size", "4", "--ngram_orders", "2,3", *extra]
-
-
-def _assert_same(a, b):
-    for name in ARRAY_NAMES:
-        np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
-    for key in ("tokens", "sequences", "full_length_sequences"):
-        assert a.manifest[key] == b.manifest[key], key
-    assert a.examples_per_neuron == b.examples_per_neuron == 16
-    for name in example_layouts(1, 1, 1, 2):
-        np.testing.assert_array_equal(np.asarray(a.array(name).read().result()),
-                                      np.asarray(b.array(name).read().result()), err_msg=name)
-    assert (np.asarray(a.array("examples_random_window").read().result()) >= 0).any()
-    ta, tb = a.ngram_table().to_arrays(), b.ngram_table().to_arrays()
-    assert ta.keys() == tb.keys() and all(len(v) for v in ta.values())
-    for name in ta:
-        np.testing.assert_array_equal(ta[name], tb[name], err_msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +42,7 @@ def test_four_simulated_devices_equal_one(tiny_model, tiny_corpus, tmp_path, sin
     result = subprocess.run(_collect_cmd(tiny_model, tiny_corpus, out), cwd=ROOT, env=_env(4),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    _assert_same(analyses.open_stats(out), single)
+    assert_same_stats(analyses.open_stats(out), single)
 
 
 def _free_port():
@@ -87,26 +72,71 @@ def test_two_processes_merged_equal_one(tiny_model, tiny_corpus, tmp_path, singl
                             text=True)
     assert result.returncode == 0, result.stderr
     merged = analyses.open_stats(str(tmp_path / "merged"))
-    _assert_same(merged, single)
+    assert_same_stats(merged, single)
     assert sum(tokens) == merged.tokens
 
 
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_model, tmp_path):
-    corpus = tmp_path / "long.jsonl"
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory):
+    """A corpus of 201 batches of 4 x SEQ tokens."""
+    corpus = tmp_path_factory.mktemp("long") / "long.jsonl"
     rng = np.random.default_rng(0)
     words = ["dead", "neurons", "fire", "on", "tokens", "positional", "models", "the", "n-gram", "language"]
     corpus.write_text("\n".join(json.dumps({"text": " ".join(rng.choice(words, 60))}) for _ in range(40)) + "\n")
-    clean = str(tmp_path / "clean")
-    analyses.collect(tiny_model, [str(corpus)], clean, seq_len=SEQ, batch_size=4, ngram_orders=(2, 3),
-                     verbose=False)
-    out = str(tmp_path / "killed")
-    cmd = _collect_cmd(tiny_model, str(corpus), out, "--flush_every_batches", "1")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(proc, os.path.join(out, "manifest.json"), lambda m: m["cursor"]["next_batch"] >= 3)
+    return str(corpus)
+
+
+@pytest.fixture(scope="module")
+def long_run(tiny_model, long_corpus, tmp_path_factory):
+    """The long corpus and its uninterrupted run (in this process): (corpus path, stats)."""
+    clean = analyses.collect(tiny_model, [long_corpus], str(tmp_path_factory.mktemp("clean") / "s"), seq_len=SEQ,
+                             batch_size=4, ngram_orders=(2, 3), verbose=False)
+    return long_corpus, analyses.open_stats(clean)
+
+
+SHORT = 12 * 4 * SEQ  # tokens of the runs killed during a background commit: 12 batches
+
+
+@pytest.fixture(scope="module")
+def short_run(tiny_model, long_corpus, tmp_path_factory):
+    """The long corpus's first 12 batches, uninterrupted: (corpus path, stats)."""
+    clean = analyses.collect(tiny_model, [long_corpus], str(tmp_path_factory.mktemp("short") / "s"), seq_len=SEQ,
+                             batch_size=4, ngram_orders=(2, 3), max_tokens=SHORT, verbose=False)
+    return long_corpus, analyses.open_stats(clean)
+
+
+def _rerun_equals(cmd, out, clean):
+    """Rerun the killed command to its end: every array equals the uninterrupted run, one generation is left."""
     stats = analyses.open_stats(out)
     assert not stats.manifest["complete"] and stats.tokens > 0
     result = subprocess.run(cmd, cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    _assert_same(analyses.open_stats(out), analyses.open_stats(clean))
+    assert_same_stats(analyses.open_stats(out), clean)
     generations = [d for d in os.listdir(out) if d.startswith("data-")]
     assert len(generations) == 1 and os.readlink(os.path.join(out, "act")) == f"{generations[0]}/act"
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_model, tmp_path, long_run):
+    corpus, clean = long_run
+    out = str(tmp_path / "killed")
+    cmd = _collect_cmd(tiny_model, corpus, out, "--flush_every_batches", "1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, os.path.join(out, "manifest.json"), lambda m: m["cursor"]["next_batch"] >= 3)
+    _rerun_equals(cmd, out, clean)
+
+
+@pytest.mark.parametrize("step", PAUSE_STEPS)
+def test_sigkill_during_a_background_commit_then_rerun_equals_an_uninterrupted_run(tiny_model, tmp_path, short_run,
+                                                                                   step):
+    """Killed while the commit thread is at `step` of its third commit (or later) and the step loop counts on."""
+    corpus, clean = short_run
+    out, marker = str(tmp_path / "killed"), str(tmp_path / "paused.json")
+    cmd = _collect_cmd(tiny_model, corpus, out, "--flush_every_batches", "1", "--max_tokens", str(SHORT))
+    paused = [sys.executable, "tests/paused_commits.py", marker, step, "1.0", "--", *cmd[1:]]
+    proc = subprocess.Popen(paused, cwd=ROOT, env=_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen = []
+    kill_when(proc, marker, lambda m: seen.append(m) or m["generation"] >= 3)
+    assert seen[-1]["step"] == step and seen[-1]["thread"].startswith("commit"), seen[-1]
+    committed = analyses.open_stats(out).manifest["generation"]
+    assert committed == seen[-1]["generation"] - (step != "committed"), (committed, seen[-1])
+    _rerun_equals(cmd, out, clean)
