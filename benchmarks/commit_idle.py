@@ -27,6 +27,16 @@ import numpy as np
 MODES = ("step_loop", "background")
 
 
+def empty_store(plan, root: str):
+    """A fresh statistics store at `root` with every array a run of `plan` commits (what a flush writes into)."""
+    from analyses.collection.store import StatsStore, array_layouts, example_layouts
+
+    layouts = array_layouts(plan.num_layers, len(plan.token_layers), plan.seq_len, plan.vocab, plan.ffn)
+    layouts |= example_layouts(plan.num_layers, plan.ffn, plan.examples, plan.seq_len)
+    return StatsStore.create(root, {"tokens": 0, "sequences": 0, "full_length_sequences": 0,
+                                    "examples": plan.examples}, layouts)
+
+
 def measure(mode: str, weights, config, batches: list, flush_every: int, token_layers: tuple, root: str) -> dict:
     """One run of `batches` with a flush every `flush_every`: seconds each flush blocked the step loop, and the wall."""
     from analyses.collection import statistics as st
@@ -34,17 +44,13 @@ def measure(mode: str, weights, config, batches: list, flush_every: int, token_l
     from analyses.collection.collect import _flush, _zero_host
     from analyses.collection.plan import Options, make_plan
     from analyses.collection.runner import Runner
-    from analyses.collection.store import StatsStore, array_layouts, example_layouts
 
     batch_size, seq_len = batches[0][0].shape
     options = Options(seq_len=seq_len, batch_size=batch_size, token_layers=token_layers, verbose=False,
                       background_commits=mode == "background")
     plan = make_plan(config, options)
     runner = Runner(weights, plan, options)
-    layouts = array_layouts(plan.num_layers, len(plan.token_layers), seq_len, plan.vocab, plan.ffn)
-    layouts |= example_layouts(plan.num_layers, plan.ffn, plan.examples, seq_len)
-    store = StatsStore.create(root, {"tokens": 0, "sequences": 0, "full_length_sequences": 0,
-                                     "examples": plan.examples}, layouts)
+    store = empty_store(plan, root)
     commits, host, blocked, waited = Behind("commit"), _zero_host(plan), [], []
     start = time.perf_counter()
     for i, (ids, mask) in enumerate(batches):

@@ -320,17 +320,14 @@ def agreement(ours: dict, hf: dict, tokens: int) -> dict:
 
 
 def commit_seconds(runner, directory: str) -> float:
-    """Seconds of one synchronous commit of a runner's counters (and example sets) into a fresh store."""
-    from analyses.collection.store import StatsStore, array_layouts, example_layouts, example_merges, stored_examples
+    """Seconds of one commit of a runner's counters (and example sets) into a fresh store, in the step loop:
+    collection's own commit (`analyses.collection.collect._commit`)."""
+    from analyses.collection.collect import _commit, _zero_host
+    from benchmarks.commit_idle import empty_store
 
-    plan = runner.plan
-    layouts = array_layouts(plan.num_layers, len(plan.token_layers), plan.seq_len, plan.vocab, plan.ffn)
-    layouts |= example_layouts(plan.num_layers, plan.ffn, plan.examples, plan.seq_len)
-    layouts.pop("windows", None)
-    store = StatsStore.create(directory, {"tokens": 0}, layouts)
+    store = empty_store(runner.plan, directory)
     start = time.perf_counter()
-    values = example_merges([stored_examples(store), runner.example_sets]) if plan.examples else {}
-    store.commit(runner.deltas(), {"tokens": 1}, values=values)
+    _commit(store, runner.counters, _zero_host(runner.plan), {"next_batch": 0}, False, None)
     return time.perf_counter() - start
 
 
