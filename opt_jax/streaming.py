@@ -188,7 +188,7 @@ class GroupStream:
 
     def _put(self, host: Params) -> Params:
         if self.pinned is not None and self.sharding is None:
-            return jax.device_put(host, _device_sharding(self.pinned))
+            return jax.device_put(host, self.pinned.with_memory_kind("device"))
         return jax.device_put(host, self.sharding)
 
 
@@ -207,8 +207,3 @@ def _pinned_sharding(sharding):
     if sharding is None:
         return jax.sharding.SingleDeviceSharding(_target(None), memory_kind="pinned_host")
     return sharding.with_memory_kind("pinned_host")
-
-
-def _device_sharding(pinned):
-    """The device-memory twin of a pinned host sharding."""
-    return pinned.with_memory_kind("device")
