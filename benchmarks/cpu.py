@@ -284,12 +284,12 @@ def ours_counts(converted_dir: str, config: OPTConfig, batch: tuple, token_layer
                           examples=0)
     runner.run([batch])
     runner.wait()
-    deltas = runner.deltas()
+    deltas = runner.counters.deltas()
     out = {"act": np.asarray(deltas["act"], np.int64),  # [l, f]
-           "pos_act": np.stack([runner.layer_counts("pos_act", l) for l in range(runner.plan.num_layers)]),
+           "pos_act": np.stack([runner.counters.layer_counts("pos_act", l) for l in range(runner.plan.num_layers)]),
            "tok_act": np.zeros((len(token_layers), config.vocab_size, config.ffn_dim), np.int32)}  # [t, v, f]
     for t in range(len(token_layers)):  # a layer at a time: int64 copies of them all would be 7.4 GB at 125m
-        out["tok_act"][t] = runner.layer_counts("tok_act", t)
+        out["tok_act"][t] = runner.counters.layer_counts("tok_act", t)
     del runner, deltas
     gc.collect()
     return out  # pos_act: [l, s, f], tok_act: [t, v, f]

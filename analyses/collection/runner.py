@@ -222,18 +222,6 @@ class Runner:
         jax.block_until_ready(self.accs)
         self.settle()
 
-    def deltas(self) -> dict:
-        """The live counters as store deltas (`Counters.deltas`)."""
-        return self.counters.deltas()
-
-    def example_sets(self, layer: int) -> dict:
-        """One layer's running example sets on the host (`Counters.example_sets`)."""
-        return self.counters.example_sets(layer)
-
-    def layer_counts(self, name: str, layer: int) -> np.ndarray:
-        """One layer's live counter as int64 on the host (`Counters.layer_counts`)."""
-        return self.counters.layer_counts(name, layer)
-
 
 class Counters:
     """One set of a run's counters by layer group (device or host arrays alike), read as a commit needs them."""

@@ -121,9 +121,9 @@ def test_parameters_held_in_memory_stream_like_the_checkpoint(tiny_model):
         runner.run(chunk)
         runner.run(chunk)
         runner.close()
-        deltas = runner.deltas()
-        counts.append((deltas["act"], np.stack([runner.layer_counts("pos_act", l) for l in range(3)]),
-                       runner.layer_counts("tok_act", 0)))
+        deltas = runner.counters.deltas()
+        counts.append((deltas["act"], np.stack([runner.counters.layer_counts("pos_act", l) for l in range(3)]),
+                       runner.counters.layer_counts("tok_act", 0)))
     for lazy, held in zip(*counts):
         np.testing.assert_array_equal(lazy, held)
     assert counts[0][0].sum() > 0
