@@ -40,7 +40,7 @@ def test_suite_on_a_tiny_model(tmp_path):
     for r in records:
         json.dumps(r)  # every record is one JSON line
     kinds = [r["measurement"] for r in records]
-    assert kinds == ["machine", *cpu.VARIANTS, "commit", "numpy_matmul", "act_agreement",
+    assert kinds == ["machine", *cpu.VARIANTS, *cpu.FLOOR_PARTS, "floor", "commit", "numpy_matmul", "act_agreement",
                      "summary"]  # one round of two batches: one numpy sample
     assert messages and list(tmp_path.iterdir()) == []  # progress went to log; the temp dir is gone
     by_kind = {r["measurement"]: r for r in records}
