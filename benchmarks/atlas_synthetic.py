@@ -16,7 +16,8 @@ import shutil
 
 import numpy as np
 
-from analyses.neurons.atlas import fnv1a32, read_js, token_key, write_js
+from analyses.neurons.data_files import read_js, write_js
+from analyses.neurons.token_index import fnv1a32, token_key
 from opt_jax.progress import Progress
 
 PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "analyses", "neurons", "web",

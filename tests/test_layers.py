@@ -6,7 +6,7 @@ import os
 from helpers import ROOT
 
 STUDY = {"coverage", "dead", "detectors", "figures", "positional", "report", "study", "suppression", "tokens",
-         "neurons.atlas", "neurons.facts", "neurons.fired"}
+         "neurons.atlas", "neurons.data_files", "neurons.facts", "neurons.fired", "neurons.token_index"}
 
 
 def _modules(package: str):

@@ -324,7 +324,7 @@ def test_opt_125m_dimensions_end_to_end(tmp_path):
 def check_atlas_layer(result: dict, out, layer: int) -> None:
     """One layer's atlas at real dimensions (vocab 50272, 2048 positions): the summary has a row per neuron, the
     curves are binned to 512 points, the triggers and update scores match numpy on the stored arrays and weights."""
-    from analyses.neurons.atlas import read_js
+    from analyses.neurons.data_files import read_js
 
     stats, converted = result["stats"], result["converted"]
     ffn = stats.config.ffn_dim
@@ -357,7 +357,7 @@ def test_atlas_of_a_synthetic_66b_shaped_store(tmp_path):
     """Two layers of 66b's width (36864 neurons, 2048 positions) with synthetic counts and examples: every
     neuron has a summary row and a record, the planted square waves are the strong oscillatory neurons, and no
     data file is large (each loads in well under a second)."""
-    from analyses.neurons.atlas import read_js
+    from analyses.neurons.data_files import read_js
     from benchmarks.scale import write_synthetic_stats
 
     config = opt_jax.for_size("66b").replace(num_hidden_layers=2)

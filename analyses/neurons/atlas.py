@@ -5,6 +5,7 @@ time and writes them as JavaScript data files (`atlasData("<key>", {...});`, loa
 `<script>` element): per layer a summary (one row per neuron) and blocks of full neuron records, per model a
 token search index, and the manifest `data/atlas.js`, beside the viewer `index.html` (copied from
 `analyses/neurons/web/index.html`). Several models go side by side, named as `analyses.analyze` names them.
+The data files' format is `analyses.neurons.data_files`, the token index `analyses.neurons.token_index`.
 
 The atlas is built in `<out_dir>.partial` and takes the name `out_dir` only when complete
 (`opt_jax.atomic.replace_dir`): an earlier atlas stays readable until then. A build that is killed resumes: the
@@ -24,6 +25,8 @@ import numpy as np
 
 from analyses import positional
 from analyses.neurons import facts as nf
+from analyses.neurons.data_files import round_significant, significant, write_js
+from analyses.neurons.token_index import INDEX_LIMIT, TOKEN_BUCKETS, TokenIndex, index_entries
 from analyses.report import Thresholds, split_labels
 from opt_jax import atomic
 from opt_jax.errors import AnalysisError, InputError, MissingError
@@ -31,78 +34,11 @@ from opt_jax.progress import Progress
 
 VERSION = 1
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web", "index.html")
-TOKEN_BUCKETS = 256
-INDEX_LIMIT = 50  # entries kept per list of a token's index entry
 CURVE_POINTS = 512  # a longer curve is shown as the means over bins of consecutive positions
-INDEX_KINDS = ("triggers", "detects", "promotes", "suppresses")
 PARTS = ".parts"  # per-layer token-index entries and counts of a build in progress
 
 
-# The data files: one call of the page's `atlasData` each.
-
-def js_text(key: str, data, as_string: bool = False) -> str:
-    """The text of a data file: `atlasData("<key>", <json>);`, or with `as_string` the JSON as a string literal
-    the page parses, `atlasData("<key>", JSON.parse("<json>"));` (Chromium parses a large payload faster so)."""
-    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    if as_string:
-        payload = f"JSON.parse({json.dumps(payload, ensure_ascii=False)})"
-    return f"atlasData({json.dumps(key)}, {payload});\n"
-
-
-def write_js(root: str, key: str, data, as_string: bool = False) -> str:
-    """Write the data file of `key` (its path: root/data/<key>.js), atomically."""
-    return atomic.write_text(os.path.join(root, "data", f"{key}.js"), js_text(key, data, as_string))
-
-
-def read_js(path: str) -> tuple[str, object]:
-    """(key, data) of a data file written by `write_js` (either form)."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read().strip()
-    head = "atlasData("
-    if not text.startswith(head) or not text.endswith(");"):
-        raise AnalysisError(f"{path}: not an atlas data file (expected atlasData(\"key\", {{...}});)")
-    key, _, payload = text[len(head):-2].partition(", ")
-    if payload.startswith("JSON.parse(") and payload.endswith(")"):
-        payload = json.loads(payload[len("JSON.parse("):-1])
-    return json.loads(key), json.loads(payload)
-
-
-def fnv1a32(text: str) -> int:
-    """FNV-1a 32-bit hash of the UTF-8 bytes of text (the page computes the same)."""
-    h = 2166136261
-    for byte in text.encode("utf-8"):
-        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
-    return h
-
-
-def token_key(text: str) -> str:
-    """The search key of a token text: stripped of surrounding whitespace and lower-cased; a text of whitespace
-    only keeps it (lower-cased), so that newline and space tokens can be searched."""
-    stripped = text.strip()
-    return (stripped or text).lower()
-
-
-def bucket_of(key: str, buckets: int = TOKEN_BUCKETS) -> int:
-    """The token-index file holding `key`."""
-    return fnv1a32(key) % buckets
-
-
 # One neuron, one layer.
-
-def _sig(x, digits: int = 6):
-    """A float with `digits` significant digits (None for None / NaN)."""
-    if x is None or not math.isfinite(float(x)):
-        return None
-    return float(f"{float(x):.{digits}g}")
-
-
-def round_significant(values: np.ndarray, digits: int = 4) -> np.ndarray:
-    """Values rounded to `digits` significant digits (0 stays 0), elementwise."""
-    values = np.asarray(values, np.float64)
-    magnitude = np.floor(np.log10(np.where(values != 0, np.abs(values), 1.0)))  # [...]
-    scale = 10.0 ** (digits - 1 - magnitude)
-    return np.round(values * scale) / scale
-
 
 def curve_bins(kept: int, points: int = CURVE_POINTS) -> int:
     """Positions per point of a curve of `kept` positions drawn with at most `points` points."""
@@ -132,13 +68,13 @@ def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: in
     out = []
     for col, n in enumerate(range(start, stop)):
         kind = facts.pos_type[n]
-        record = {"n": n, "freq": _sig(facts.freq[n]), "rank": int(facts.rank[n]), "dead": bool(facts.dead[n]),
-                  "mi": None if facts.mi is None else _sig(facts.mi[n]),
+        record = {"n": n, "freq": significant(facts.freq[n]), "rank": int(facts.rank[n]), "dead": bool(facts.dead[n]),
+                  "mi": None if facts.mi is None else significant(facts.mi[n]),
                   "positional": None if kind < 0 else {"type": positional.TYPES[kind],
                                                        "strong": bool(facts.strong[n])},
                   "curve": {"positions": positions, "freq": curves[:, col].tolist(), "binned": binned},
-                  "triggers": [{"token": int(i), "text": text(i), "count": int(c), "share": _sig(s, 4),
-                                "rate": _sig(r, 4), "always": bool(r >= nf.ALWAYS)}
+                  "triggers": [{"token": int(i), "text": text(i), "count": int(c), "share": significant(s, 4),
+                                "rate": significant(r, 4), "always": bool(r >= nf.ALWAYS)}
                                for i, c, s, r in zip(facts.trigger_ids[n], facts.trigger_counts[n], shares[n],
                                                      facts.trigger_rates[n]) if i >= 0],
                   "label": nf.label(facts, n, source)}
@@ -153,14 +89,14 @@ def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: in
         record["detectors"] = found
         record["promoted"], record["suppressed"] = [], []
         if facts.promoted is not None and not facts.dead[n]:
-            record["promoted"] = [{"token": int(i), "text": text(i), "score": _sig(s, 4)}
+            record["promoted"] = [{"token": int(i), "text": text(i), "score": significant(s, 4)}
                                   for i, s in zip(facts.promoted[n], facts.promoted_scores[n])]
-            record["suppressed"] = [{"token": int(i), "text": text(i), "score": _sig(s, 4)}
+            record["suppressed"] = [{"token": int(i), "text": text(i), "score": significant(s, 4)}
                                     for i, s in zip(facts.suppressed[n], facts.suppressed_scores[n])]
         record["trigger_scores"] = []
         if n in facts.trigger_scores:
             values, ranks = facts.trigger_scores[n]
-            record["trigger_scores"] = [{"token": int(i), "text": text(i), "score": _sig(v, 4), "rank": int(r)}
+            record["trigger_scores"] = [{"token": int(i), "text": text(i), "score": significant(v, 4), "rank": int(r)}
                                         for i, v, r in zip(facts.token_items[n], values, ranks)]
         record["examples"] = {"top": [], "random": []}
         out.append(record)
@@ -184,97 +120,14 @@ def _contexts(examples: nf.Examples, start: int, stop: int, texts: list[str]) ->
 def layer_summary(facts: nf.LayerFacts, source: nf.Source) -> dict:
     """The summary columns of a layer (one row per neuron)."""
     return {"layer": facts.layer, "neurons": facts.neurons,
-            "freq": [_sig(f) for f in facts.freq.tolist()], "rank": facts.rank.tolist(),
+            "freq": [significant(f) for f in facts.freq.tolist()], "rank": facts.rank.tolist(),
             "dead": facts.dead.astype(int).tolist(),
-            "mi": None if facts.mi is None else [_sig(m) for m in facts.mi.tolist()],
+            "mi": None if facts.mi is None else [significant(m) for m in facts.mi.tolist()],
             "pos": [positional.TYPES[k] if k >= 0 else None for k in facts.pos_type.tolist()],
             "strong": facts.strong.astype(int).tolist(),
             "token_det": [int(n in facts.token_items) for n in range(facts.neurons)],
             "trigram_det": [int(n in facts.trigram_items) for n in range(facts.neurons)],
             "label": [nf.label(facts, n, source) for n in range(facts.neurons)]}
-
-
-# The token search index.
-
-def index_entries(facts: nf.LayerFacts) -> dict:
-    """A layer's entries of the token index: kind -> {token, neuron, order, value} arrays (order: smaller first)."""
-    n_ids = np.arange(facts.neurons)
-    out = {}
-    has = facts.trigger_ids >= 0  # [n, T]
-    shares = facts.trigger_shares()
-    out["triggers"] = (facts.trigger_ids[has], np.broadcast_to(n_ids[:, None], has.shape)[has], -shares[has],
-                       shares[has])
-    tokens, neurons, order = [np.zeros(0)], [np.zeros(0)], [np.zeros(0)]
-    for n, items in list(facts.token_items.items()) + list(facts.trigram_items.items()):
-        unique = np.unique(items)  # a trigram detector: every token of its trigrams
-        tokens.append(unique)
-        neurons.append(np.full(len(unique), n))
-        order.append(np.full(len(unique), float(len(items))))  # fewer items: a more specific detector first
-    order = np.concatenate(order)
-    out["detects"] = (np.concatenate(tokens), np.concatenate(neurons), order, order)
-    if facts.promoted is not None:
-        alive = ~facts.dead  # [n]
-        for kind, ids, scores, sign in (("promotes", facts.promoted, facts.promoted_scores, -1.0),
-                                        ("suppresses", facts.suppressed, facts.suppressed_scores, 1.0)):
-            rows = np.broadcast_to(n_ids[:, None], ids.shape)[alive]  # [a, k]
-            out[kind] = (ids[alive].reshape(-1), rows.reshape(-1), sign * scores[alive].reshape(-1).astype(np.float64),
-                         scores[alive].reshape(-1).astype(np.float64))
-    return {kind: {"token": np.asarray(t, np.int64), "neuron": np.asarray(n, np.int64),
-                   "order": np.asarray(o, np.float64), "value": np.asarray(v, np.float64),
-                   "layer": np.full(len(t), facts.layer, np.int64)} for kind, (t, n, o, v) in out.items()}
-
-
-def _best(entries: dict, limit: int = INDEX_LIMIT) -> dict:
-    """The `limit` best entries per token (smallest order; ties by layer, then neuron)."""
-    if not len(entries["token"]):
-        return entries
-    order = np.lexsort((entries["neuron"], entries["layer"], entries["order"], entries["token"]))  # [e]
-    tokens = entries["token"][order]
-    first = np.searchsorted(tokens, tokens, side="left")  # [e]
-    keep = order[np.arange(len(order)) - first < limit]
-    return {k: v[keep] for k, v in entries.items()}
-
-
-class TokenIndex:
-    """One model's token index, kept at INDEX_LIMIT entries per token and list as layers are added."""
-
-    def __init__(self):
-        empty = {f: np.zeros(0, np.float64 if f in ("order", "value") else np.int64)
-                 for f in ("token", "neuron", "order", "value", "layer")}
-        self.kept = {kind: dict(empty) for kind in INDEX_KINDS}
-
-    def add(self, entries: dict) -> None:
-        """Add one layer's `index_entries`."""
-        for kind, new in entries.items():
-            both = {f: np.concatenate([self.kept[kind][f], new[f]]) for f in new}
-            self.kept[kind] = _best(both)
-
-    def buckets(self, text, buckets: int = TOKEN_BUCKETS) -> list[dict]:
-        """The index as `buckets` dicts key -> entry (docs/atlas-format.md), tokens sharing a key merged."""
-        by_key = {}
-        spans = {}
-        for kind, e in self.kept.items():
-            order = np.lexsort((e["neuron"], e["layer"], e["order"], e["token"]))
-            e = {f: v[order] for f, v in e.items()}
-            self.kept[kind] = e
-            tokens, firsts, counts = np.unique(e["token"], return_index=True, return_counts=True)
-            spans[kind] = {int(t): (int(a), int(a + c)) for t, a, c in zip(tokens, firsts, counts)}
-            for t in tokens.tolist():
-                by_key.setdefault(token_key(text(t)), set()).add(t)
-        out = [{} for _ in range(buckets)]
-        for key, tokens in by_key.items():
-            tokens = sorted(tokens)
-            entry = {"texts": sorted({text(t) for t in tokens})}
-            for kind, e in self.kept.items():
-                rows = np.concatenate([np.arange(*spans[kind][t]) for t in tokens if t in spans[kind]] or
-                                      [np.zeros(0, np.int64)])
-                rows = rows[np.lexsort((e["neuron"][rows], e["layer"][rows], e["order"][rows]))][:INDEX_LIMIT]
-                if kind == "detects":
-                    entry[kind] = [[int(e["layer"][r]), int(e["neuron"][r])] for r in rows]
-                else:
-                    entry[kind] = [[int(e["layer"][r]), int(e["neuron"][r]), _sig(e["value"][r], 4)] for r in rows]
-            out[bucket_of(key, buckets)][key] = entry
-        return out
 
 
 # The build.

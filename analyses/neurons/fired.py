@@ -98,7 +98,7 @@ def _fc1(model_dir: str, config: OPTConfig, ids: np.ndarray, num_layers: int, dt
 def _labels(atlas: str, model_dir: str) -> tuple[dict, int]:
     """({layer: [ffn] labels}, collected layers) from an atlas folder or a statistics directory."""
     if os.path.isfile(os.path.join(atlas, "data", "atlas.js")):
-        from analyses.neurons.atlas import read_js
+        from analyses.neurons.data_files import read_js
 
         _, manifest = read_js(os.path.join(atlas, "data", "atlas.js"))
         entry = _model_entry(manifest, atlas, model_dir)

@@ -17,7 +17,7 @@ from selenium.webdriver.support.ui import Select
 
 import analyses
 import planted
-from analyses.neurons.atlas import fnv1a32, token_key
+from analyses.neurons.token_index import fnv1a32, token_key
 from analyses.tokens import TokenStrings
 from benchmarks.atlas_synthetic import read_data, write_atlas
 from benchmarks.browser import chromium, go, page_url, routes_done, wait_ready

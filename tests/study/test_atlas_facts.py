@@ -11,8 +11,8 @@ import pytest
 
 import analyses
 import planted
-from analyses.neurons import atlas as na
 from analyses.neurons import facts as nf
+from analyses.neurons import token_index as ti
 from opt_jax import checkpoint as ckpt
 from opt_jax.errors import InputError, OptJaxError
 
@@ -238,22 +238,22 @@ def test_the_written_files_parse_and_hold_the_facts(built, layers, source):
 
 
 def test_the_token_index_finds_the_detector(built):
-    assert na.fnv1a32("") == 0x811C9DC5 and na.fnv1a32("a") == 0xE40C292C  # FNV-1a's published test vectors
-    assert na.token_key(" The\n") == "the" and na.token_key("\n") == "\n"
+    assert ti.fnv1a32("") == 0x811C9DC5 and ti.fnv1a32("a") == 0xE40C292C  # FNV-1a's published test vectors
+    assert ti.token_key(" The\n") == "the" and ti.token_key("\n") == "\n"
     root = built
-    _, bucket = parse(os.path.join(root, "data", "m0", "tokens", f"{na.fnv1a32('w0') % 256}.js"))
+    _, bucket = parse(os.path.join(root, "data", "m0", "tokens", f"{ti.fnv1a32('w0') % 256}.js"))
     entry = bucket["w0"]
     assert entry["texts"] == ["w0"]
     assert entry["triggers"][0] == [0, 0, 1.0], "detector 0 owes all its activations to w0"
     assert [0, 0] in entry["detects"]
     assert entry["suppresses"][0][:2] == [0, 0] and entry["suppresses"][0][2] < 0
-    _, promoted = parse(os.path.join(root, "data", "m0", "tokens", f"{na.fnv1a32('w3') % 256}.js"))
+    _, promoted = parse(os.path.join(root, "data", "m0", "tokens", f"{ti.fnv1a32('w3') % 256}.js"))
     assert promoted["w3"]["promotes"][0][:2] == [0, 2], "neuron 2 promotes its own trigger"
     keys = 0
     for h in range(256):
         _, bucket = parse(os.path.join(root, "data", "m0", "tokens", f"{h}.js"))
-        assert all(na.fnv1a32(k) % 256 == h for k in bucket)
-        assert all(len(e[kind]) <= 50 for e in bucket.values() for kind in na.INDEX_KINDS)
+        assert all(ti.fnv1a32(k) % 256 == h for k in bucket)
+        assert all(len(e[kind]) <= 50 for e in bucket.values() for kind in ti.INDEX_KINDS)
         keys += len(bucket)
     assert keys > planted.WORDS // 2
 
