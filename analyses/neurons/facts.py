@@ -294,7 +294,7 @@ def label(facts: LayerFacts, n: int, source: Source, triggers: int = 3) -> str:
         parts.append(f"positional, {positional.TYPES[facts.pos_type[n]]} "
                      f"{positional.STRENGTHS[0 if facts.strong[n] else 1]}")
     if not parts and facts.trigger_ids[n, 0] >= 0:
-        shares = facts.trigger_shares()[n]
+        shares = facts.trigger_counts[n] / max(facts.totals[n], 1)  # [T]: the row of trigger_shares(), alone
         parts.append("fires on " + ", ".join(f"{source.text(i)!r} ({s:.0%})" for i, s in
                                              zip(facts.trigger_ids[n, :triggers], shares[:triggers]) if i >= 0))
     return "; ".join(parts)
