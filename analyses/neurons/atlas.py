@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from analyses import positional
+from analyses.neurons import data_files, token_index
 from analyses.neurons import facts as nf
 from analyses.neurons.data_files import round_significant, significant, write_js
 from analyses.neurons.token_index import INDEX_LIMIT, TOKEN_BUCKETS, TokenIndex, index_entries
@@ -203,9 +204,10 @@ def _identity(sources, chosen, block, thresholds, before, after, curve_points) -
 
 
 def _builder_hash() -> str:
-    """A digest of the code that writes the data (this module and the facts): a changed builder rebuilds."""
+    """A digest of the code that writes the data (this module, the facts, the data files' formats and the token
+    index): a changed builder rebuilds."""
     digest = hashlib.sha256()
-    for path in (__file__, nf.__file__):
+    for path in (__file__, nf.__file__, data_files.__file__, token_index.__file__):
         with open(path, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()[:16]
