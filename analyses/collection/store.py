@@ -453,12 +453,8 @@ class Stats:
         (a uniform sample, in the order that chose it); at most k, fewer when the neuron fired fewer times."""
         if kind not in EXAMPLE_KINDS:
             raise StatsError(f"unknown example kind {kind!r}; expected one of {', '.join(EXAMPLE_KINDS)}")
-        if not self.examples_per_neuron:
-            raise StatsError(f"{self.root}: holds no example activations (collected with --examples 0); collect "
-                             "again with --examples K")
-        layers, ffn = self.manifest["layers"], self.config.ffn_dim
-        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < layers:
-            raise StatsError(f"{self.root}: layer {layer!r} is out of range; the store holds layers 0..{layers - 1}")
+        self._check_example_layer(layer)
+        ffn = self.config.ffn_dim
         if not isinstance(neuron, (int, np.integer)) or not 0 <= neuron < ffn:
             raise StatsError(f"{self.root}: neuron {neuron!r} is out of range; layers have neurons 0..{ffn - 1}")
         rows = {f: self.array(example_name(kind, f))[int(layer), int(neuron)].read().result()
@@ -469,25 +465,26 @@ class Stats:
     def layer_examples(self, layer: int) -> dict:
         """Both example sets of a whole layer in one read: {kind: {window, position, value: [ffn, k]}} (window and
         position -1, value 0 in empty slots; the rows of `examples`, for every neuron at once)."""
+        self._check_example_layer(layer)
+        return stored_examples(self)(int(layer))
+
+    def _check_example_layer(self, layer) -> None:
+        """Refuse a store without example sets, or a layer it does not hold."""
         if not self.examples_per_neuron:
             raise StatsError(f"{self.root}: holds no example activations (collected with --examples 0); collect "
                              "again with --examples K")
         layers = self.manifest["layers"]
         if not isinstance(layer, (int, np.integer)) or not 0 <= layer < layers:
             raise StatsError(f"{self.root}: layer {layer!r} is out of range; the store holds layers 0..{layers - 1}")
-        return stored_examples(self)(int(layer))
 
     def window_rows(self, indices) -> np.ndarray:
         """The token ids of several windows in one read: int32 [len(indices), seq_len], -1 after each window's end
         (`window` gives one, without the padding)."""
         indices = np.asarray(indices, np.int64).reshape(-1)  # [m]
-        if "windows" not in self.manifest["arrays"]:
-            raise StatsError(f"{self.root}: keeps no windows (collected with --examples 0)")
-        windows = self.array("windows")
+        windows = self._windows()
         bad = indices[(indices < 0) | (indices >= windows.shape[0])]
         if len(bad):
-            raise StatsError(f"{self.root}: window {int(bad[0])} is past the end; the store holds windows "
-                             f"0..{windows.shape[0] - 1}")
+            raise self._past_end(int(bad[0]), windows)
         if not len(indices):
             return np.zeros((0, windows.shape[1]), np.int32)
         return np.asarray(windows.oindex[indices].read().result())
@@ -499,17 +496,24 @@ class Stats:
 
     def window(self, i: int) -> np.ndarray:
         """The token ids of window i of the run's window stream (int32, without padding)."""
-        if "windows" not in self.manifest["arrays"]:
-            raise StatsError(f"{self.root}: keeps no windows (collected with --examples 0)")
-        windows = self.array("windows")
+        windows = self._windows()
         if not isinstance(i, (int, np.integer)) or not 0 <= i < windows.shape[0]:
-            raise StatsError(f"{self.root}: window {i!r} is past the end; the store holds windows "
-                             f"0..{windows.shape[0] - 1}")
+            raise self._past_end(i, windows)
         row = windows[int(i)].read().result()  # [seq_len]
         if row[0] < 0:
             raise StatsError(f"{self.root}: window {i} is not in this store (the padding of the last batch, or "
                              "a batch of another process before merging)")
         return np.asarray(row[row >= 0])
+
+    def _windows(self) -> ts.TensorStore:
+        """The committed `windows` array, refused for a store that keeps none."""
+        if "windows" not in self.manifest["arrays"]:
+            raise StatsError(f"{self.root}: keeps no windows (collected with --examples 0)")
+        return self.array("windows")
+
+    def _past_end(self, i, windows: ts.TensorStore) -> StatsError:
+        return StatsError(f"{self.root}: window {i!r} is past the end; the store holds windows "
+                          f"0..{windows.shape[0] - 1}")
 
 
 def open_stats(root: str) -> Stats:
