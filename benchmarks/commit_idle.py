@@ -28,13 +28,12 @@ MODES = ("step_loop", "background")
 
 
 def empty_store(plan, root: str):
-    """A fresh statistics store at `root` with every array a run of `plan` commits (what a flush writes into)."""
-    from analyses.collection.store import StatsStore, array_layouts, example_layouts
+    """A fresh statistics store at `root` for a run of `plan` (what a flush writes into): collection's own
+    (`analyses.collection.collect._open_store`), without n-grams."""
+    from analyses.collection.collect import _open_store
+    from analyses.collection.plan import Options
 
-    layouts = array_layouts(plan.num_layers, len(plan.token_layers), plan.seq_len, plan.vocab, plan.ffn)
-    layouts |= example_layouts(plan.num_layers, plan.ffn, plan.examples, plan.seq_len)
-    return StatsStore.create(root, {"tokens": 0, "sequences": 0, "full_length_sequences": 0,
-                                    "examples": plan.examples}, layouts)
+    return _open_store(root, {}, plan, Options())
 
 
 def measure(mode: str, weights, config, batches: list, flush_every: int, token_layers: tuple, root: str) -> dict:
