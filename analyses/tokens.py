@@ -10,7 +10,7 @@ from opt_jax.errors import MissingError, TokenizerError
 
 
 class TokenStrings:
-    """Decodes single token ids (and id sequences) with the model directory's tokenizer."""
+    """Decodes single token ids (and id sequences) with the model directory's tokenizer, and encodes texts."""
 
     def __init__(self, model_dir: str):
         from transformers import AutoTokenizer
@@ -23,6 +23,10 @@ class TokenStrings:
         except (OSError, ValueError) as e:
             raise TokenizerError(f"{model_dir}: cannot load the tokenizer ({e})") from None
         self._size = len(self._tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of a text, as collection tokenizes a document (no special tokens)."""
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def __call__(self, ids) -> list[str]:
         """The decoded string of each token id; ids the tokenizer lacks (embedding padding) as '<id N>'."""

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from analyses.tokens import TokenStrings
 from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig
 from opt_jax.errors import InputError, MissingError
@@ -42,11 +43,9 @@ def fired(model_dir: str, text: str, atlas: str | None = None, layers=None,
     directory (labels computed from it). Without `atlas`, every layer of the model, with empty labels; `layers`
     restricts the layers; `dtype` the compute dtype (default: the stored one, as collection runs by default).
     Raises `InputError` when the text is longer than the model's positions."""
-    from transformers import AutoTokenizer
-
     config = ckpt.read_config(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = [config.bos_token_id] + list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    strings = TokenStrings(model_dir)
+    ids = [config.bos_token_id] + strings.encode(text)
     if len(ids) == 1:
         raise InputError("the text has no tokens")
     limit = config.max_position_embeddings
@@ -59,7 +58,7 @@ def fired(model_dir: str, text: str, atlas: str | None = None, layers=None,
     if bad:
         raise InputError(f"layers {bad} are out of range: {collected} layers are collected")
     values = _fc1(model_dir, config, np.asarray(ids, np.int32), max(wanted) + 1, dtype)  # [layers, seq, ffn]
-    strings = [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+    texts = strings(ids)
     out = []
     for p in range(1, len(ids)):
         per_layer = {}
@@ -69,7 +68,7 @@ def fired(model_dir: str, text: str, atlas: str | None = None, layers=None,
             on = on[np.argsort(-row[on], kind="stable")]
             names = labels.get(layer)
             per_layer[layer] = [(int(n), float(row[n]), names[n] if names else "") for n in on]
-        out.append(FiredToken(p, int(ids[p]), strings[p], per_layer))
+        out.append(FiredToken(p, int(ids[p]), texts[p], per_layer))
     return out
 
 
