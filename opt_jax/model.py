@@ -4,7 +4,8 @@ Weights keep Hugging Face's layout ([out, in], heads split out), so a neuron's u
 `layers/fc2/weight[layer, :, neuron]` exactly as in the paper. The decoder layers are
 stacked on a leading axis and run under one `jax.lax.scan`; `decoder_layer` is a pure
 function of (one layer's params, hidden state, token mask), so the layers can also be
-streamed from host memory a group at a time.
+streamed from host memory a group at a time. Every entry point takes an optional `edit`
+(`opt_jax.edit`): what fc2 reads in place of relu(fc1), to ablate, set or scale neurons.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 
 from opt_jax.bits import pack_masks
 from opt_jax.config import OPTConfig
+from opt_jax.edit import EditFn, apply as apply_edit
 
 Params = Any
 _NEG = float(jnp.finfo(jnp.float32).min)
@@ -122,31 +124,32 @@ class Attention(nn.Module):
 
 
 class FFN(nn.Module):
-    """fc1 -> ReLU -> fc2; also returns the fc1 output (the neuron fires where it is > 0)."""
+    """fc1 -> ReLU (or an `edit` of it, given the model's `layer` index) -> fc2; also returns the fc1 output
+    (the neuron fires where it is > 0, whatever the edit makes of it)."""
 
     config: OPTConfig
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):  # [b, s, d]
+    def __call__(self, x, edit: EditFn | None = None, layer=0):  # [b, s, d]
         c = self.config
         f, d = c.ffn_dim, c.hidden_size
         pre = Linear("bsd,fd->bsf", (f, d), (f,) if c.enable_bias else None, self.param_dtype, name="fc1")(x)
-        hidden = jnp.maximum(pre, 0)  # [b, s, f]
+        hidden = apply_edit(edit, pre, layer)  # [b, s, f]
         out = Linear("bsf,df->bsd", (d, f), (d,) if c.enable_bias else None, self.param_dtype, name="fc2")(hidden)
         return out, pre  # [b, s, d], [b, s, f]
 
 
 class DecoderLayer(nn.Module):
     """One OPT decoder layer, pre-LN or post-LN; returns the new hidden state and which FFN neurons fired
-    (with `with_fc1`, also the fc1 output itself)."""
+    (with `with_fc1`, also the fc1 output itself). `edit` and `layer`: see `FFN`."""
 
     config: OPTConfig
     param_dtype: Any = jnp.float32
     with_fc1: bool = False
 
     @nn.compact
-    def __call__(self, x, token_mask):  # [b, s, d], [b, s]
+    def __call__(self, x, token_mask, edit: EditFn | None = None, layer=0):  # [b, s, d], [b, s]
         c = self.config
         pre_ln = c.do_layer_norm_before
         attn_norm = layer_norm(c, self.param_dtype, "attn_norm")
@@ -156,7 +159,8 @@ class DecoderLayer(nn.Module):
         x = x + Attention(c, self.param_dtype, name="attn")(attn_in, token_mask)  # [b, s, d]
         if not pre_ln:
             x = attn_norm(x)
-        ffn_out, fc1 = FFN(c, self.param_dtype, name="ffn")(ffn_norm(x) if pre_ln else x)  # [b, s, d], [b, s, f]
+        ffn_out, fc1 = FFN(c, self.param_dtype, name="ffn")(ffn_norm(x) if pre_ln else x, edit,
+                                                      layer)  # [b, s, d], [b, s, f]
         x = x + ffn_out  # [b, s, d]
         if not pre_ln:
             x = ffn_norm(x)
@@ -213,25 +217,30 @@ def embed(config: OPTConfig, params: Params, input_ids, token_mask):
     return Embed(config).apply({"params": params["embed"]}, input_ids, token_mask)
 
 
-def decoder_layer(config: OPTConfig, layer_params: Params, x, token_mask, with_fc1: bool = False):
+def decoder_layer(config: OPTConfig, layer_params: Params, x, token_mask, with_fc1: bool = False,
+                  edit: EditFn | None = None, layer=0):
     """Apply one decoder layer: (hidden [batch, seq, hidden], active bool [batch, seq, ffn], False at padding),
-    plus with `with_fc1` the fc1 output [batch, seq, ffn] in the compute dtype (before the ReLU; not masked)."""
-    return DecoderLayer(config, with_fc1=with_fc1).apply({"params": layer_params}, x, token_mask)
+    plus with `with_fc1` the fc1 output [batch, seq, ffn] in the compute dtype (before the ReLU; not masked).
+    With `edit`, fc2 reads `edit(fc1, layer)` (`layer`: this layer's index in the model)."""
+    return DecoderLayer(config, with_fc1=with_fc1).apply({"params": layer_params}, x, token_mask, edit, layer)
 
 
-def decoder_layers(config: OPTConfig, stacked_params: Params, x, token_mask, probe, state, with_fc1: bool = False):
+def decoder_layers(config: OPTConfig, stacked_params: Params, x, token_mask, probe, state, with_fc1: bool = False,
+                   edit: EditFn | None = None, first_layer=0):
     """Scan the stacked layers (leading axis) over x, threading `state` through a probe; returns (hidden, state).
 
     After layer i, `state = probe(active [batch, seq, ffn], i, state)`, or with `with_fc1`
     `probe(active, i, state, fc1 [batch, seq, ffn])`. The state is carried through the scan, so a
     probe that updates slices of it (`state.at[i].set(...)`) works in place: `forward`'s probe
     writes the packed masks, a statistics probe adds counts and keeps example activations.
+    With `edit`, layer i's fc2 reads `edit(fc1, first_layer + i)`: `first_layer` is the model index of the
+    stack's first layer (a streamed group's start).
     """
 
     def step(carry, layer_inputs):
         h, state = carry
         layer_params, index = layer_inputs
-        h, active, *fc1 = decoder_layer(config, layer_params, h, token_mask, with_fc1)
+        h, active, *fc1 = decoder_layer(config, layer_params, h, token_mask, with_fc1, edit, first_layer + index)
         return (h, probe(active, index, state, *fc1)), None
 
     num_layers = jax.tree.leaves(stacked_params)[0].shape[0]
@@ -248,14 +257,16 @@ def head(config: OPTConfig, params: Params, x):
     return Head(config).apply({"params": params["head"]}, x, params["embed"]["tokens"])
 
 
-def forward(config: OPTConfig, params: Params, input_ids, token_mask):
-    """The whole model: (logits [batch, seq, vocab], masks [layers, batch, seq, ffn / 8])."""
+def forward(config: OPTConfig, params: Params, input_ids, token_mask, edit: EditFn | None = None):
+    """The whole model: (logits [batch, seq, vocab], masks [layers, batch, seq, ffn / 8]); with `edit`
+    (`opt_jax.edit`), fc2 reads the edited activations (the masks stay those of fc1 > 0)."""
     token_mask = token_mask.astype(bool)
     x = embed(config, params, input_ids, token_mask)  # [b, s, d]
     b, s = input_ids.shape
     num_layers = jax.tree.leaves(params["layers"])[0].shape[0]
     masks = jnp.zeros((num_layers, b, s, config.mask_bytes), jnp.uint8)  # [l, b, s, f / 8]
-    x, masks = decoder_layers(config, params["layers"], x, token_mask, _store_packed, masks)  # [b, s, d]
+    x, masks = decoder_layers(config, params["layers"], x, token_mask, _store_packed, masks,
+                              edit=edit)  # [b, s, d]
     return head(config, params, x), masks
 
 

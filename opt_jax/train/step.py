@@ -14,6 +14,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from opt_jax.config import OPTConfig
+from opt_jax.loss import mean_next_token_nll
 from opt_jax.model import Params, decoder_layers, embed, head, init_params
 from opt_jax.train.options import IDENTITY, TrainOptions
 
@@ -26,11 +27,7 @@ def loss_fn(config: OPTConfig, compute_dtype, params: Params, ids, mask):
     params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
     x = embed(config, params, ids, mask)  # [b, s, d]
     x, _ = decoder_layers(config, params["layers"], x, mask, lambda active, index, state: state, ())  # [b, s, d]
-    logits = head(config, params, x)  # [b, s, v] float32
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:])  # [b, s - 1]
-    weights = mask[:, 1:].astype(jnp.float32)  # [b, s - 1]
-    count = weights.sum()
-    return (losses * weights).sum() / jnp.maximum(count, 1.0), count
+    return mean_next_token_nll(head(config, params, x), ids, mask)  # logits [b, s, v] float32
 
 
 def decay_mask(params: Params) -> Params:
