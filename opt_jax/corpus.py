@@ -284,3 +284,27 @@ class Corpus:
     def _windows_of(self, documents: Iterable[str]) -> Iterator[np.ndarray]:
         """token_windows of documents with this corpus's tokenizer and settings."""
         return token_windows(documents, self.tokenizer, self.seq_len, self.bos_id, self.full_length_only)
+
+
+def model_corpus(model_dir: str, paths: Sequence[str], seq_len: int, text_key: str = "text",
+                 full_length_only: bool = False) -> Corpus:
+    """The corpus as a converted model's runs read it: its tokenizer (saved beside the model), its BOS id."""
+    from transformers import AutoTokenizer
+
+    from opt_jax.checkpoint import read_config
+
+    config = read_config(model_dir)
+    return Corpus(list(paths), AutoTokenizer.from_pretrained(model_dir), seq_len, config.bos_token_id,
+                  text_key=text_key, full_length_only=full_length_only)
+
+
+def limited_batches(corpus: Corpus, batch_size: int, pad_id: int, max_tokens: int | None = None,
+                    skip_windows: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`batches` of the corpus's windows after the first `skip_windows`, stopping as collection stops: before
+    the first batch that starts at or past `max_tokens` real tokens (a batch that crosses it is kept whole)."""
+    seen = 0
+    for ids, mask in batches(corpus.windows(skip=skip_windows), batch_size, corpus.seq_len, pad_id):
+        if max_tokens is not None and seen >= max_tokens:
+            return
+        seen += int(mask.sum())
+        yield ids, mask

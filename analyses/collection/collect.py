@@ -32,7 +32,7 @@ from analyses.collection.runner import Runner
 from analyses.collection.store import (StatsStore, appended_windows, array_layouts, example_layouts, example_merges,
                                        open_stats, read_manifest, stored_examples)
 from opt_jax import checkpoint as ckpt
-from opt_jax.corpus import Corpus, batches
+from opt_jax.corpus import Corpus, batches, model_corpus
 from opt_jax.errors import StatsError
 from opt_jax.progress import Progress
 
@@ -72,11 +72,7 @@ def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
     options = Options(**flags)
     config = ckpt.read_config(model_path)
     plan = make_plan(config, options)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    corpus = Corpus(list(corpus_paths), tokenizer, options.seq_len, config.bos_token_id,
-                    text_key=options.text_key, full_length_only=options.full_length_only)
+    corpus = model_corpus(model_path, corpus_paths, options.seq_len, options.text_key, options.full_length_only)
     corpus.check_not_empty()
     tracked, source = _ngram_neurons(plan, options) if options.ngram_orders else (None, None)
     identity = _identity(model_path, config, corpus, plan, options, source)
