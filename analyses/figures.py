@@ -375,3 +375,37 @@ def positional_domains(result, path: str, name: str) -> str:
     hist.set_xlabel("Pearson correlation of the curves")
     hist.set_ylabel("neurons")
     return save(fig, path)
+
+
+def ablation_figure(result: dict, path: str, smooth: int = 16) -> str:
+    """Left: each neuron set's change of the mean next-token loss with its bootstrap 95% interval; right: the
+    change by predicting position (a moving average over `smooth` positions)."""
+    plt = _pyplot()
+    variants = result["variants"]
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 0.45 * len(variants) + 3.6),
+                                       gridspec_kw={"width_ratios": [1, 1.4]})
+    labels = [f"{v['spec']}  ({v['neurons']} neurons)" for v in variants]
+    changes = np.array([v["change"] for v in variants])
+    low = changes - np.array([v["interval"][0] for v in variants])
+    high = np.array([v["interval"][1] for v in variants]) - changes
+    y = np.arange(len(variants))[::-1]
+    bars.barh(y, changes, xerr=[low, high], color="tab:red", alpha=0.7, capsize=3)
+    bars.axvline(0, color="black", lw=0.8)
+    bars.set_yticks(y, labels, fontsize=8)
+    bars.set_xlabel("change of the mean next-token loss (nats per token)")
+    bars.set_title(f"edit: {result['edit']}; base loss {result['base_loss']:.3f} nats over "
+                   f"{result['tokens']:,} predictions")
+    for v in variants:
+        values = np.array([np.nan if c is None else c for c in v["by_position"]], float)
+        k = max(1, min(smooth, len(values) // 4 or 1))
+        kernel = np.ones(k) / k
+        filled = np.nan_to_num(values)
+        weight = np.convolve(~np.isnan(values), kernel, mode="valid")
+        curve = np.convolve(filled, kernel, mode="valid") / np.maximum(weight, 1e-12)
+        curves.plot(np.arange(len(curve)) + (k - 1) / 2, curve, lw=1.2, label=v["spec"])
+    curves.axhline(0, color="black", lw=0.8)
+    curves.set_xlabel("position of the predicting token (0 = BOS)")
+    curves.set_ylabel(f"change of the loss (nats; mean over {smooth} positions)")
+    curves.set_title("change by position")
+    curves.legend(fontsize=7)
+    return save(fig, path)

@@ -7,7 +7,6 @@ file is written atomically, the report last.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import json
@@ -238,7 +237,7 @@ def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=
         report["models"][r.name]["claims"] = claims.model_claims(report["models"][r.name], r.stats.config,
                                                                  thresholds.claims)
     rows = [{"model": name} | c for name, m in report["models"].items() for c in m["claims"]]
-    report["tables"].append(os.path.basename(_write_csv(f"{out_dir}/claims.csv", rows, list(claims.COLUMNS))))
+    report["tables"].append(os.path.basename(atomic.write_csv(f"{out_dir}/claims.csv", rows, list(claims.COLUMNS))))
     atomic.write_json(os.path.join(out_dir, "report.json"), report)
     return report
 
@@ -393,18 +392,18 @@ def _tables(results: list[ModelResults], wanted: set, out_dir: str) -> list[str]
     if "detectors" in wanted:
         rows = [_token_row(r, d.layer, n, items, f) for r in results for d in r.token_detectors
                 for n, items, f in zip(d.neurons, d.items, d.covered_fraction)]
-        paths.append(_write_csv(f"{out_dir}/token_detectors.csv", rows, list(TOKEN_COLUMNS)))
+        paths.append(atomic.write_csv(f"{out_dir}/token_detectors.csv", rows, list(TOKEN_COLUMNS)))
         rows = [{"model": r.name, "layer": d.layer, "neuron": int(n),
                  "trigrams": " | ".join(" ".join(map(str, g)) for g in _trigrams(r, items)),
                  "trigram_strings": json.dumps(r.strings.join(_trigrams(r, items))),
                  "covered_fraction": f"{f:.4f}"}
                 for r in results for d in r.trigram_detectors for n, items, f in zip(d.neurons, d.items,
                                                                                        d.covered_fraction)]
-        paths.append(_write_csv(f"{out_dir}/trigram_detectors.csv", rows,
+        paths.append(atomic.write_csv(f"{out_dir}/trigram_detectors.csv", rows,
                                 ["model", "layer", "neuron", "trigrams", "trigram_strings", "covered_fraction"]))
     if "positional" in wanted:
         rows = [{"model": r.name} | p for r in results for p in positional.to_rows(r.positional)]
-        paths.append(_write_csv(f"{out_dir}/positional_neurons.csv", rows,
+        paths.append(atomic.write_csv(f"{out_dir}/positional_neurons.csv", rows,
                                 ["model", "layer", "neuron", "mi", "type", "strength"]))
     return paths
 
@@ -428,15 +427,6 @@ def _token_row(r: ModelResults, layer: int, neuron, items, fraction) -> dict:
 def _trigrams(r: ModelResults, ngram_ids) -> np.ndarray:
     """Token ids [k, 3] of trigram ids."""
     return decode_ngrams(ngram_ids, 3, r.stats.config.vocab_size)
-
-
-def _write_csv(path: str, rows: list[dict], columns: list[str]) -> str:
-    def write(f):
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    return atomic.write_file(path, write)
 
 
 def _floats(values) -> list:

@@ -73,6 +73,18 @@ def write_json(path: str, data) -> str:
     return write_file(path, lambda f: json.dump(data, f, indent=2))
 
 
+def write_csv(path: str, rows: list[dict], columns: list[str]) -> str:
+    """Write rows (dicts) as CSV with a header of `columns`, atomically."""
+    import csv
+
+    def write(f):
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    return write_file(path, write)
+
+
 def append_line(path: str, line: str) -> None:
     """Append one line to a log and flush it to disk (a crash loses at most a line being written)."""
     with open(path, "a") as f:
