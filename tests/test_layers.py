@@ -6,7 +6,8 @@ import os
 from helpers import ROOT
 
 STUDY = {"coverage", "dead", "detectors", "figures", "positional", "report", "study", "suppression", "tokens",
-         "neurons.atlas", "neurons.data_files", "neurons.facts", "neurons.fired", "neurons.token_index"}
+         "neurons.atlas", "neurons.data_files", "neurons.facts", "neurons.fired", "neurons.token_index",
+         "interventions.ablation", "interventions.passes", "interventions.results", "interventions.spec"}
 
 
 def _modules(package: str):
