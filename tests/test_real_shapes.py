@@ -411,3 +411,54 @@ def numpy_layer0_fc1(config, params: dict, ids: np.ndarray) -> np.ndarray:
     x = x + np.einsum("hsk,dhk->sd", context, p["layers/attn/o_proj/weight"]) + p["layers/attn/o_proj/bias"]
     h = norm(x, "ffn_norm")  # [s, d]
     return h @ p["layers/ffn/fc1/weight"].T + p["layers/ffn/fc1/bias"]  # [s, n]
+
+
+@pytest.mark.parametrize("fields", [dict(sd.OPT_125M, num_hidden_layers=2), dict(sd.OPT_350M, num_hidden_layers=2)],
+                         ids=["125m_widths", "350m_layout"])
+def test_ablation_at_real_dimensions_matches_torch(tmp_path, fields):
+    """scripts/ablate.py on 2-layer models of 125m widths and of 350m's layout (post-LN, project_in/out), vocab
+    50272, 2048-token windows (a short last one too): losses and KL against torch with fc1 hooks zeroing the
+    same neurons on windows cut here."""
+    import torch
+
+    model = sd.sparse_random_model(fields, seed=4)
+    hf_dir = hf_models.save(model, str(tmp_path / "hf"), "safetensors")
+    vocab_words = sd.write_word_tokenizer(hf_dir)
+    converted = opt_jax.convert(hf_dir, str(tmp_path / "converted"), verbose=False)
+    docs = sd.zipf_documents(2, (2500, 3000), len(vocab_words), seed=6)
+    corpus = sd.write_corpus(str(tmp_path / "corpus.jsonl"), docs, vocab_words)
+    ffn = fields["ffn_dim"]
+    # The neurons that fire most (least negative fc1 bias), three a layer, and the last neuron of layer 1.
+    pairs = [(l, int(n)) for l, layer in enumerate(model.model.decoder.layers)
+             for n in np.argsort(-layer.fc1.bias.detach().numpy())[:3]] + [(1, ffn - 1)]
+    run_script("ablate.py", "--model", converted, "--corpus", corpus, "--out", str(tmp_path / "out"), "--seq_len",
+               str(SEQ), "--batch_size", "2", "--neurons", ",".join(f"{l}:{n}" for l, n in pairs))
+    with open(tmp_path / "out" / "ablation.json") as f:
+        result = json.load(f)
+    windows = [np.concatenate([[2], d[i:i + SEQ - 1]]) for d in docs for i in range(0, len(d), SEQ - 1)]
+    mask = np.zeros((2, ffn), bool)
+    mask[tuple(np.array(pairs).T)] = True
+    losses, count, kl = np.zeros(2), 0, 0.0
+    for w in windows:
+        lps = []
+        for edited in (False, True):
+            hooks = [layer.fc1.register_forward_hook(lambda m, i, out, g=torch.as_tensor(mask[l]):
+                                                     torch.where(g, 0.0, out))
+                     for l, layer in enumerate(model.model.decoder.layers)] if edited else []
+            with torch.no_grad():
+                logits = model(input_ids=torch.as_tensor(w[None], dtype=torch.long)).logits[0, :-1]
+            for h in hooks:
+                h.remove()
+            lps.append(torch.log_softmax(logits.double(), -1).numpy())  # [s - 1, v]
+        for k, lp in enumerate(lps):
+            losses[k] += -lp[np.arange(len(w) - 1), w[1:]].sum()
+        kl += (np.exp(lps[0]) * (lps[0] - lps[1])).sum()
+        count += len(w) - 1
+    assert result["tokens"] == count and result["windows"] == len(windows) == 4
+    assert result["base_loss"] == pytest.approx(losses[0] / count, rel=1e-5)
+    assert result["ablated_loss"] == pytest.approx(losses[1] / count, rel=1e-5)
+    assert result["change"] == pytest.approx((losses[1] - losses[0]) / count, abs=1e-5 * result["base_loss"])
+    assert abs(losses[1] - losses[0]) / count > 1e-5, "the reference must see the ablation"
+    assert result["kl"] == pytest.approx(kl / count, rel=1e-3) and result["kl"] > 0
+    print(f"\n{fields['hidden_size']} wide, ablation of {len(pairs)} neurons: change {result['change']:.3e} "
+          f"nats, KL {result['kl']:.3e}")
