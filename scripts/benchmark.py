@@ -39,6 +39,8 @@ flags.DEFINE_bool("ngram_cost", False, "cpu: measure only what exact n-gram coun
                   "at the first --seq_lens value")
 flags.DEFINE_bool("examples_cost", False, "cpu: measure only what the example sets (--examples 16) cost, resident, "
                   "at each --seq_lens value")
+flags.DEFINE_bool("ablation_cost", False, "cpu: measure only an ablation pass (base + 300 neurons zeroed: losses and "
+                  "KL) against HF + hooks doing the same, at each --seq_lens value")
 flags.DEFINE_string("workdir", None, "cpu: where the temporary checkpoints go (default: the system temp dir)")
 flags.DEFINE_list("sizes", None, "gpu: OPT sizes measured (default 1.3b,6.7b,30b,66b)")
 flags.DEFINE_list("resident_sizes", None, "gpu: sizes also measured resident (default 1.3b,6.7b)")
@@ -76,6 +78,15 @@ def main(argv):
         from benchmarks.examples_cost import examples_cost
 
         rows = examples_cost(opt_jax.for_size(FLAGS.size), [int(s) for s in FLAGS.seq_lens], FLAGS.tokens_per_batch,
+                             workdir=FLAGS.workdir, **common)
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+
+    if FLAGS.ablation_cost:
+        from benchmarks.ablation_cost import ablation_cost
+
+        rows = ablation_cost(opt_jax.for_size(FLAGS.size), [int(s) for s in FLAGS.seq_lens], FLAGS.tokens_per_batch,
                              workdir=FLAGS.workdir, **common)
         for row in rows:
             print(json.dumps(row))

@@ -153,6 +153,17 @@ def test_examples_cost_on_a_tiny_model(tmp_path):
     assert rows[0]["slowdown"] == pytest.approx(rows[0]["without_examples_tok_s"] / rows[0]["with_examples_tok_s"])
 
 
+def test_ablation_cost_on_a_tiny_model(tmp_path):
+    """Both variants score the same losses (checked inside before timing) and the ratio is of the two rates."""
+    from benchmarks.ablation_cost import ablation_cost
+
+    rows = ablation_cost(TINY, seq_lens=(SEQ,), tokens_per_batch=2 * SEQ, batches=2, warmup=1, neurons=20,
+                         workdir=str(tmp_path), log=lambda message: None)
+    assert [(r["seq_len"], r["batch_size"], r["neurons"]) for r in rows] == [(SEQ, 2, 20)]
+    assert rows[0]["ours_over_hf"] == pytest.approx(rows[0]["ours_tok_s"] / rows[0]["hf_hooks_tok_s"])
+    assert rows[0]["ablated_loss"] != rows[0]["base_loss"]
+
+
 def test_shrink_config_keeps_head_size_and_ratios():
     big = opt_jax.for_size("66b")
     small = sources.shrink_config(big, 32)
