@@ -21,6 +21,7 @@ flags.DEFINE_string("edit", "zero", "what is done to the neurons: zero, set:VALU
 flags.DEFINE_integer("seq_len", 2048, "tokens per window (BOS + seq_len - 1 document tokens), as collection cuts them")
 flags.DEFINE_integer("max_tokens", None, "stop after this many tokens of the window stream")
 flags.DEFINE_integer("skip_windows", 0, "skip the first windows (e.g. those a statistics run saw: held-out text)")
+flags.DEFINE_bool("full_length_only", False, "keep only windows of exactly seq_len tokens (as collect's flag)")
 flags.DEFINE_integer("batch_size", 8, "windows per batch (divisible by the local device count)")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "compute dtype (default: stored)")
 flags.DEFINE_bool("offload", False, "stream the weights a layer group at a time (66b on one GPU)")
@@ -40,6 +41,7 @@ def main(argv):
         FLAGS.model, FLAGS.corpus, FLAGS.neurons, FLAGS.out, seq_len=FLAGS.seq_len, max_tokens=FLAGS.max_tokens,
         batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, offload=FLAGS.offload, seed=FLAGS.seed, edit=FLAGS.edit,
         skip_windows=FLAGS.skip_windows, alive_from=FLAGS.stats, text_key=FLAGS.text_key,
+        full_length_only=FLAGS.full_length_only,
         group_size=FLAGS.group_size), lambda r: _summary(r, FLAGS.out))
 
 
@@ -50,6 +52,10 @@ def _summary(result: dict, out: str) -> str:
         low, high = v["interval"]
         lines.append(f"  {v['spec']}: {v['neurons']} neurons, loss {v['ablated_loss']:.4f}, change "
                      f"{v['change']:+.5f} [{low:+.5f}, {high:+.5f}], KL {v['kl']:.5f}")
+        if "against_control" in v:
+            c = v["against_control"]
+            lines.append(f"    minus its control {c['control']}: {c['difference']:+.5f} "
+                         f"[{c['interval'][0]:+.5f}, {c['interval'][1]:+.5f}]")
     return "\n".join(lines + [f"ablation: {out}/ablation.json"])
 
 

@@ -9,7 +9,9 @@ tokens; position t predicts t + 1; padding is neither input nor target), and one
   over windows), kl (mean KL(base || edited) of the next-token distributions, nats), by_position (the change
   at each predicting position), and for token detectors (of any set in the call) `triggers`: after a
   detector's trigger token, the change in log p(next token is one of its triggers) (the suppression
-  reading: a detector that removes its trigger from the residual stream, ablated, should raise it)
+  reading: a detector that removes its trigger from the residual stream, ablated, should raise it); a set
+  given with its control `match:SPEC` also gets `against_control`: its change minus the control's, with a
+  bootstrap interval paired over the same windows, overall and by position
 beside `ablation.csv` (one row a set), `by_position.csv`, `triggers.csv` and `ablation.png`.
 """
 
@@ -66,8 +68,8 @@ class Operation:
 def ablate(model_dir: str, corpus_paths, neurons, out_dir: str, seq_len: int = 2048, max_tokens: int | None = None,
            batch_size: int = 8, dtype: str | None = None, offload: bool = False, seed: int = 0,
            edit: str = "zero", skip_windows: int = 0, alive_from: str | None = None, text_key: str = "text",
-           group_size: int | None = None, chunk_batches: int = 4, figure: bool = True,
-           verbose: bool = True) -> dict:
+           full_length_only: bool = False, group_size: int | None = None, chunk_batches: int = 4,
+           figure: bool = True, verbose: bool = True) -> dict:
     """Base and edited next-token losses over the corpus's windows for each neuron set (`neurons`: specs, or
     one); writes OUT/ablation.json (+ CSVs and a figure) and returns its content. Nothing is written when a
     set, the corpus or the memory check fails."""
@@ -77,14 +79,14 @@ def ablate(model_dir: str, corpus_paths, neurons, out_dir: str, seq_len: int = 2
         raise InputError(f"seq_len {seq_len}: must lie in 2..{config.max_position_embeddings} (the model's positions)")
     operation = Operation.parse(edit)
     sets = specs.resolve(neurons, config, seed, alive_from)
-    corpus = model_corpus(model_dir, corpus_paths, seq_len, text_key)
+    corpus = model_corpus(model_dir, corpus_paths, seq_len, text_key, full_length_only)
     corpus.check_not_empty()
     detectors = _detectors(sets)
     gather = np.unique(np.concatenate([t for _, t in detectors])) if detectors else np.zeros(1, np.int64)
     check_memory(config, len(sets), batch_size, seq_len, len(gather), dtype, offload)
     model = Model.load(model_dir, dtype, offload, group_size)
     runner = Pass(model, [operation.edit(config, s.mask) for s in sets], gather, batch_size, chunk_batches)
-    tally = Tally(len(sets), seq_len, gather, detectors)
+    tally = Tally(len(sets), seq_len, gather, detectors, _controls([s.spec for s in sets]))
     progress = Progress("ablate", max_tokens, " tokens", enabled=verbose)
     try:
         chunk = []
@@ -104,9 +106,12 @@ def ablate(model_dir: str, corpus_paths, neurons, out_dir: str, seq_len: int = 2
     result = tally.result(np.random.default_rng(seed)) | {
         "model": os.path.abspath(model_dir), "edit": str(operation), "seed": seed, "seq_len": seq_len,
         "batch_size": batch_size, "dtype": dtype or ckpt.read_manifest(model_dir)["dtype"],
-        "corpus": {"paths": list(corpus.files), "fingerprint": corpus.fingerprint(), "skip_windows": skip_windows}}
+        "corpus": {"paths": list(corpus.files), "fingerprint": corpus.fingerprint(), "skip_windows": skip_windows,
+                   "full_length_only": full_length_only}}
     for variant, s in zip(result["variants"], sets):
         variant |= {"spec": s.spec, "neurons": s.count, "per_layer": s.per_layer(), "stats": s.stats}
+        if "against_control" in variant:
+            variant["against_control"]["control"] = sets[variant["against_control"]["control"]].spec
     result |= {k: result["variants"][0][k] for k in ("ablated_loss", "change", "interval", "kl")}
     from analyses.interventions import results
 
@@ -118,6 +123,12 @@ def _add(runner: Pass, tally: "Tally", chunk: list, progress: Progress) -> None:
     for (ids, mask), out in zip(chunk, runner.run(chunk)):
         tally.add(ids, out)
         progress.update(int(mask.sum()))
+
+
+def _controls(spec_names: list[str]) -> dict[int, int]:
+    """{index of a set: index of its control}, for every `match:SPEC` given with its SPEC."""
+    return {spec_names.index(name[len("match:"):]): i for i, name in enumerate(spec_names)
+            if name.startswith("match:") and name[len("match:"):] in spec_names}
 
 
 def _detectors(sets) -> list[tuple[tuple[int, int], np.ndarray]]:
@@ -156,8 +167,10 @@ def check_memory(config, num_sets: int, batch_size: int, seq_len: int, gathered:
 class Tally:
     """Host sums of a pass: per window, per position, KL, and the trigger log-probabilities of each detector."""
 
-    def __init__(self, num_sets: int, seq_len: int, gather: np.ndarray, detectors: list):
+    def __init__(self, num_sets: int, seq_len: int, gather: np.ndarray, detectors: list,
+                 controls: dict[int, int] | None = None):
         self.num_sets = num_sets
+        self.controls = controls or {}  # set -> its matched control: their difference gets a paired interval
         self.base, self.edited, self.count = [], [], []  # per window: [w], [e, w], [w]
         self.pos_base = np.zeros(seq_len, np.float64)  # [s]
         self.pos_edited = np.zeros((num_sets, seq_len), np.float64)  # [e, s]
@@ -195,7 +208,9 @@ class Tally:
         count = np.concatenate(self.count).astype(np.float64)  # [w]
         total = count.sum()
         base_loss = base.sum() / total
-        intervals = _bootstrap(edited - base[None], count, rng)  # [e, 2]
+        pairs = sorted(self.controls.items())
+        diffs = np.concatenate([edited - base[None]] + [edited[[a]] - edited[[b]] for a, b in pairs])  # [e + c, w]
+        intervals = _bootstrap(diffs, count, rng)  # [e + c, 2]
         predicting = self.pos_count > 0
         variants = []
         for e in range(self.num_sets):
@@ -211,6 +226,12 @@ class Tally:
                              "interval": [float(v) for v in intervals[e]], "kl": float(self.kl[e] / total),
                              "by_position": [None if np.isnan(v) else float(v) for v in by_position[:-1]],
                              "triggers": triggers})
+        for k, (a, b) in enumerate(pairs):  # paired over the same windows: the set's change minus its control's
+            variants[a]["against_control"] = {
+                "control": b, "difference": variants[a]["change"] - variants[b]["change"],
+                "interval": [float(v) for v in intervals[self.num_sets + k]],
+                "by_position": [None if x is None or y is None else x - y
+                                for x, y in zip(variants[a]["by_position"], variants[b]["by_position"])]}
         return {"base_loss": float(base_loss), "tokens": int(total), "windows": len(count),
                 "base_by_position": [None if not p else float(v / p) for v, p in
                                      zip(self.pos_base[:-1], self.pos_count[:-1])],
