@@ -221,3 +221,24 @@ def test_real_widths_125m(tmp_path):
     assert resident.loss == pytest.approx(loss, rel=1e-4)
     assert np.abs(resident.grad - want).max() <= 1e-3 * scale, (np.abs(resident.grad - want).max(), scale)
     np.testing.assert_allclose(streamed.grad, resident.grad, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_atlas_script_shows_the_attribution(stored, tiny_model, tiny_corpus, tmp_path):
+    from analyses.neurons.data_files import read_js
+
+    stats = analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "stats"), seq_len=SEQ, batch_size=BATCH,
+                             verbose=False)
+    out = str(tmp_path / "atlas")
+    result = run_script("scripts/atlas.py", "--stats", f"tiny={stats}", "--attribution", f"tiny={stored}",
+                        "--out", out, env=devices_env(1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    effect = read_attribution(stored).effect
+    for layer in range(effect.shape[0]):
+        _, summary = read_js(os.path.join(out, "data", "m0", f"L{layer}", "summary.js"))
+        np.testing.assert_allclose(summary["effect"], effect[layer], rtol=1e-3, atol=1e-12)
+    _, manifest = read_js(os.path.join(out, "data", "atlas.js"))
+    assert manifest["models"][0]["attribution"]["tokens"] == read_attribution(stored).tokens
+    result = run_script("scripts/atlas.py", "--stats", f"tiny={stats}", "--attribution", f"other={stored}",
+                        "--out", str(tmp_path / "atlas2"), env=devices_env(1))
+    assert result.returncode == 1 and "which name no model of the atlas" in result.stderr
+    assert "Traceback" not in result.stderr
