@@ -2,6 +2,7 @@
 
   python scripts/atlas.py --stats out/stats/stdlib-4l out/stats/stdlib-4l-nopos --out out/atlas
   python scripts/atlas.py --stats opt-125m=stats/opt-125m --out atlas/ --layers 0,1
+  python scripts/atlas.py --stats opt-125m=stats/opt-125m --attribution opt-125m=stats/opt-125m-attribution ...
 Open OUT/index.html in a browser (no server needed), or host the folder as plain files.
 """
 
@@ -18,15 +19,22 @@ flags.DEFINE_multi_string("model_dirs", None, "converted model directory of each
                           "manifest records); needed for token texts and promoted / suppressed tokens")
 flags.DEFINE_list("layers", None, "build only these collected layers (default: all)")
 flags.DEFINE_integer("block", 128, "neurons per data file of full neuron records")
+flags.DEFINE_multi_string("attribution", None, "NAME=DIR: the attribution of model NAME (scripts/attribute.py, "
+                          "of the same model), shown as each neuron's estimated effect of ablating it; or plain "
+                          "DIRs, one per --stats in order")
 
 
 def main(argv):
     from analyses.neurons.atlas import build_atlas
+    from analyses.report import label_of
 
     stats = FLAGS.stats + argv[1:]
     layers = [int(l) for l in FLAGS.layers] if FLAGS.layers else None
+    attributions = FLAGS.attribution
+    if attributions and all(label_of(a)[0] is not None for a in attributions):
+        attributions = dict(label_of(a) for a in attributions)  # by model name; else one per --stats, in order
     return cli.run(lambda: build_atlas(stats, FLAGS.out, names=FLAGS.names, model_dirs=FLAGS.model_dirs,
-                                       block=FLAGS.block, layers=layers),
+                                       block=FLAGS.block, layers=layers, attributions=attributions),
                    lambda out: f"atlas: {out}/index.html")
 
 

@@ -66,6 +66,7 @@ def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: in
     positions, curves = binned_curves(facts, start, stop, points)
     binned = curve_bins(len(facts.positions), points)
     shares = facts.trigger_shares()
+    effect = source.effect(facts.layer)  # [ffn] or None
     out = []
     for col, n in enumerate(range(start, stop)):
         kind = facts.pos_type[n]
@@ -78,7 +79,8 @@ def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: in
                                 "rate": significant(r, 4), "always": bool(r >= nf.ALWAYS)}
                                for i, c, s, r in zip(facts.trigger_ids[n], facts.trigger_counts[n], shares[n],
                                                      facts.trigger_rates[n]) if i >= 0],
-                  "label": nf.label(facts, n, source)}
+                  "label": nf.label(facts, n, source),
+                  "effect": None if effect is None else significant(effect[n], 4)}
         found = []
         if n in facts.token_items:
             found.append({"kind": "token", "items": [text(i) for i in facts.token_items[n]],
@@ -128,14 +130,21 @@ def layer_summary(facts: nf.LayerFacts, source: nf.Source) -> dict:
             "strong": facts.strong.astype(int).tolist(),
             "token_det": [int(n in facts.token_items) for n in range(facts.neurons)],
             "trigram_det": [int(n in facts.trigram_items) for n in range(facts.neurons)],
-            "label": [nf.label(facts, n, source) for n in range(facts.neurons)]}
+            "label": [nf.label(facts, n, source) for n in range(facts.neurons)],
+            "effect": _effects(source.effect(facts.layer))}
+
+
+def _effects(effect: np.ndarray | None) -> list | None:
+    """A layer's estimated zero-ablation effects with 4 significant digits (None without an attribution)."""
+    return None if effect is None else [significant(e, 4) for e in effect.tolist()]
 
 
 # The build.
 
 def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: int = 128, layers=None,
                 thresholds: Thresholds = Thresholds(), before: int = nf.BEFORE, after: int = nf.AFTER,
-                curve_points: int = CURVE_POINTS, page: str | None = None, verbose: bool = True) -> str:
+                curve_points: int = CURVE_POINTS, page: str | None = None, attributions=None,
+                verbose: bool = True) -> str:
     """Write the atlas of one or more statistics directories into out_dir; returns out_dir's absolute path.
 
     A statistics directory may be given as `NAME=DIR`; the others are named by `names`, else by their
@@ -143,7 +152,9 @@ def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: in
     when the statistics' manifests name a moved one. `layers` builds only those collected layers (default all);
     `block` neurons go in each block file; contexts show `before` / `after` tokens around a firing token; a
     curve has at most `curve_points` points (longer ones are binned).
-    `page` is the viewer copied as index.html (default `analyses/neurons/web/index.html`).
+    `page` is the viewer copied as index.html (default `analyses/neurons/web/index.html`). `attributions`: per
+    model an attribution directory (`analyses.attribute`, of the same model) or None, as a list in the models'
+    order or a dict {name: directory}; its neurons then show their estimated zero-ablation effect.
     """
     page = page or PAGE
     if not os.path.isfile(page):
@@ -159,7 +170,9 @@ def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: in
     model_dirs = list(model_dirs) if model_dirs else [None] * len(stats_dirs)
     if len(model_dirs) != len(stats_dirs):
         raise InputError(f"{len(model_dirs)} model directories for {len(stats_dirs)} statistics directories")
-    sources = [nf.open_source(d, name, m, thresholds) for name, d, m in zip(names, stats_dirs, model_dirs)]
+    attributions = _per_model(attributions, names)
+    sources = [nf.open_source(d, name, m, thresholds, attribution=a)
+               for name, d, m, a in zip(names, stats_dirs, model_dirs, attributions)]
     chosen = [_layers(s, layers) for s in sources]
     out_dir = os.path.abspath(out_dir)
     atomic.recover_dir(out_dir)
@@ -184,6 +197,21 @@ def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: in
     return atomic.replace_dir(work, out_dir)
 
 
+def _per_model(attributions, names: list[str]) -> list:
+    """One attribution directory (or None) per model, from a list in the models' order or a {name: dir} dict."""
+    if attributions is None:
+        return [None] * len(names)
+    if isinstance(attributions, dict):
+        unknown = sorted(set(attributions) - set(names))
+        if unknown:
+            raise InputError(f"attributions for {unknown}, which name no model of the atlas ({', '.join(names)})")
+        return [attributions.get(name) for name in names]
+    attributions = list(attributions)
+    if len(attributions) != len(names):
+        raise InputError(f"{len(attributions)} attributions for {len(names)} statistics directories")
+    return attributions
+
+
 def _layers(source: nf.Source, layers) -> list[int]:
     """The collected layers to build, checked against the store."""
     count = source.collected_layers
@@ -198,9 +226,23 @@ def _layers(source: nf.Source, layers) -> list[int]:
 def _identity(sources, chosen, block, thresholds, before, after, curve_points) -> dict:
     """What a build depends on: a resumed build reuses finished layers only when all of it is the same."""
     stores = [{"stats": s.stats.root, "generation": s.stats.manifest.get("generation"), "model": s.model_dir,
-               "layers": built} for s, built in zip(sources, chosen)]
+               "layers": built, "attribution": _attribution_entry(s)} for s, built in zip(sources, chosen)]
     return {"version": VERSION, "stores": stores, "block": block, "thresholds": thresholds.to_json(),
             "context": [before, after], "curve_points": curve_points, "builder": _builder_hash()}
+
+
+def _attribution_entry(source: nf.Source) -> dict | None:
+    """What the manifest says of a model's attribution (None without one)."""
+    a = source.attribution
+    if a is None:
+        return None
+    return {"path": a.root, "tokens": a.tokens, "seq_len": a.manifest.get("seq_len"),
+            "corpus_fingerprint": a.manifest.get("corpus", {}).get("fingerprint"),
+            "base_loss": significant(a.manifest.get("base_loss")), "effect_digest": _digest(a.effect)}
+
+
+def _digest(values: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()[:16]
 
 
 def _builder_hash() -> str:
@@ -262,4 +304,4 @@ def _build_model(source: nf.Source, index: int, built: list[int], work: str, blo
             "ffn": config.ffn_dim, "seq_len": int(stats.pos_act.shape[1]), "vocab": config.vocab_size,
             "tokens": stats.tokens, "token_layers": list(stats.token_layers), "examples": stats.examples_per_neuron,
             "positional_embeddings": bool(config.positional_embeddings), "note": "; ".join(notes), "notes": notes,
-            "counts": counts}
+            "counts": counts, "attribution": _attribution_entry(source)}

@@ -11,7 +11,9 @@
   and the token and trigram detectors (`analyses.detectors`, the study's thresholds);
 - with the model's weights: each alive neuron's top promoted and suppressed tokens (E @ fc2[:, n], through
   project_out where present, `analyses.suppression`), and each token detector's trigger scores and ranks;
-- with example activations: both sets as contexts (token ids around the firing position, `context_span`).
+- with example activations: both sets as contexts (token ids around the firing position, `context_span`);
+- with an attribution (`analyses.interventions.attribution`): each neuron's estimated zero-ablation effect
+  (`Source.effect`).
 
 Memory per layer: one `pos_act` layer (int64 [positions, ffn]) and its curves (float32), `tok_act` read a block
 of rows at a time (`ItemCounts`), the update scores SCORE_BLOCK neurons at a time (float32 [block, vocab]),
@@ -27,6 +29,7 @@ import numpy as np
 
 from analyses import coverage, detectors, positional, suppression
 from analyses.collection import decode_ngrams, open_stats
+from analyses.interventions.attribution import read_attribution
 from analyses.report import Thresholds
 from analyses.tokens import TokenStrings, context_span
 from opt_jax import checkpoint as ckpt
@@ -53,6 +56,11 @@ class Source:
     table: object  # the n-gram table (None when n-grams were not collected)
     occurrences: dict  # order -> function item ids -> occurrences
     notes: list[str]
+    attribution: object = None  # analyses.interventions.Attribution of the same model, or None
+
+    def effect(self, layer: int) -> np.ndarray | None:
+        """float64 [ffn]: the layer's estimated zero-ablation effects (nats per token), None without an attribution."""
+        return None if self.attribution is None else self.attribution.effect[layer]
 
     def text(self, token: int) -> str:
         """The decoded text of a token id ('<id N>' without the tokenizer)."""
@@ -70,11 +78,13 @@ class Source:
 
 
 def open_source(stats_dir: str, name: str | None = None, model_dir: str | None = None,
-                thresholds: Thresholds = Thresholds(), scores: bool = True) -> Source:
+                thresholds: Thresholds = Thresholds(), scores: bool = True, attribution: str | None = None) -> Source:
     """The inputs of one model: its statistics directory and the converted model the statistics name (or
     `model_dir`). Without the model directory the facts lack token texts and update scores (said in `notes`);
-    `scores=False` skips the weights (labels only)."""
+    `scores=False` skips the weights (labels only). `attribution`: a directory written by `analyses.attribute`
+    for the same model (its estimated zero-ablation effects)."""
     stats = open_stats(stats_dir)
+    attributed = _attribution(attribution, stats) if attribution else None
     model_dir = model_dir or stats.manifest.get("model")
     notes = []
     texts = unembedding = strings = None
@@ -100,7 +110,19 @@ def open_source(stats_dir: str, name: str | None = None, model_dir: str | None =
     if stats.full_length_sequences == 0:
         notes.append(positional.SKIPPED_NOTE)
     return Source(name or os.path.basename(os.path.normpath(stats_dir)), stats, model_dir, thresholds, texts,
-                  strings, unembedding, table, occurrences, notes)
+                  strings, unembedding, table, occurrences, notes, attributed)
+
+
+def _attribution(root: str, stats):
+    """The attribution in root, checked to be of the statistics' model and to cover its collected layers."""
+    attribution = read_attribution(root)
+    if attribution.manifest.get("config") != stats.config.to_dict():
+        raise InputError(f"{root}: an attribution of another model than the statistics {stats.root} (their configs "
+                         "differ)")
+    if attribution.effect.shape[0] < stats.act.shape[0]:
+        raise InputError(f"{root}: has {attribution.effect.shape[0]} layers; the statistics {stats.root} collected "
+                         f"{stats.act.shape[0]}")
+    return attribution
 
 
 @dataclasses.dataclass

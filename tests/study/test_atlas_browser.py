@@ -36,13 +36,19 @@ def browser():
 @pytest.fixture(scope="module")
 def built(planted_run, tmp_path_factory):
     """The atlas of the planted model's statistics (the session's `planted_run`) and of a second collection
-    of the same model without examples: models M0 "planted" and M1 "bare"."""
+    of the same model without examples: models M0 "planted" (with an attribution: scripts/attribute.py) and
+    M1 "bare" (without)."""
     root = tmp_path_factory.mktemp("planted_atlas")
-    run_step("collect.py", "--model", planted_run.model, "--corpus", str(planted_run.root / "corpus.jsonl"),
+    corpus = str(planted_run.root / "corpus.jsonl")
+    run_step("collect.py", "--model", planted_run.model, "--corpus", corpus,
              "--out", str(root / "bare"), "--seq_len", str(planted.SEQ), "--batch_size", "16", "--examples", "0",
              "--max_tokens", "4096")
-    atlas = analyses.atlas([planted_run.stats, str(root / "bare")], str(root / "atlas"), names=["planted", "bare"])
-    return {"atlas": str(atlas), "stats": analyses.open_stats(planted_run.stats), "tokens": TokenStrings(planted_run.model)}
+    run_step("attribute.py", "--model", planted_run.model, "--corpus", corpus, "--out", str(root / "attribution"),
+             "--seq_len", str(planted.SEQ), "--batch_size", "16", "--max_tokens", "4096", "--dtype", "float32")
+    atlas = analyses.atlas([planted_run.stats, str(root / "bare")], str(root / "atlas"), names=["planted", "bare"],
+                           attributions={"planted": str(root / "attribution")})
+    return {"atlas": str(atlas), "stats": analyses.open_stats(planted_run.stats), "tokens": TokenStrings(planted_run.model),
+            "effect": analyses.read_attribution(str(root / "attribution")).effect}
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +205,36 @@ def test_model_switcher_keeps_the_neuron(browser, built):
     wait_ready(browser, done)
     assert browser.execute_script("return location.hash") == f"#M1/L0N{DETECTOR}"
     assert "bare" in browser.title
+
+
+def test_effect_of_ablating_is_shown_and_sorts_the_list(browser, built):
+    """The attribution's effects (read from its store, not from the page's data) on a neuron's page and as the
+    order of the filtered list; the model without an attribution shows neither."""
+    effect = built["effect"]  # [layers, ffn]
+    alive = np.flatnonzero(np.asarray(built["stats"].act[0]) > 0)
+    n = int(alive[np.argmax(np.abs(effect[0, alive]))])
+    open_page(browser, built["atlas"], f"L0N{n}")
+    shown = browser.find_element("id", "fact-effect")
+    assert float(shown.get_attribute("data-value")) == pytest.approx(effect[0, n], rel=1e-3)
+    assert text_of(browser, "#fact-effect .v").endswith("nats/token")
+    assert "Effect of ablating it (estimate)" in browser.find_element("css selector", "dl.facts").text
+    open_page(browser, built["atlas"], "search=&layer=0&sort=effect")
+    order = Select(browser.find_element("id", "sort"))
+    assert order.first_selected_option.text == "effect of ablating it (estimate), largest first"
+    rows = browser.find_elements("css selector", "#filter-results tbody tr")
+    want = np.argsort(-effect[0], kind="stable")[:5]
+    assert [r.find_element("css selector", "a").text for r in rows[:5]] == [f"L0 N{i}" for i in want]
+    headers = [th.text for th in browser.find_elements("css selector", "#filter-results thead th")]
+    assert "Effect of ablating (est.)" in headers
+    open_page(browser, built["atlas"], "search=&layer=0&sort=effect-asc")
+    rows = browser.find_elements("css selector", "#filter-results tbody tr")
+    assert rows[0].find_element("css selector", "a").text == f"L0 N{int(np.argmin(effect[0]))}"
+    open_page(browser, built["atlas"], f"M1/L0N{n}")
+    assert not browser.find_elements("id", "fact-effect")
+    go(browser, "M1/search=&layer=0")
+    values = [o.get_attribute("value") for o in Select(browser.find_element("id", "sort")).options]
+    assert "effect" not in values
+    assert not console_errors(browser)
 
 
 def test_token_search_finds_each_group_through_the_hashed_bucket(browser, atlas):
