@@ -7,7 +7,8 @@ from helpers import ROOT
 
 STUDY = {"coverage", "dead", "detectors", "figures", "positional", "report", "study", "suppression", "tokens",
          "neurons.atlas", "neurons.data_files", "neurons.facts", "neurons.fired", "neurons.token_index",
-         "interventions.ablation", "interventions.passes", "interventions.results", "interventions.spec"}
+         "interventions.ablation", "interventions.passes", "interventions.results", "interventions.spec",
+         "interventions.attribution"}
 
 
 def _modules(package: str):
