@@ -35,6 +35,17 @@ collected layers are measured. Thresholds (fields of `ClaimThresholds`, defaults
 - `post_ln_no_dead` (a post-LayerNorm model, as 350m): the largest dead fraction of any layer; holds
   when < `alive_max_dead`.
 - `post_ln_positional` (a post-LayerNorm model): positional neurons; holds when > 0.
+
+Causal checks (the report entry's `causal`: zero-ablations on held-out text, `analyses.interventions.causal`):
+- `dead_unused_causal`: the change of the mean next-token loss when every dead neuron is ablated; holds when
+  its bootstrap 95% interval lies within +-`dead_max_change` [0.001 nats per token].
+- `detectors_matter_causal`: the token detectors' change minus that of a matched random set (as many alive
+  neurons per layer); holds when the paired 95% interval of the difference lies above 0.
+- `detectors_suppress_causal`: share of the ablated token detectors (those whose trigger occurs in the
+  held-out text) after whose trigger the log-probability of a trigger next rises more than under the matched
+  control; holds when > `suppress_fraction`.
+- `positional_matter_causal`: as `detectors_matter_causal`, for the positional neurons (the change by
+  position is in the figure).
 """
 
 from __future__ import annotations
@@ -55,11 +66,13 @@ class ClaimThresholds:
     word_prefix: int = 3  # variants of one word share this many first characters
     large_hidden: int = 4096  # models this wide or wider are "6.7b and above"
     two_stage_depth: float = 0.5  # the valley between the two stages of positional neurons: at least this deep
+    dead_max_change: float = 0.001  # ablating the dead neurons moves the loss by less than this (nats per token)
 
 
 ORDER = ("second_half_alive", "first_half_sparse", "dead_rarer_alive", "detectors_suppress", "detectors_one_word",
          "oscillatory_most_common", "positional_two_stages", "nopos_strong_positional", "nopos_no_oscillatory",
-         "post_ln_no_dead", "post_ln_positional")
+         "post_ln_no_dead", "post_ln_positional", "dead_unused_causal", "detectors_matter_causal",
+         "detectors_suppress_causal", "positional_matter_causal")
 COLUMNS = ("model", "id", "claim", "paper", "measured", "threshold", "holds", "note")
 
 
@@ -196,7 +209,54 @@ def model_claims(entry: dict, config, thresholds: ClaimThresholds = ClaimThresho
         add("post_ln_positional", *claim, note=no_positional or "a pre-LayerNorm model")
     else:
         add("post_ln_positional", *claim, measured=len(types), holds=len(types) > 0)
+    _causal_claims(entry.get("causal"), t, add)
     return out
+
+
+def _causal_claims(causal: dict | None, t: ClaimThresholds, add) -> None:
+    """The claims tested by ablation (module docstring), from the report entry's `causal`."""
+    sets = (causal or {}).get("sets", {})
+    where = "on held-out text" if (causal or {}).get("held_out", True) else "in sample"
+
+    def missing(kind):
+        if causal is None:
+            return "the causal checks were not run (scripts/study.py runs them; scripts/ablate.py by hand)"
+        return causal["notes"].get(kind, f"no {kind} neurons to ablate")
+
+    claim = ("dead neurons are unused (ablated)", f"dead neurons never fire, so removing them changes nothing "
+             f"(Section 3); here all of them zero-ablated {where}",
+             f"95% interval of the loss change within +-{t.dead_max_change} nats/token")
+    dead = sets.get("dead")
+    if dead is None:
+        add("dead_unused_causal", *claim, note=missing("dead"))
+    else:
+        low, high = dead["interval"]
+        add("dead_unused_causal", *claim, measured=dead["change"],
+            holds=max(abs(low), abs(high)) < t.dead_max_change)
+
+    for key, kind, text in (("detectors_matter_causal", "detectors", "token detectors"),
+                            ("positional_matter_causal", "positional", "positional neurons")):
+        claim = (f"{text} matter more than random neurons (ablated)",
+                 f"not a claim of the paper: the {text} it names, zero-ablated {where}, against as many random "
+                 "alive neurons of the same layers", "paired 95% interval of (change - control's change) > 0")
+        found = sets.get(kind)
+        if found is None or "against_control" not in found:
+            add(key, *claim, note=missing(kind))
+        else:
+            c = found["against_control"]
+            add(key, *claim, measured=c["difference"], holds=c["interval"][0] > 0)
+
+    claim = ("ablated token detectors let their triggers repeat", "token detectors suppress their triggers "
+             "(Section 4.4): removed, a trigger after a trigger should become likelier; here against the "
+             "matched control", f"share of detectors whose trigger repetition rises more than the control's > "
+             f"{t.suppress_fraction:.0%}")
+    triggers = (sets.get("detectors") or {}).get("triggers")
+    if not triggers:
+        add("detectors_suppress_causal", *claim, note=missing("detectors") if sets.get("detectors") is None
+            else "no detector's trigger occurs in the held-out text")
+    else:
+        share = float(np.mean([x["change"] > x["control_change"] for x in triggers]))
+        add("detectors_suppress_causal", *claim, measured=share, holds=share > t.suppress_fraction)
 
 
 def spearman(a, b) -> float | None:

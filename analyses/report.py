@@ -17,6 +17,7 @@ import numpy as np
 from analyses import claims, coverage, dead, detectors, domains as domain_analysis, positional, suppression
 from analyses.collection import open_stats
 from analyses.collection.ngrams import decode_ngrams
+from analyses.interventions.causal import summary as causal_summary
 from analyses.tokens import TokenStrings
 from opt_jax import atomic
 from opt_jax.errors import AnalysisError, OptJaxError
@@ -73,6 +74,7 @@ THRESHOLD_HELP = {
     "claim_word_prefix": "claims: variants of one word share this many first characters",
     "claim_large_hidden": "claims: models this wide or wider count as 6.7b and above",
     "claim_two_stage_depth": "claims: the valley between the two stages of positional neurons is this deep",
+    "claim_dead_max_change": "claims: ablating the dead neurons moves the loss by less than this (nats per token)",
 }
 
 
@@ -197,12 +199,15 @@ def checkpoint_series(results: list[ModelResults]) -> dict[str, list[ModelResult
 
 
 def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=None,
-            thresholds: Thresholds = Thresholds(), verbose: bool = True, domains: dict | None = None) -> dict:
+            thresholds: Thresholds = Thresholds(), verbose: bool = True, domains: dict | None = None,
+            causal: dict | None = None) -> dict:
     """Run `analyses` on each statistics directory; write report.json, figures and tables into out_dir.
 
     A statistics directory may be given as `NAME=DIR`; the others are named by `names`, else their
     directory's name. `domains` (model name -> {domain: statistics directory of that model over that
     domain's corpus}) compares the model's positional neurons across domains (`analyses.domains`).
+    `causal` (model name -> a directory holding `ablation.json` of `analyses.interventions.causal`) adds each
+    model's causal checks: its entry `causal`, four claims and the figure `causal_<name>.png`.
     """
     if any("=" in str(d) for d in stats_dirs):
         names, stats_dirs = split_labels(stats_dirs, names)
@@ -227,12 +232,23 @@ def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=
             r = results[names.index(model)]
             r.domains = domain_analysis.analyze_domains({d: open_stats(p) for d, p in stores.items()},
                                                         thresholds.positional)
+    ablations = {}
+    for model, directory in (causal or {}).items():
+        if model not in names:
+            raise AnalysisError(f"causal checks given for {model!r}, which is not among the models {names}")
+        ablations[model] = read_ablation(directory)
     os.makedirs(out_dir, exist_ok=True)
     figures = _figures(results, wanted, thresholds, out_dir)
+    if ablations:
+        from analyses import figures as drawing
+
+        figures += [drawing.ablation_figure(a, f"{out_dir}/causal_{name}.png") for name, a in ablations.items()]
     tables = _tables(results, wanted, out_dir)
     report = {"format": FORMAT, "version": VERSION, "analyses": sorted(wanted), "thresholds": thresholds.to_json(),
               "figures": [os.path.basename(f) for f in figures], "tables": [os.path.basename(t) for t in tables],
               "models": {r.name: _model_json(r, wanted) for r in results}}
+    for name, a in ablations.items():
+        report["models"][name]["causal"] = causal_summary(a)
     for r in results:
         report["models"][r.name]["claims"] = claims.model_claims(report["models"][r.name], r.stats.config,
                                                                  thresholds.claims)
@@ -240,6 +256,21 @@ def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=
     report["tables"].append(os.path.basename(atomic.write_csv(f"{out_dir}/claims.csv", rows, list(claims.COLUMNS))))
     atomic.write_json(os.path.join(out_dir, "report.json"), report)
     return report
+
+
+def read_ablation(directory: str) -> dict:
+    """An ablation's result (`ablation.json` in `directory`), with a clear error when it is missing or broken."""
+    path = os.path.join(directory, "ablation.json")
+    if not os.path.isfile(path):
+        raise AnalysisError(f"{directory}: no ablation.json (run scripts/ablate.py, or the study's causal checks)")
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AnalysisError(f"{path}: not an ablation result ({e})") from None
+    if "variants" not in result or "base_loss" not in result:
+        raise AnalysisError(f"{path}: not an ablation result (no variants / base_loss)")
+    return result
 
 
 def _analyze_model(r: ModelResults, wanted: set, thresholds: Thresholds, verbose: bool) -> ModelResults:

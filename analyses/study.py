@@ -51,7 +51,8 @@ def corpus_domains(corpus) -> tuple[list[str], dict[str, list[str]]]:
 
 def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int = 128, batch_size: int = 16,
               max_tokens: int | None = 200_000, ngram_orders=(2, 3), analyses=report.ANALYSES,
-              overwrite: bool = False, verbose: bool = True, compare_domains: bool = True, atlas: bool = True) -> dict:
+              overwrite: bool = False, verbose: bool = True, compare_domains: bool = True, atlas: bool = True,
+              causal: bool = True, causal_tokens: int | None = 50_000) -> dict:
     """Collect into OUT/stats/<name> for each model, analyze them together into OUT/report, and (with `atlas`)
     write the neuron atlas of the models whose statistics hold example activations into OUT/atlas
     (`analyses.neurons.atlas`); returns the report.
@@ -66,6 +67,11 @@ def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int =
     With n-grams, each model is collected twice: OUT/stats/<name>-tokens without them, then
     OUT/stats/<name> counting n-grams for the neurons that <= 50 tokens cover in the first pass
     (exact for everything the analyses report; see README "N-grams").
+
+    With `causal`, each model's dead neurons, token detectors and positional neurons (the latter two with
+    matched random controls) are zero-ablated on `causal_tokens` tokens of held-out text (the corpus's
+    windows after those collected) into OUT/ablation/<name> (`analyses.interventions.causal`), and the report
+    checks the causal claims on them.
     """
     if not models:
         models = [shipped.path(name) for name in shipped.NAMES]
@@ -97,8 +103,18 @@ def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int =
                 print(f"collecting {name} on the domain {domain}", flush=True)
             by_domain.setdefault(name, {})[domain] = collect(model, paths, f"{where}-domain-{domain}",
                                                              **(flags | {"examples": 0}))
+    ablations = {}
+    if causal:
+        from analyses.interventions.causal import causal_checks
+
+        for model, name, where in zip(models, names, stats):
+            if verbose:
+                print(f"causal checks of {name}: ablations on held-out text", flush=True)
+            directory = os.path.join(out_dir, "ablation", name)
+            if causal_checks(model, where, corpus, directory, causal_tokens, batch_size, verbose=verbose):
+                ablations[name] = directory
     result = report.analyze(stats, os.path.join(out_dir, "report"), analyses=analyses, names=names,
-                            verbose=verbose, domains=by_domain or None)
+                            verbose=verbose, domains=by_domain or None, causal=ablations or None)
     with_examples = [(name, path, model) for name, path, model in zip(names, stats, models)
                      if open_stats(path).examples_per_neuron]
     if atlas and with_examples:

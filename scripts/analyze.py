@@ -22,6 +22,8 @@ flags.DEFINE_multi_string("domain", None, "[MODEL:]DOMAIN=DIR: the statistics of
                           "compare its positional neurons across domains")
 flags.DEFINE_multi_string("model", None, "converted model directory of each --stats (default: the one its "
                           "manifest records); needed for token strings and suppression")
+flags.DEFINE_multi_string("causal", None, "NAME=DIR: an ablation of the model NAME (scripts/ablate.py or the study's "
+                          "OUT/ablation/NAME) whose dead, detector and positional sets the causal claims read")
 for _name, _default in report.flat_thresholds().items():
     _help = report.THRESHOLD_HELP[_name]
     if isinstance(_default, bool):
@@ -40,7 +42,9 @@ def main(argv):
     thresholds = report.thresholds_from_flat({name: FLAGS[name].value for name in report.flat_thresholds()})
     return cli.run(lambda: report.analyze(stats, FLAGS.out, analyses=FLAGS.analyses, names=FLAGS.names,
                                           model_dirs=FLAGS.model, thresholds=thresholds,
-                                          domains=report.domain_stores(FLAGS.domain or [], stats, FLAGS.names)),
+                                          domains=report.domain_stores(FLAGS.domain or [], stats, FLAGS.names),
+                                          causal=dict(zip(*report.split_labels(FLAGS.causal))) if FLAGS.causal
+                                          else None),
                    lambda result: f"{report.summary(result)}\nreport: {FLAGS.out}/report.json")
 
 

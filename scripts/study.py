@@ -11,7 +11,7 @@ from absl import app, flags
 from opt_jax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "out", "output directory: corpus/, stats/<name>/, report/")
+flags.DEFINE_string("out", "out", "output directory: corpus/, stats/<name>/, ablation/<name>/, report/, atlas/")
 flags.DEFINE_multi_string("model", None, "converted model directories, each DIR or NAME=DIR; a training run "
                           "directory (scripts/train.py --out) stands for its step-N snapshots, in step order "
                           "(default: the shipped twins)")
@@ -28,6 +28,9 @@ flags.DEFINE_list("analyses", ["dead", "ngrams", "detectors", "suppression", "po
 flags.DEFINE_bool("domains", True, "collect each domain of a labelled corpus (with the default corpus: the standard "
                   "library's docstrings and its code) and compare positional neurons across domains")
 flags.DEFINE_bool("atlas", True, "also write the neuron atlas of the models (OUT/atlas/index.html: a page per neuron)")
+flags.DEFINE_bool("causal", True, "test the paper's readings causally: ablate each model's dead neurons, token "
+                  "detectors and positional neurons (with matched random controls) on held-out text")
+flags.DEFINE_integer("causal_tokens", 50_000, "held-out tokens the causal ablations read per model")
 flags.DEFINE_bool("overwrite", False, "replace statistics collected with other flags")
 
 
@@ -40,7 +43,8 @@ def main(argv):
     return cli.run(lambda: run_study(FLAGS.out, FLAGS.model, FLAGS.corpus, FLAGS.names, seq_len=FLAGS.seq_len,
                                      batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens or None,
                                      ngram_orders=[int(k) for k in FLAGS.ngram_orders], analyses=FLAGS.analyses,
-                                     overwrite=FLAGS.overwrite, compare_domains=FLAGS.domains, atlas=FLAGS.atlas),
+                                     overwrite=FLAGS.overwrite, compare_domains=FLAGS.domains, atlas=FLAGS.atlas,
+                                     causal=FLAGS.causal, causal_tokens=FLAGS.causal_tokens or None),
                    lambda result: f"{report.summary(result)}\n{example_contexts(result)}\n"
                                   f"report, figures and tables: {FLAGS.out}/report/"
                                   + (f"\natlas: {FLAGS.out}/atlas/index.html" if FLAGS.atlas else ""))

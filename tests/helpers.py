@@ -121,6 +121,22 @@ def recompute_claims(entry: dict, positional_embeddings: bool = True, post_ln: b
         "nopos_no_oscillatory": None if positional_embeddings else oscillatory,
         "post_ln_no_dead": max(dead) if post_ln else None,
         "post_ln_positional": len(positional) if post_ln else None,
+        **recompute_causal_claims(entry.get("causal")),
+    }
+
+
+def recompute_causal_claims(causal: dict | None) -> dict:
+    """The causal claims' measured values from a report entry's `causal` (None where a set is missing)."""
+    sets = (causal or {}).get("sets", {})
+    control = {k: sets[k]["against_control"]["difference"] if k in sets and "against_control" in sets[k] else None
+               for k in ("detectors", "positional")}
+    triggers = (sets.get("detectors") or {}).get("triggers") or []
+    return {
+        "dead_unused_causal": sets["dead"]["change"] if "dead" in sets else None,
+        "detectors_matter_causal": control["detectors"],
+        "detectors_suppress_causal": sum(t["change"] > t["control_change"] for t in triggers) / len(triggers)
+        if triggers else None,
+        "positional_matter_causal": control["positional"],
     }
 
 

@@ -37,7 +37,7 @@ def test_convert_script_bad_checkpoint_fails_clearly(pre_ln_model, tmp_path):
 
 def test_main_job_runs_end_to_end(tmp_path):
     """The README's main command (scripts/study.py, what `make run` runs), at smoke size."""
-    result = _run("scripts/study.py", "--out", str(tmp_path), "--max_tokens", "3000")
+    result = _run("scripts/study.py", "--out", str(tmp_path), "--max_tokens", "3000", "--causal_tokens", "3000")
     assert result.returncode == 0, result.stderr[-3000:]
     import json
 
@@ -50,6 +50,16 @@ def test_main_job_runs_end_to_end(tmp_path):
         claims = check_claims(model, positional_embeddings=not name.endswith("nopos"), hidden=256)
         assert (claims["nopos_no_oscillatory"]["holds"] is None) == (name == "stdlib-4l")
     assert "the paper's claims:" in result.stdout and (tmp_path / "report" / "claims.csv").exists()
+    for name, model in report["models"].items():  # the causal checks, on held-out text
+        causal = model["causal"]
+        assert causal["held_out"] and causal["tokens"] >= 3000
+        with open(tmp_path / "ablation" / name / "ablation.json") as f:
+            ablation = json.load(f)
+        assert ablation["corpus"]["skip_windows"] * 128 >= model["tokens"], "after the collected windows"
+        assert {"dead_unused_causal", "detectors_matter_causal", "positional_matter_causal"} <= set(claims)
+        for kind, entry in causal["sets"].items():
+            assert entry["neurons"] > 0 and entry["interval"][0] <= entry["change"] <= entry["interval"][1]
+        assert (tmp_path / "report" / f"causal_{name}.png").stat().st_size > 10_000
     for name, model in report["models"].items():  # the library's docstrings against its code
         assert model["positional_domains"]["domains"] == ["prose", "code"]
         assert (tmp_path / "report" / f"positional_domains_{name}.png").stat().st_size > 10_000

@@ -26,3 +26,34 @@ def test_rank_correlation():
     assert claims.spearman([0.1, 0.2, 0.3], [3, 2, 1]) == pytest.approx(-1.0)
     assert claims.spearman([0.0, 0.5, 0.5, 0.9], [1, 2, 2, 3]) == pytest.approx(1.0)
     assert claims.spearman([0.1, 0.2], [2, 1]) is None and claims.spearman([0, 0, 0], [1, 2, 3]) is None
+
+
+def _causal_claims(causal):
+    found = []
+    claims._causal_claims(causal, claims.ClaimThresholds(), lambda key, *a, **k: found.append((key, k)))
+    return {key: k for key, k in found}
+
+
+def test_causal_claims_hold_fail_and_say_why():
+    def entry(change, interval, diff=None, diff_interval=None):
+        e = {"spec": "x", "neurons": 3, "per_layer": [3], "change": change, "interval": interval, "kl": 0.0}
+        if diff is not None:
+            e["against_control"] = {"control": "match:x", "difference": diff, "interval": diff_interval}
+        return e
+
+    triggers = [{"change": 0.5, "control_change": 0.1}] * 9 + [{"change": 0.0, "control_change": 0.2}]
+    causal = {"held_out": True, "notes": {}, "sets": {
+        "dead": entry(0.0002, [-0.0003, 0.0006]),
+        "detectors": entry(0.02, [0.01, 0.03], 0.015, [0.004, 0.02]) | {"triggers": triggers},
+        "positional": entry(0.01, [0.0, 0.02], 0.002, [-0.001, 0.005])}}
+    got = _causal_claims(causal)
+    assert got["dead_unused_causal"] == {"measured": 0.0002, "holds": True}
+    assert got["detectors_matter_causal"] == {"measured": 0.015, "holds": True}
+    assert got["detectors_suppress_causal"] == {"measured": 0.9, "holds": True}
+    assert got["positional_matter_causal"] == {"measured": 0.002, "holds": False}, "the interval reaches 0"
+    causal["sets"]["dead"] = entry(0.0, [-0.0002, 0.0015])
+    assert not _causal_claims(causal)["dead_unused_causal"]["holds"], "an interval past 0.001 nats"
+    del causal["sets"]["positional"]
+    causal["notes"]["positional"] = "left out: no positional neurons"
+    assert _causal_claims(causal)["positional_matter_causal"] == {"note": "left out: no positional neurons"}
+    assert "not run" in _causal_claims(None)["dead_unused_causal"]["note"]
