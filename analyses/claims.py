@@ -72,7 +72,7 @@ class ClaimThresholds:
 ORDER = ("second_half_alive", "first_half_sparse", "dead_rarer_alive", "detectors_suppress", "detectors_one_word",
          "oscillatory_most_common", "positional_two_stages", "nopos_strong_positional", "nopos_no_oscillatory",
          "post_ln_no_dead", "post_ln_positional", "dead_unused_causal", "detectors_matter_causal",
-         "detectors_suppress_causal", "positional_matter_causal")
+         "positional_matter_causal", "detectors_suppress_causal")
 COLUMNS = ("model", "id", "claim", "paper", "measured", "threshold", "holds", "note")
 
 

@@ -134,9 +134,9 @@ def recompute_causal_claims(causal: dict | None) -> dict:
     return {
         "dead_unused_causal": sets["dead"]["change"] if "dead" in sets else None,
         "detectors_matter_causal": control["detectors"],
+        "positional_matter_causal": control["positional"],
         "detectors_suppress_causal": sum(t["change"] > t["control_change"] for t in triggers) / len(triggers)
         if triggers else None,
-        "positional_matter_causal": control["positional"],
     }
 
 
