@@ -14,16 +14,7 @@ from opt_jax.edit import Edit, neuron_mask
 from opt_jax.errors import InputError
 from opt_jax.loss import mean_next_token_nll
 
-from test_parity import SHAPES
-
-
-@pytest.fixture(scope="module", params=sorted(SHAPES))
-def pair(request, tmp_path_factory):
-    """(torch model, opt_jax model converted from its saved checkpoint)."""
-    model = hf_models.random_model(hf_models.hf_config(**SHAPES[request.param]), seed=len(request.param))
-    root = tmp_path_factory.mktemp(request.param)
-    hf_models.save(model, str(root / "hf"), "safetensors")
-    return model, opt_jax.load(opt_jax.convert(str(root / "hf"), str(root / "converted"), verbose=False))
+from test_parity import pair  # noqa: F401  (the parity tests' fixture: every layout, torch and ours)
 
 
 def torch_edited(model, ids, mask, change, module="fc1"):
