@@ -3,7 +3,9 @@
 A neuron's update is its `fc2` column (through `project_out` where the model has one, as in 350m);
 its scores over the vocabulary are `E @ update`, E the (tied) token embeddings. High scores are the
 tokens it promotes, low scores those it suppresses. As in the paper, the final LayerNorm is ignored.
-A trigger's rank among the suppressed is 1 for the lowest score of the vocabulary.
+A trigger's rank among the suppressed is 1 for the lowest score of the vocabulary. Scores are float32
+products: two that differ by less than their rounding (`TIE_TOLERANCE` of the row's largest |score|) are
+tied, so a rank does not depend on the BLAS kernel's order of summation.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from opt_jax import checkpoint as ckpt
 
 # Detectors scored at once: bounds the [detectors, vocab] score block.
 DETECTOR_BLOCK = 64
+# Scores closer than this share of their row's largest |score| count as equal when ranking (float32 dot
+# products over up to 9216 hidden units round at about sqrt(9216) * 6e-8 ~ 6e-6 of that scale).
+TIE_TOLERANCE = 1e-5
 
 
 @dataclasses.dataclass
@@ -86,14 +91,15 @@ def analyze_suppression(model_dir: str, layer_detectors, top_k: int = 10) -> Sup
 
 
 def trigger_scores_and_ranks(scores: np.ndarray, items: list[np.ndarray]):
-    """Each row's trigger scores and ranks among the suppressed (1 + tokens scoring strictly lower), for the
-    scores [k, v] of k updates and their k arrays of trigger ids."""
+    """Each row's trigger scores and ranks among the suppressed (1 + tokens scoring lower by more than the
+    row's rounding, `TIE_TOLERANCE`), for the scores [k, v] of k updates and their k arrays of trigger ids."""
     width = max(len(i) for i in items)
     padded = np.zeros((len(items), width), np.int64)  # [k, m]
     for row, ids in enumerate(items):
         padded[row, :len(ids)] = ids
     trigger = np.take_along_axis(scores, padded, axis=1)  # [k, m]
-    ranks = (scores[:, None, :] < trigger[:, :, None]).sum(axis=2) + 1  # [k, m]
+    tie = TIE_TOLERANCE * np.abs(scores).max(axis=1, keepdims=True)  # [k, 1]
+    ranks = (scores[:, None, :] < trigger[:, :, None] - tie[:, :, None]).sum(axis=2) + 1  # [k, m]
     return ([trigger[i, :len(ids)] for i, ids in enumerate(items)],
             [ranks[i, :len(ids)] for i, ids in enumerate(items)])
 

@@ -207,6 +207,18 @@ def test_suppression_goes_through_project_out(tmp_path):
         assert s.top_suppressed[i].tolist() == np.argsort(scores)[:4].tolist()
 
 
+def test_trigger_ranks_treat_float32_rounding_as_a_tie():
+    """Two triggers of equal score in exact arithmetic come out of a float32 product a few ulps apart, in an
+    order that depends on the BLAS kernel: both rank 1, while a score lower by more than the tolerance counts."""
+    scores = np.zeros((1, 12), np.float32)
+    scores[0, 3] = -2.5
+    scores[0, 7] = np.nextafter(np.float32(-2.5), np.float32(0))  # one ulp above: a rounding apart
+    scores[0, 9] = np.float32(-2.5) * (1 + 50 * suppression.TIE_TOLERANCE)  # clearly lower than both
+    values, ranks = suppression.trigger_scores_and_ranks(scores, [np.array([7, 3]), np.array([9])])
+    assert ranks[0].tolist() == [2, 2] and ranks[1].tolist() == [1]
+    np.testing.assert_array_equal(values[0], scores[0, [7, 3]])
+
+
 def test_no_full_length_sequences(tiny_model, tmp_path):
     """Positional analysis says it was skipped instead of dividing by zero."""
     short = tmp_path / "short.jsonl"
