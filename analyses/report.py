@@ -20,6 +20,7 @@ from analyses.collection.ngrams import decode_ngrams
 from analyses.interventions.causal import summary as causal_summary
 from analyses.tokens import TokenStrings
 from opt_jax import atomic
+from opt_jax import lock
 from opt_jax.errors import AnalysisError, OptJaxError
 from opt_jax.progress import Progress
 
@@ -198,6 +199,7 @@ def checkpoint_series(results: list[ModelResults]) -> dict[str, list[ModelResult
     return {run: sorted(rs, key=lambda r: r.training["step"]) for run, rs in series.items()}
 
 
+@lock.writes("out_dir")
 def analyze(stats_dirs, out_dir: str, analyses=ANALYSES, names=None, model_dirs=None,
             thresholds: Thresholds = Thresholds(), verbose: bool = True, domains: dict | None = None,
             causal: dict | None = None) -> dict:

@@ -13,6 +13,7 @@ from analyses import report
 from analyses.collection import collect, open_stats
 from analyses.tokens import TokenStrings, context_span
 from opt_jax import checkpoint as ckpt
+from opt_jax import lock
 from opt_jax import shipped, stdlib_corpus
 from opt_jax.errors import AnalysisError, OptJaxError
 
@@ -49,6 +50,7 @@ def corpus_domains(corpus) -> tuple[list[str], dict[str, list[str]]]:
     return paths, domains
 
 
+@lock.writes("out_dir")
 def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int = 128, batch_size: int = 16,
               max_tokens: int | None = 200_000, ngram_orders=(2, 3), analyses=report.ANALYSES,
               overwrite: bool = False, verbose: bool = True, compare_domains: bool = True, atlas: bool = True,

@@ -26,3 +26,11 @@ def headless_figures() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+
+
+def define_lock_flag() -> None:
+    """`--wait_for_lock`, for every script that writes a directory (`opt_jax.lock`)."""
+    from absl import flags
+
+    flags.DEFINE_bool("wait_for_lock", False, "when another process is writing the output directory, wait for it "
+                      "to finish instead of stopping with an error")

@@ -31,6 +31,8 @@ flags.DEFINE_string("stats", None, "statistics whose alive neurons random:/match
                     "first STATS a --neurons names; with none, every neuron)")
 flags.DEFINE_string("text_key", "text", "JSON key of the text in .jsonl files")
 
+cli.define_lock_flag()
+
 
 def main(argv):
     del argv
@@ -42,7 +44,7 @@ def main(argv):
         batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, offload=FLAGS.offload, seed=FLAGS.seed, edit=FLAGS.edit,
         skip_windows=FLAGS.skip_windows, alive_from=FLAGS.stats, text_key=FLAGS.text_key,
         full_length_only=FLAGS.full_length_only,
-        group_size=FLAGS.group_size), lambda r: _summary(r, FLAGS.out))
+        group_size=FLAGS.group_size, wait_for_lock=FLAGS.wait_for_lock), lambda r: _summary(r, FLAGS.out))
 
 
 def _summary(result: dict, out: str) -> str:

@@ -35,6 +35,8 @@ for _name, _default in report.flat_thresholds().items():
     else:
         flags.DEFINE_list(_name, [str(v) for v in _default], _help)
 
+cli.define_lock_flag()
+
 
 def main(argv):
     stats = FLAGS.stats + argv[1:]
@@ -44,7 +46,8 @@ def main(argv):
                                           model_dirs=FLAGS.model, thresholds=thresholds,
                                           domains=report.domain_stores(FLAGS.domain or [], stats, FLAGS.names),
                                           causal=dict(zip(*report.split_labels(FLAGS.causal))) if FLAGS.causal
-                                          else None),
+                                          else None,
+                                          wait_for_lock=FLAGS.wait_for_lock),
                    lambda result: f"{report.summary(result)}\nreport: {FLAGS.out}/report.json")
 
 

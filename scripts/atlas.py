@@ -23,6 +23,8 @@ flags.DEFINE_multi_string("attribution", None, "NAME=DIR: the attribution of mod
                           "of the same model), shown as each neuron's estimated effect of ablating it; or plain "
                           "DIRs, one per --stats in order")
 
+cli.define_lock_flag()
+
 
 def main(argv):
     from analyses.neurons.atlas import build_atlas
@@ -34,7 +36,8 @@ def main(argv):
     if attributions and all(label_of(a)[0] is not None for a in attributions):
         attributions = dict(label_of(a) for a in attributions)  # by model name; else one per --stats, in order
     return cli.run(lambda: build_atlas(stats, FLAGS.out, names=FLAGS.names, model_dirs=FLAGS.model_dirs,
-                                       block=FLAGS.block, layers=layers, attributions=attributions),
+                                       block=FLAGS.block, layers=layers, attributions=attributions,
+                                       wait_for_lock=FLAGS.wait_for_lock),
                    lambda out: f"atlas: {out}/index.html")
 
 

@@ -25,6 +25,8 @@ flags.DEFINE_integer("group_size", None, "layers per streamed group (default: fr
 flags.DEFINE_integer("chunk_batches", 4, "batches per streamed chunk (each group is moved twice per chunk)")
 flags.DEFINE_string("text_key", "text", "JSON key of the text in .jsonl files")
 
+cli.define_lock_flag()
+
 
 def main(argv):
     del argv
@@ -33,7 +35,7 @@ def main(argv):
     return cli.run(lambda: analyses.attribute(
             FLAGS.model, FLAGS.corpus, FLAGS.out, seq_len=FLAGS.seq_len, batch_size=FLAGS.batch_size,
             max_tokens=FLAGS.max_tokens, dtype=FLAGS.dtype, offload=FLAGS.offload, group_size=FLAGS.group_size,
-            chunk_batches=FLAGS.chunk_batches, text_key=FLAGS.text_key),
+            chunk_batches=FLAGS.chunk_batches, text_key=FLAGS.text_key, wait_for_lock=FLAGS.wait_for_lock),
         lambda path: f"attribution: {path}")
 
 

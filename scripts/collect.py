@@ -50,6 +50,8 @@ flags.DEFINE_string("coordinator", None, "jax.distributed coordinator HOST:PORT 
 flags.DEFINE_integer("num_processes", 1, "number of processes in a multi-host run")
 flags.DEFINE_integer("process_id", 0, "this process's index in a multi-host run")
 
+cli.define_lock_flag()
+
 
 def main(argv):
     del argv
@@ -74,7 +76,7 @@ def main(argv):
             flush_every_s=FLAGS.flush_every_s,
             flush_every_batches=FLAGS.flush_every_batches, background_commits=FLAGS.background_commits,
             background_ngrams=FLAGS.background_ngrams, overwrite=FLAGS.overwrite,
-            process_index=FLAGS.process_id, process_count=FLAGS.num_processes),
+            process_index=FLAGS.process_id, process_count=FLAGS.num_processes, wait_for_lock=FLAGS.wait_for_lock),
         lambda path: f"statistics: {path}")
 
 

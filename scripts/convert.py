@@ -16,6 +16,7 @@ flags.DEFINE_string("out", None, "output directory (default: converted/opt-SIZE)
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "stored dtype (default: the source's)")
 flags.DEFINE_string("cache_dir", None, "Hugging Face hub cache directory (default: HF_HUB_CACHE)")
 flags.DEFINE_bool("overwrite", False, "replace an existing converted checkpoint of another source")
+cli.define_lock_flag()
 
 
 def main(argv):
@@ -26,7 +27,8 @@ def main(argv):
     if out is None:
         raise app.UsageError("--out is required with --hf_path")
     return cli.run(lambda: opt_jax.convert(FLAGS.hf_path or FLAGS.size, out, dtype=FLAGS.dtype,
-                                           cache_dir=FLAGS.cache_dir, overwrite=FLAGS.overwrite),
+                                           cache_dir=FLAGS.cache_dir, overwrite=FLAGS.overwrite,
+                                           wait_for_lock=FLAGS.wait_for_lock),
                    lambda path: f"converted checkpoint: {path}")
 
 

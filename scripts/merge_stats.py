@@ -15,10 +15,13 @@ flags.DEFINE_list("parts", None, "partial statistics directories (globs allowed)
 flags.DEFINE_string("out", None, "merged statistics directory", required=True)
 flags.DEFINE_bool("overwrite", False, "replace existing statistics in --out")
 
+cli.define_lock_flag()
+
 
 def main(argv):
     parts = sorted({p for pattern in FLAGS.parts + argv[1:] for p in (glob.glob(pattern) or [pattern])})
-    return cli.run(lambda: analyses.merge_stats(parts, FLAGS.out, overwrite=FLAGS.overwrite),
+    return cli.run(lambda: analyses.merge_stats(parts, FLAGS.out, overwrite=FLAGS.overwrite,
+                                                wait_for_lock=FLAGS.wait_for_lock),
                    lambda path: f"merged {len(parts)} parts into {path}")
 
 

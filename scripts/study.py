@@ -33,6 +33,8 @@ flags.DEFINE_bool("causal", True, "test the paper's readings causally: ablate ea
 flags.DEFINE_integer("causal_tokens", 50_000, "held-out tokens the causal ablations read per model")
 flags.DEFINE_bool("overwrite", False, "replace statistics collected with other flags")
 
+cli.define_lock_flag()
+
 
 def main(argv):
     del argv
@@ -44,7 +46,8 @@ def main(argv):
                                      batch_size=FLAGS.batch_size, max_tokens=FLAGS.max_tokens or None,
                                      ngram_orders=[int(k) for k in FLAGS.ngram_orders], analyses=FLAGS.analyses,
                                      overwrite=FLAGS.overwrite, compare_domains=FLAGS.domains, atlas=FLAGS.atlas,
-                                     causal=FLAGS.causal, causal_tokens=FLAGS.causal_tokens or None),
+                                     causal=FLAGS.causal, causal_tokens=FLAGS.causal_tokens or None,
+                                     wait_for_lock=FLAGS.wait_for_lock),
                    lambda result: f"{report.summary(result)}\n{example_contexts(result)}\n"
                                   f"report, figures and tables: {FLAGS.out}/report/"
                                   + (f"\natlas: {FLAGS.out}/atlas/index.html" if FLAGS.atlas else ""))

@@ -44,6 +44,8 @@ flags.DEFINE_integer("log_every", 10, "steps per log line (stderr and OUT/log.js
 flags.DEFINE_string("text_key", "text", "JSON key of the text in .jsonl files")
 flags.DEFINE_bool("overwrite", False, "replace a training run of other settings in --out")
 
+cli.define_lock_flag()
+
 
 def main(argv):
     del argv
@@ -62,7 +64,8 @@ def main(argv):
             save_steps=tuple(int(s) for s in FLAGS.save_steps), save_dtype=FLAGS.save_dtype,
             export_hf=FLAGS.export_hf, save_every_s=FLAGS.save_every_s, log_every=FLAGS.log_every,
             overwrite=FLAGS.overwrite)
-        return train.train(FLAGS.out, config, options, corpus=FLAGS.corpus, tokenizer=FLAGS.tokenizer)
+        return train.train(FLAGS.out, config, options, corpus=FLAGS.corpus, tokenizer=FLAGS.tokenizer,
+                           wait_for_lock=FLAGS.wait_for_lock)
 
     return cli.run(run_training, lambda out: f"trained: {out}")
 

@@ -32,6 +32,7 @@ from analyses.collection.runner import Runner
 from analyses.collection.store import (StatsStore, appended_windows, array_layouts, example_layouts, example_merges,
                                        open_stats, read_manifest, stored_examples)
 from opt_jax import checkpoint as ckpt
+from opt_jax import lock
 from opt_jax.corpus import Corpus, batches, model_corpus
 from opt_jax.errors import StatsError
 from opt_jax.progress import Progress
@@ -56,7 +57,7 @@ def _open_store(out_dir: str, identity: dict, plan: st.Plan, options: Options) -
                                  f"({manifest.get(key)!r} there, {identity[key]!r} now); "
                                  "use another --out or pass --overwrite")
         return StatsStore.open(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not options.overwrite:
+    if os.path.isdir(out_dir) and lock.entries(out_dir) and not options.overwrite:
         raise StatsError(f"{out_dir}: exists, is not empty and is not a statistics directory")
     layouts = array_layouts(plan.num_layers, len(plan.token_layers), plan.seq_len, plan.vocab, plan.ffn)
     layouts |= example_layouts(plan.num_layers, plan.ffn, plan.examples, plan.seq_len)
@@ -67,8 +68,10 @@ def _open_store(out_dir: str, identity: dict, plan: st.Plan, options: Options) -
     return StatsStore.create(out_dir, start, layouts)
 
 
+@lock.writes("out_dir")
 def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
-    """Collect activation statistics of the model at model_path over the corpus into out_dir."""
+    """Collect activation statistics of the model at model_path over the corpus into out_dir (holding its write
+    lock, `opt_jax.lock`: `wait_for_lock=True` waits for another writer instead of refusing)."""
     options = Options(**flags)
     config = ckpt.read_config(model_path)
     plan = make_plan(config, options)

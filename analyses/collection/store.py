@@ -19,6 +19,7 @@ import numpy as np
 import tensorstore as ts
 
 from opt_jax import atomic
+from opt_jax import lock
 from opt_jax.atomic import write_json as write_json_atomic
 from opt_jax.errors import StatsError
 
@@ -524,6 +525,7 @@ def open_stats(root: str) -> Stats:
     return Stats(os.path.abspath(root), manifest, **arrays)
 
 
+@lock.writes("out_dir")
 def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
     """Sum the partial stores of a multi-process run (same model, corpus and flags) into out_dir."""
     manifests = [read_manifest(p) for p in parts]

@@ -26,6 +26,7 @@ import psutil
 from analyses.interventions import spec as specs
 from analyses.interventions.passes import Model, Pass
 from opt_jax import atomic
+from opt_jax import lock
 from opt_jax import checkpoint as ckpt
 from opt_jax.corpus import limited_batches, model_corpus
 from opt_jax.edit import Edit
@@ -65,6 +66,7 @@ class Operation:
         return "zero" if self.kind == "zero" else f"{self.kind}:{self.value:g}"
 
 
+@lock.writes("out_dir")
 def ablate(model_dir: str, corpus_paths, neurons, out_dir: str, seq_len: int = 2048, max_tokens: int | None = None,
            batch_size: int = 8, dtype: str | None = None, offload: bool = False, seed: int = 0,
            edit: str = "zero", skip_windows: int = 0, alive_from: str | None = None, text_key: str = "text",

@@ -44,6 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from analyses.collection.plan import RUNTIME_BYTES
 from opt_jax import atomic
+from opt_jax import lock
 from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig
 from opt_jax.corpus import limited_batches, model_corpus
@@ -334,6 +335,7 @@ class Attribution:
         return int(self.manifest["tokens"])
 
 
+@lock.writes("out_dir", replaced_whole=True)
 def attribute(model_path: str, corpus_paths, out_dir: str, seq_len: int = 2048, batch_size: int = 8,
               max_tokens: int | None = None, dtype: str | None = None, offload: bool = False,
               group_size: int | None = None, chunk_batches: int = 4, text_key: str = "text",
@@ -342,7 +344,7 @@ def attribute(model_path: str, corpus_paths, out_dir: str, seq_len: int = 2048, 
     windows as collection cuts them, up to `max_tokens`), into out_dir; returns its absolute path."""
     out_dir = os.path.abspath(out_dir)
     atomic.recover_dir(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MANIFEST)):
+    if os.path.isdir(out_dir) and lock.entries(out_dir) and not os.path.isfile(os.path.join(out_dir, MANIFEST)):
         raise InputError(f"{out_dir}: exists, is not empty and is not an attribution directory")
     config = ckpt.read_config(model_path)
     corpus = model_corpus(model_path, corpus_paths, seq_len, text_key)

@@ -30,6 +30,7 @@ from analyses.neurons.data_files import round_significant, significant, write_js
 from analyses.neurons.token_index import INDEX_LIMIT, TOKEN_BUCKETS, TokenIndex, index_entries
 from analyses.report import Thresholds, split_labels
 from opt_jax import atomic
+from opt_jax import lock
 from opt_jax.errors import AnalysisError, InputError, MissingError
 from opt_jax.progress import Progress
 
@@ -141,6 +142,7 @@ def _effects(effect: np.ndarray | None) -> list | None:
 
 # The build.
 
+@lock.writes("out_dir", replaced_whole=True)
 def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: int = 128, layers=None,
                 thresholds: Thresholds = Thresholds(), before: int = nf.BEFORE, after: int = nf.AFTER,
                 curve_points: int = CURVE_POINTS, page: str | None = None, attributions=None,

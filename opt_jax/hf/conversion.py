@@ -18,6 +18,7 @@ import shutil
 import numpy as np
 
 from opt_jax import atomic
+from opt_jax import lock
 from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig
 from opt_jax.errors import CheckpointError
@@ -123,7 +124,7 @@ def _prepare_output(out_dir: str, fingerprint: str, overwrite: bool) -> list[str
             progress = json.load(f)
         if progress.get("fingerprint") == fingerprint:
             return list(progress["done_files"])
-    elif os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite and not os.path.isfile(progress_path):
+    elif os.path.isdir(out_dir) and lock.entries(out_dir) and not overwrite and not os.path.isfile(progress_path):
         raise CheckpointError(f"{out_dir}: exists, is not empty and is not an opt_jax conversion; "
                               "refusing to write there")
     # A fresh start: our own unfinished (or overwritten) output is cleared.
@@ -133,6 +134,7 @@ def _prepare_output(out_dir: str, fingerprint: str, overwrite: bool) -> list[str
     return []
 
 
+@lock.writes("out_dir")
 def convert(source: str, out_dir: str, dtype: str | None = None, cache_dir: str | None = None,
             overwrite: bool = False, verbose: bool = True) -> str:
     """Convert an HF OPT checkpoint (directory, size name like '66b', or hub repo id) into out_dir."""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 
 from opt_jax import atomic
+from opt_jax import lock
 from opt_jax import stdlib_corpus
 from opt_jax.config import OPTConfig
 from opt_jax.corpus import Corpus, expand_paths
@@ -20,6 +21,7 @@ from opt_jax.train.snapshots import ResumeStates, write_snapshot
 from opt_jax.train.step import State, Trainer, learning_rate
 
 
+@lock.writes("out_dir")
 def train(out_dir: str, config: OPTConfig, options: TrainOptions = TrainOptions(),
           corpus: Sequence[str] | None = None, tokenizer: str | None = None) -> str:
     """Train a model of this config in out_dir (resuming what is there); returns out_dir.

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from opt_jax import atomic
+from opt_jax import lock
 from opt_jax import stdlib_corpus
 from opt_jax import tokenizer as tokenization
 from opt_jax.config import OPTConfig
@@ -47,7 +48,7 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
     """Refuse an output directory that holds something other than a training run's files."""
     if not os.path.isdir(out_dir) or overwrite or os.path.isfile(os.path.join(out_dir, RECORD)):
         return
-    foreign = sorted(n for n in os.listdir(out_dir) if n not in _OUTPUTS and not n.startswith("step-"))
+    foreign = sorted(n for n in lock.entries(out_dir) if n not in _OUTPUTS and not n.startswith("step-"))
     if foreign:
         raise TrainError(f"{out_dir}: is not a training run's directory (it holds {foreign[:3]}); "
                          "choose another --out or pass --overwrite")

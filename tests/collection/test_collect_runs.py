@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -122,7 +123,30 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_model, tmp_path, lo
     cmd = _collect_cmd(tiny_model, corpus, out, "--flush_every_batches", "1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_when(proc, os.path.join(out, "manifest.json"), lambda m: m["cursor"]["next_batch"] >= 3)
+    assert os.path.exists(os.path.join(out, ".lock")), "the killed writer's lock file stays, and does not block"
     _rerun_equals(cmd, out, clean)
+
+
+def test_a_second_run_on_the_same_out_is_refused_and_the_first_is_unharmed(tiny_model, tmp_path, short_run):
+    """The same command in two terminals: the second stops at once naming the first (whose commits are paused
+    mid-way, so that it is surely running), and the first's store equals an uninterrupted run's."""
+    corpus, clean = short_run
+    out, marker = str(tmp_path / "twice"), str(tmp_path / "paused.json")
+    cmd = _collect_cmd(tiny_model, corpus, out, "--flush_every_batches", "4", "--max_tokens", str(SHORT))
+    paused = [sys.executable, "tests/paused_commits.py", marker, "written", "3.0", "--", *cmd[1:]]
+    first = subprocess.Popen(paused, cwd=ROOT, env=_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 300
+    while not os.path.exists(marker):
+        assert first.poll() is None and time.monotonic() < deadline, "the first run ended before its commit paused"
+        time.sleep(0.01)
+    second = subprocess.run(cmd, cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=600)
+    assert first.poll() is None, "the first run was still writing while the second tried"
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"error: {out}: another process is writing it (pid {first.pid}" in second.stderr
+    _, errors = first.communicate(timeout=600)
+    assert first.returncode == 0, errors
+    assert_same_stats(analyses.open_stats(out), clean)
 
 
 @pytest.mark.parametrize("step", PAUSE_STEPS)
