@@ -10,6 +10,10 @@ Layout of a converted directory (format version 1):
 A directory without `opt_jax.json` is never loaded: an interrupted conversion cannot pass for a
 complete one. Layer l of any stacked array is its own chunk, so reading layers [a, b) reads
 only those chunks.
+
+Version 2 checksums every chunk (crc32c) and records the chunk files in the manifest (`chunks`), so a damaged
+or deleted chunk is a `CheckpointError` naming the parameter and the file (`opt_jax.arrays`); version 1
+checkpoints (no checksums, no inventory) keep loading.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import ml_dtypes
 import numpy as np
 import tensorstore as ts
 
+from opt_jax import arrays
 from opt_jax import atomic
 from opt_jax.config import OPTConfig
 from opt_jax.errors import CheckpointError
@@ -28,7 +33,9 @@ from opt_jax.errors import InputError
 from opt_jax.model import param_shapes
 
 FORMAT = "opt_jax.checkpoint"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # loaded; new checkpoints are VERSION
+CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, arrays.CHECKSUM]
 MANIFEST = "opt_jax.json"
 PROGRESS = "conversion.json"  # present only while a conversion is unfinished
 PARAMS_DIR = "params"
@@ -52,19 +59,36 @@ def create_array(root: str, path: str, shape: tuple[int, ...], dtype: str, stack
     """Create (replacing) the zarr3 array of one parameter; stacked arrays get one chunk per layer."""
     chunk = (1, *shape[1:]) if stacked else shape
     spec = _spec(root, path) | {
-        "metadata": {"shape": list(shape), "data_type": dtype,
+        "metadata": {"shape": list(shape), "data_type": dtype, "codecs": CODECS,
                      "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}}},
         "create": True, "delete_existing": True,
     }
     return ts.open(spec).result()
 
 
-def open_array(root: str, path: str) -> ts.TensorStore:
-    """Open one parameter's array for reading or writing."""
+def open_array(root: str, path: str) -> arrays.Checked:
+    """Open one parameter's array for reading or writing; a damaged chunk read is a `CheckpointError`."""
+    where = os.path.join(root, PARAMS_DIR, path)
     try:
-        return ts.open(_spec(root, path), open=True).result()
+        store = ts.open(_spec(root, path), open=True).result()
     except ValueError as e:
-        raise CheckpointError(f"{os.path.join(root, PARAMS_DIR, path)}: cannot open parameter array ({e})") from None
+        raise CheckpointError(f"{where}: cannot open parameter array ({e})") from None
+
+    def damaged(chunk: str | None, cause: str) -> CheckpointError:
+        return CheckpointError(f"{root}: the parameter {path!r} has a damaged chunk ({chunk or where}: {cause}); "
+                               "convert the checkpoint again (scripts/convert.py --overwrite)")
+
+    return arrays.Checked(store, damaged)
+
+
+def check_chunks(root: str, manifest: dict | None = None) -> None:
+    """Refuse a checkpoint that has lost chunk files its manifest records (a version 2 checkpoint)."""
+    manifest = manifest or read_manifest(root)
+    gone = arrays.missing_chunks(os.path.join(root, PARAMS_DIR), manifest.get("chunks", {}))
+    if gone:
+        raise CheckpointError(f"{root}: {len(gone)} chunk file(s) of its parameters are missing ({gone[0]}"
+                              f"{', ...' if len(gone) > 1 else ''}); convert the checkpoint again "
+                              "(scripts/convert.py --overwrite)")
 
 
 def write_checkpoint(root: str, config: OPTConfig, flat: dict[str, np.ndarray], dtype: str, source: str,
@@ -95,7 +119,8 @@ def write_manifest(root: str, config: OPTConfig, dtype: str, shapes: dict, sourc
     """Commit a converted checkpoint: its manifest, written last (atomically), once every array is complete."""
     atomic.write_json(os.path.join(root, MANIFEST), {
         "format": FORMAT, "version": VERSION, "config": config.to_dict(), "dtype": dtype_name(dtype),
-        "params": {path: list(shape) for path, shape in shapes.items()}, "source": source, **extra})
+        "params": {path: list(shape) for path, shape in shapes.items()}, "source": source, **extra,
+        "chunks": arrays.inventory(os.path.join(root, PARAMS_DIR), shapes)})
     return root
 
 
@@ -108,9 +133,10 @@ def read_manifest(root: str) -> dict:
         raise CheckpointError(f"{root}: not a complete opt_jax checkpoint, {MANIFEST} is missing{hint}")
     with open(path) as f:
         manifest = json.load(f)
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("version") not in VERSIONS:
         raise CheckpointError(f"{path}: unsupported checkpoint format {manifest.get('format')!r} "
-                              f"version {manifest.get('version')!r} (expected {FORMAT} v{VERSION})")
+                              f"version {manifest.get('version')!r} (expected {FORMAT} "
+                              f"v{'/'.join(map(str, VERSIONS))})")
     return manifest
 
 
@@ -122,6 +148,7 @@ def read_config(root: str) -> OPTConfig:
 def read_params(root: str, dtype: str | None = None, layers: slice | None = None) -> dict[str, np.ndarray]:
     """Host-memory parameters by '/'-joined path; `layers` selects a range of the stacked layers."""
     manifest = read_manifest(root)
+    check_chunks(root, manifest)
     target = DTYPES[dtype_name(dtype)] if dtype else None
     out = {}
     for path in manifest["params"]:

@@ -63,36 +63,41 @@ def holder(path: str) -> str:
 
 @contextlib.contextmanager
 def locked(directory: str, wait: bool = False, replaced_whole: bool = False, say=None):
-    """Hold the write lock of `directory` (created if missing) for the `with` block.
+    """Hold the write lock of `directory` for the `with` block (the directory is created for it if missing, and
+    removed again if it is left empty).
 
     Refused at once with `LockedError` while another process holds it, unless `wait`: then this blocks until it
-    is free, after `say(message)` (default: a line on stderr) names the holder once.
+    is free, after `say(message)` (default: a line on stderr) names the holder once. On release the lock file
+    is removed (a writer still waiting on it sees that and takes a new one).
     """
+    directory = os.path.abspath(directory)
     path = lock_path(directory, replaced_whole)
+    created = not os.path.isdir(directory)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     key = os.path.realpath(path)
     with _guard:
-        if key in _held:
-            _held[key] += 1
-            reentered = True
-        else:
-            reentered = False
-    if reentered:
+        depth = _held.get(key, 0)
+        _held[key] = depth + 1
+    try:
+        if depth:  # this process holds it already
+            yield path
+            return
+        fd = _acquire(path, directory, wait, say)
         try:
             yield path
         finally:
-            with _guard:
-                _held[key] -= 1
-        return
-    fd = _acquire(path, directory, wait, say)
-    try:
-        with _guard:
-            _held[key] = 1
-        yield path
+            _remove_quietly(path)  # before the unlock: nobody can take the lock of a file about to vanish
+            os.close(fd)
+            if created and not replaced_whole:
+                try:
+                    os.rmdir(directory)  # only when nothing but the lock file was ever written there
+                except OSError:
+                    pass
     finally:
         with _guard:
-            _held.pop(key, None)
-        os.close(fd)  # releases the lock
+            _held[key] -= 1
+            if not _held[key]:
+                del _held[key]
 
 
 def writes(argument: str, replaced_whole: bool = False):
@@ -114,24 +119,33 @@ def writes(argument: str, replaced_whole: bool = False):
 
 def _acquire(path: str, directory: str, wait: bool, say) -> int:
     """An open descriptor of `path` holding its exclusive flock, with this process's details written in."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise LockedError(f"{directory}: cannot open its lock file {path} ({os.strerror(e.errno)})") from None
-    try:
+    waiting = False
+    while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise LockedError(f"{directory}: cannot open its lock file {path} ({os.strerror(e.errno)})") from None
+        try:
+            _flock(fd, path, directory, wait and waiting)
         except BlockingIOError:
+            os.close(fd)
             if not wait:
                 raise LockedError(f"{directory}: another process is writing it ({holder(path)}); wait for it to "
                                   f"finish, or pass --wait_for_lock (wait=True) to wait") from None
             (say or _stderr)(f"{directory}: waiting for the process writing it ({holder(path)})")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as e:
-            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                raise LockedError(f"{directory}: its file system does not support locks ({path}: "
-                                  f"{os.strerror(e.errno)}); write to a local disk") from None
+            waiting = True
+            continue
+        except BaseException:
+            os.close(fd)
             raise
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # its holder removed that file on release: take the lock of the one there now
+    try:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv) or sys.executable,
                 "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
         data = json.dumps(info).encode()
@@ -141,6 +155,26 @@ def _acquire(path: str, directory: str, wait: bool, say) -> int:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _flock(fd: int, path: str, directory: str, block: bool) -> None:
+    """flock(fd) exclusively, blocking or not (BlockingIOError while another holds it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except BlockingIOError:
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise LockedError(f"{directory}: its file system does not support locks ({path}: "
+                              f"{os.strerror(e.errno)}); write to a local disk") from None
+        raise
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def _stderr(message: str) -> None:

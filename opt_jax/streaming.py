@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -25,7 +24,6 @@ import numpy as np
 
 from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig
-from opt_jax.errors import CheckpointError
 from opt_jax.errors import InputError
 from opt_jax.model import Params, param_shapes, unflatten
 
@@ -74,6 +72,7 @@ class CheckpointLayers:
 
     def __init__(self, root: str, dtype: str | None = None, num_layers: int | None = None):
         manifest = ckpt.read_manifest(root)
+        ckpt.check_chunks(root, manifest)
         self.root = root
         self.shapes = {p: tuple(s) for p, s in manifest["params"].items() if p.startswith("layers/")}
         self.stores = {p: ckpt.open_array(root, p) for p in self.shapes}  # tensorstore handles, nothing read
@@ -94,11 +93,7 @@ class CheckpointLayers:
         return unflatten(flat)["layers"]
 
     def _cast(self, path: str, group: range, future) -> np.ndarray:
-        try:
-            value = future.result()
-        except ValueError as e:
-            raise CheckpointError(f"{os.path.join(self.root, ckpt.PARAMS_DIR, path)}: cannot read layers "
-                                  f"{group.start}..{group.stop - 1} ({e})") from None
+        value = future.result()  # a damaged chunk: CheckpointError (ckpt.open_array)
         return value.astype(self.target, copy=False) if self.target is not None else value
 
 

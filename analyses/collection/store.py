@@ -6,6 +6,11 @@ Contract: `<out>/manifest.json` and arrays opened with tensorstore as
 directory, then replaces `manifest.json` (the commit point), then repoints the symlinks and
 removes the old generation. A crash at any moment leaves the manifest describing a complete
 generation; opening the store repairs the symlinks and discards any unfinished generation.
+
+Version 2 (since 2026-12) checksums every chunk (crc32c, `opt_jax.arrays`) and records in the manifest the
+chunk files each commit wrote (`chunks`), so that a flipped, truncated or deleted chunk is a `StatsError`
+naming the array and the file, never other numbers. Version 1 stores (no checksums, no inventory) keep reading
+and resuming as they are.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import numpy as np
 import tensorstore as ts
 
+from opt_jax import arrays
 from opt_jax import atomic
 from opt_jax import lock
 from opt_jax.atomic import write_json as write_json_atomic
@@ -25,9 +31,11 @@ from opt_jax.errors import StatsError
 
 MANIFEST = "manifest.json"
 FORMAT = "opt_jax.stats"
-VERSION = 1
-_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
-           {"name": "zstd", "configuration": {"level": 3}}]
+VERSION = 2
+VERSIONS = (1, 2)  # read and resumed; new stores are VERSION
+_CODECS_V1 = [{"name": "bytes", "configuration": {"endian": "little"}},
+              {"name": "zstd", "configuration": {"level": 3}}]
+CODECS = {1: _CODECS_V1, 2: _CODECS_V1 + [arrays.CHECKSUM]}  # by format version
 # Blocks a commit writes while it reads and adds the next ones (each at most one chunk): the default of
 # `StatsStore.writes_in_flight`.
 WRITES_IN_FLIGHT = 2
@@ -106,14 +114,43 @@ def _spec(path: str) -> dict:
     return {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
 
 
-def _create(path: str, shape, chunk, dtype: str = "int64", fill_value=0) -> ts.TensorStore:
-    metadata = {"shape": list(shape), "data_type": dtype, "fill_value": fill_value, "codecs": _CODECS,
+def _create(path: str, shape, chunk, dtype: str = "int64", fill_value=0, version: int = VERSION):
+    metadata = {"shape": list(shape), "data_type": dtype, "fill_value": fill_value, "codecs": CODECS[version],
                 "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}}}
     return ts.open(_spec(path) | {"metadata": metadata, "create": True, "delete_existing": True}).result()
 
 
 def _open(path: str) -> ts.TensorStore:
     return ts.open(_spec(path), open=True).result()
+
+
+def _checked(root: str, name: str, path: str) -> arrays.Checked:
+    """The committed array at `path` (`name` of the store at root), whose damaged chunks are `StatsError`s."""
+    try:
+        store = _open(path)
+    except ValueError as e:
+        raise StatsError(f"{root}: the array {name!r} is missing or unreadable ({path}): {e}. Its counts are "
+                         "lost: collect again into a new directory (or pass --overwrite)") from None
+
+    def damaged(chunk: str | None, cause: str) -> StatsError:
+        return StatsError(f"{root}: the array {name!r} has a damaged chunk ({chunk or path}: {cause}). Its counts "
+                          "are lost: collect again into a new directory (or pass --overwrite); "
+                          "`scripts/verify.py` lists every damaged chunk")
+
+    return arrays.Checked(store, damaged)
+
+
+def check_chunks(root: str, manifest: dict) -> None:
+    """Refuse a store whose committed generation is gone or has lost chunk files its manifest records."""
+    gen_dir = _generation_dir(root, manifest["generation"])
+    if not os.path.isdir(gen_dir):
+        raise StatsError(f"{root}: {MANIFEST} names generation {manifest['generation']}, but {gen_dir} is missing; "
+                         "the store is damaged: collect again into a new directory (or pass --overwrite)")
+    gone = arrays.missing_chunks(gen_dir, manifest.get("chunks", {}))
+    if gone:
+        raise StatsError(f"{root}: {len(gone)} chunk file(s) of the committed generation are missing ({gone[0]}"
+                         f"{', ...' if len(gone) > 1 else ''}); the store is damaged: collect again into a new "
+                         "directory (or pass --overwrite); `scripts/verify.py` lists them all")
 
 
 def read_manifest(root: str) -> dict:
@@ -123,8 +160,9 @@ def read_manifest(root: str) -> dict:
         raise StatsError(f"{root}: not a statistics directory ({MANIFEST} is missing)")
     with open(path) as f:
         manifest = json.load(f)
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise StatsError(f"{path}: unsupported format {manifest.get('format')!r} v{manifest.get('version')!r}")
+    if manifest.get("format") != FORMAT or manifest.get("version") not in VERSIONS:
+        raise StatsError(f"{path}: unsupported format {manifest.get('format')!r} v{manifest.get('version')!r} "
+                         f"(expected {FORMAT} v{'/'.join(map(str, VERSIONS))})")
     return manifest
 
 
@@ -135,10 +173,12 @@ class StatsStore:
         self.root = os.path.abspath(root)
         self.manifest = manifest
         self.writes_in_flight = writes_in_flight  # blocks a commit writes while it reads the next
+        self.version = manifest["version"]  # a version 1 store stays one: its unchanged chunks are linked
 
     @classmethod
-    def create(cls, root: str, manifest: dict, layouts: dict) -> "StatsStore":
-        """A fresh store: generation 0 holds zero arrays; the manifest is written last."""
+    def create(cls, root: str, manifest: dict, layouts: dict, version: int = VERSION) -> "StatsStore":
+        """A fresh store: generation 0 holds zero arrays; the manifest is written last. (`version` 1 only to test
+        that the stores written before version 2 keep working.)"""
         root = os.path.abspath(root)
         os.makedirs(root, exist_ok=True)
         for name in os.listdir(root):
@@ -146,9 +186,10 @@ class StatsStore:
                 _remove(os.path.join(root, name))
         gen_dir = _generation_dir(root, 0)
         for name, (shape, chunk, *kind) in layouts.items():  # kind: (dtype, fill value), default int64 zeros
-            _create(os.path.join(gen_dir, name), shape, chunk, *kind)
-        manifest = manifest | {"format": FORMAT, "version": VERSION, "generation": 0,
-                               "arrays": {n: list(layout[0]) for n, layout in layouts.items()}}
+            _create(os.path.join(gen_dir, name), shape, chunk, *kind, version=version)
+        manifest = manifest | {"format": FORMAT, "version": version, "generation": 0,
+                               "arrays": {n: list(layout[0]) for n, layout in layouts.items()},
+                               **({"chunks": arrays.inventory(gen_dir, layouts)} if version >= 2 else {})}
         write_json_atomic(os.path.join(root, MANIFEST), manifest)
         store = cls(root, manifest)
         store._link()
@@ -158,6 +199,7 @@ class StatsStore:
     def open(cls, root: str) -> "StatsStore":
         """An existing store, repaired after any crash (links to the committed generation, no stray data)."""
         store = cls(root, read_manifest(root))
+        check_chunks(store.root, store.manifest)
         store._link()
         store._remove_other_generations()
         return store
@@ -166,9 +208,9 @@ class StatsStore:
     def generation_dir(self) -> str:
         return _generation_dir(self.root, self.manifest["generation"])
 
-    def array(self, name: str) -> ts.TensorStore:
+    def array(self, name: str) -> arrays.Checked:
         """The committed array `name`."""
-        return _open(os.path.join(self.generation_dir, name))
+        return _checked(self.root, name, os.path.join(self.generation_dir, name))
 
     def commit(self, deltas: dict, manifest_updates: dict, replacements: dict | None = None,
                values: dict | None = None, shapes: dict | None = None) -> None:
@@ -188,7 +230,8 @@ class StatsStore:
         _remove(new_dir)
         for name, value in replacements.items():
             value = np.asarray(value, np.int64)  # [m]
-            store = _create(os.path.join(new_dir, name), value.shape, (max(1, min(len(value), 1 << 22)),))
+            store = _create(os.path.join(new_dir, name), value.shape, (max(1, min(len(value), 1 << 22)),),
+                            version=self.version)
             if len(value):
                 store.write(value).result()
         writes = []
@@ -200,7 +243,7 @@ class StatsStore:
                 chunk = old.chunk_layout.write_chunk.shape
                 shape = tuple(shapes.get(name, old.shape))
                 fill = old.fill_value.item()
-                new = _create(os.path.join(new_dir, name), shape, chunk, old.dtype.name, fill)
+                new = _create(os.path.join(new_dir, name), shape, chunk, old.dtype.name, fill, self.version)
                 delta = deltas.get(name)
                 for block in chunk_blocks(shape, chunk):
                     if name in values:
@@ -226,9 +269,11 @@ class StatsStore:
         for write in writes:
             write.result()
         _fsync_tree(new_dir)
-        arrays = self.manifest["arrays"] | {n: list(v) for n, v in shapes.items()} | \
+        names = self.manifest["arrays"] | {n: list(v) for n, v in shapes.items()} | \
             {n: [len(v)] for n, v in replacements.items()}
-        self.manifest = self.manifest | manifest_updates | {"generation": new_gen, "arrays": arrays}
+        self.manifest = self.manifest | manifest_updates | {"generation": new_gen, "arrays": names}
+        if self.version >= 2:
+            self.manifest["chunks"] = arrays.inventory(new_dir, names)
         write_json_atomic(os.path.join(self.root, MANIFEST), self.manifest)
         self._link()
         self._remove_other_generations()
@@ -416,8 +461,8 @@ class Stats:
             return None
         config = self.config
         shape = (tuple(orders), len(self.token_layers), config.ffn_dim, config.vocab_size, max_pairs)
-        arrays = {name: self._read(name) for name in self.manifest["arrays"] if name.startswith("ngram")}
-        return NgramTable.from_arrays(arrays, *shape) if arrays else NgramTable(*shape)
+        tables = {name: self._read(name) for name in self.manifest["arrays"] if name.startswith("ngram")}
+        return NgramTable.from_arrays(tables, *shape) if tables else NgramTable(*shape)
 
     def tracked_neurons(self):
         """bool [token_layers, ffn]: the neurons whose n-grams were counted (None when n-grams were not)."""
@@ -434,15 +479,12 @@ class Stats:
         """The whole committed array `name`."""
         return np.asarray(self.array(name).read().result())
 
-    def array(self, name: str) -> ts.TensorStore:
-        """The committed array `name`, with a clear error when the store lacks it."""
-        path = os.path.join(_generation_dir(self.root, self.manifest["generation"]), name)
+    def array(self, name: str) -> arrays.Checked:
+        """The committed array `name`, with a clear error when the store lacks it or a chunk is damaged."""
         if name not in self.manifest["arrays"]:
             raise StatsError(f"{self.root}: has no array {name!r}")
-        try:
-            return _open(path)
-        except ValueError as e:
-            raise StatsError(f"{self.root}: the array {name!r} is missing or unreadable ({path}): {e}") from None
+        gen_dir = _generation_dir(self.root, self.manifest["generation"])
+        return _checked(self.root, name, os.path.join(gen_dir, name))
 
     @property
     def examples_per_neuron(self) -> int:
@@ -519,10 +561,12 @@ class Stats:
 
 def open_stats(root: str) -> Stats:
     """Open a statistics directory written by `collect` (or `merge_stats`) for reading."""
+    root = os.path.abspath(root)
     manifest = read_manifest(root)
-    gen_dir = _generation_dir(os.path.abspath(root), manifest["generation"])
-    arrays = {name: LazyArray(_open(os.path.join(gen_dir, name))) for name in ARRAY_NAMES}
-    return Stats(os.path.abspath(root), manifest, **arrays)
+    check_chunks(root, manifest)
+    gen_dir = _generation_dir(root, manifest["generation"])
+    counts = {name: LazyArray(_checked(root, name, os.path.join(gen_dir, name))) for name in ARRAY_NAMES}
+    return Stats(root, manifest, **counts)
 
 
 @lock.writes("out_dir")
@@ -550,7 +594,7 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
     k = opened[0].examples_per_neuron
     if k:
         layouts |= example_layouts(first["layers"], opened[0].config.ffn_dim, k, first["flags"]["seq_len"])
-    base = {k: v for k, v in first.items() if k not in ("format", "version", "generation", "arrays")}
+    base = {k: v for k, v in first.items() if k not in ("format", "version", "generation", "arrays", "chunks")}
     unmerged = {"process": {"index": 0, "count": 1, "merged_from": count}, "complete": False,
                 "tokens": 0, "sequences": 0, "full_length_sequences": 0}
     store = StatsStore.create(out_dir, base | unmerged, layouts)

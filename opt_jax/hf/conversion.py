@@ -102,8 +102,13 @@ def check_tensors(source: HFCheckpoint, plan: dict[str, Target]) -> None:
                                   f"config.json implies {list(target.hf_shape)}")
 
 
+# Changes when a conversion of the same source would hold other numbers (not with the checkpoint format's version:
+# a version 1 conversion is still complete and right, only without checksums).
+_OUTPUT_REVISION = 1
+
+
 def _fingerprint(source: HFCheckpoint, dtype: str) -> str:
-    data = json.dumps([ckpt.VERSION, dtype, source.directory, source.fingerprint()])
+    data = json.dumps([_OUTPUT_REVISION, dtype, source.directory, source.fingerprint()])
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 

@@ -48,6 +48,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
         _release(holder)
     with lock.locked(str(directory)) as path:  # free again once the holder let go
         assert path == os.path.join(str(directory), lock.LOCK_NAME)
+    assert not directory.exists(), "a directory made only to hold the lock goes with it"
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
@@ -83,6 +84,7 @@ def test_wait_blocks_until_the_holder_is_done(tmp_path):
 
 def test_a_process_reenters_its_own_lock_and_lock_files_do_not_count_as_contents(tmp_path):
     directory = tmp_path / "d"
+    directory.mkdir()
     with lock.locked(str(directory)):
         with lock.locked(str(directory)):
             assert lock.entries(str(directory)) == []
@@ -90,8 +92,10 @@ def test_a_process_reenters_its_own_lock_and_lock_files_do_not_count_as_contents
                                  f"with lock.locked({str(directory)!r}): sys.exit(3)"],
                                 env=offline_env(), capture_output=True, text=True, timeout=120)
         assert holder.returncode == 1 and "LockedError" in holder.stderr, "still held after the inner block"
+    assert os.listdir(directory) == [], "the lock file goes with its release"
     (directory / "x").write_text("")
-    assert lock.entries(str(directory)) == ["x"]
+    with lock.locked(str(directory)):
+        assert sorted(os.listdir(directory)) == [".lock", "x"] and lock.entries(str(directory)) == ["x"]
 
 
 def test_every_writer_refuses_a_locked_directory_and_writes_nothing(tmp_path, tiny_model, tiny_corpus, pre_ln_dir):
