@@ -8,6 +8,7 @@ kept until the new one is complete). Removal takes files, links and trees alike.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -54,10 +55,15 @@ def write_file(path: str, write: Callable[[IO], object], binary: bool = False) -
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp"
-    with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk, say: no half-written temporary left behind
+        with contextlib.suppress(OSError):
+            remove(tmp)
+        raise
     os.replace(tmp, path)
     fsync_dir(directory)
     return path

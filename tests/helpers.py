@@ -1,8 +1,9 @@
 """What several test files share: the repository root, the offline environment, several simulated JAX devices
-on the CPU, running a script as a user runs it, and a fake accelerator reporting its memory."""
+on the CPU, running a script as a user runs it, a fake accelerator reporting its memory, and a small disk to fill."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -151,3 +152,20 @@ def check_claims(entry: dict, **model) -> dict:
         assert got[key]["measured"] == (None if value is None else pytest.approx(value, abs=1e-12)), key
         assert (got[key]["holds"] is None) == (value is None), key
     return got
+
+
+@contextlib.contextmanager
+def small_disk(path, size: int):
+    """A tmpfs of `size` bytes mounted at path (made) for the block, to fill as a full disk does; the test is
+    skipped, with the reason, where mounting is not allowed (it needs root, as CI has)."""
+    import pytest
+
+    os.makedirs(path, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                            text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs to fill ({result.stderr.strip() or result.returncode}): needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

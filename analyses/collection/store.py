@@ -25,6 +25,7 @@ import tensorstore as ts
 
 from opt_jax import arrays
 from opt_jax import atomic
+from opt_jax import disk
 from opt_jax import lock
 from opt_jax.atomic import write_json as write_json_atomic
 from opt_jax.errors import StatsError
@@ -223,10 +224,30 @@ class StatsStore:
         windows), or None where the block is unchanged (its stored chunk is then linked, not rewritten);
         `shapes[name]` a new shape for `name` (the same chunks; `windows` grows).
         `replacements[name]` is a whole 1-D array (any length) that takes the place of `name`.
+
+        A full disk (or another OS error of writing) is a `StatsError` saying so, with the space needed and free;
+        the last commit stays as it was and a rerun resumes from it. The arrays rewritten whole need at least
+        their committed size again: with less free, the commit is refused before it writes.
         """
         replacements, values, shapes = replacements or {}, values or {}, shapes or {}
-        new_gen = self.manifest["generation"] + 1
+        old_gen, new_gen = self.manifest["generation"], self.manifest["generation"] + 1
         new_dir = _generation_dir(self.root, new_gen)
+        needed = sum(disk.used_bytes(os.path.join(self.generation_dir, name)) for name in self.manifest["arrays"]
+                     if name not in values)
+        what, then = (f"committing generation {new_gen}", f"the last commit (generation {old_gen}) is intact: make "
+                      "room and run the same command again to resume from it")
+        disk.check_free(self.root, needed, StatsError, what, then)
+        try:
+            with disk.writing(self.root, StatsError, what, then, needed):
+                self._commit(new_gen, new_dir, deltas, manifest_updates, replacements, values, shapes)
+        except StatsError:
+            if read_manifest(self.root)["generation"] == old_gen:
+                _remove(new_dir)  # its space back at once (a rerun would discard it too)
+            raise
+
+    def _commit(self, new_gen: int, new_dir: str, deltas: dict, manifest_updates: dict, replacements: dict,
+                values: dict, shapes: dict) -> None:
+        """`commit`'s work: write the generation new_gen into new_dir, then the manifest naming it."""
         _remove(new_dir)
         for name, value in replacements.items():
             value = np.asarray(value, np.int64)  # [m]

@@ -30,6 +30,7 @@ from analyses.neurons.data_files import round_significant, significant, write_js
 from analyses.neurons.token_index import INDEX_LIMIT, TOKEN_BUCKETS, TokenIndex, index_entries
 from analyses.report import Thresholds, split_labels
 from opt_jax import atomic
+from opt_jax import disk
 from opt_jax import lock
 from opt_jax.errors import AnalysisError, InputError, MissingError
 from opt_jax.progress import Progress
@@ -179,24 +180,26 @@ def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: in
     out_dir = os.path.abspath(out_dir)
     atomic.recover_dir(out_dir)
     work = f"{out_dir}.partial"
-    identity = _identity(sources, chosen, block, thresholds, before, after, curve_points)
-    state_path = os.path.join(work, PARTS, "state.json")
-    if _read_json(state_path) != identity:  # a fresh build (or other inputs): nothing of it is reused
-        atomic.remove(work)
-        atomic.write_json(state_path, identity)
-    models = []
-    for index, (source, built) in enumerate(zip(sources, chosen)):
-        models.append(_build_model(source, index, built, work, block, before, after, curve_points, verbose))
-    manifest = {"version": VERSION, "created": datetime.datetime.now(datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"), "block": block, "token_buckets": TOKEN_BUCKETS, "curve_points": curve_points,
-        "index_limit": INDEX_LIMIT, "context": {"before": before, "after": after},
-        "top_k": thresholds.top_k, "top_triggers": nf.TOP_TRIGGERS, "always": nf.ALWAYS, "models": models}
-    with open(page, "rb") as f:
-        html = f.read()
-    atomic.write_file(os.path.join(work, "index.html"), lambda f: f.write(html), binary=True)
-    write_js(work, "atlas", manifest)
-    atomic.remove(os.path.join(work, PARTS))
-    return atomic.replace_dir(work, out_dir)
+    then = "the layers built so far are kept: make room and run the same command again to resume"
+    with disk.writing(os.path.dirname(out_dir), AnalysisError, "building the atlas", then):
+        identity = _identity(sources, chosen, block, thresholds, before, after, curve_points)
+        state_path = os.path.join(work, PARTS, "state.json")
+        if _read_json(state_path) != identity:  # a fresh build (or other inputs): nothing of it is reused
+            atomic.remove(work)
+            atomic.write_json(state_path, identity)
+        models = []
+        for index, (source, built) in enumerate(zip(sources, chosen)):
+            models.append(_build_model(source, index, built, work, block, before, after, curve_points, verbose))
+        manifest = {"version": VERSION, "created": datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"), "block": block, "token_buckets": TOKEN_BUCKETS, "curve_points": curve_points,
+            "index_limit": INDEX_LIMIT, "context": {"before": before, "after": after},
+            "top_k": thresholds.top_k, "top_triggers": nf.TOP_TRIGGERS, "always": nf.ALWAYS, "models": models}
+        with open(page, "rb") as f:
+            html = f.read()
+        atomic.write_file(os.path.join(work, "index.html"), lambda f: f.write(html), binary=True)
+        write_js(work, "atlas", manifest)
+        atomic.remove(os.path.join(work, PARTS))
+        return atomic.replace_dir(work, out_dir)
 
 
 def _per_model(attributions, names: list[str]) -> list:

@@ -18,6 +18,7 @@ import shutil
 import numpy as np
 
 from opt_jax import atomic
+from opt_jax import disk
 from opt_jax import lock
 from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig
@@ -157,6 +158,18 @@ def convert(source: str, out_dir: str, dtype: str | None = None, cache_dir: str 
             print(f"{out_dir}: already converted from {hf_dir}", flush=True)
         return out_dir
 
+    target_dtype = ckpt.DTYPES[dtype]
+    total = sum(int(np.prod(source_ckpt.tensors[k].shape)) * target_dtype.itemsize
+                for k in plan if os.path.basename(source_ckpt.tensors[k].file) not in done)
+    then = "what was converted is kept: make room and run the same command again to resume"
+    disk.check_free(out_dir, total, CheckpointError, "the conversion", then)
+    with disk.writing(out_dir, CheckpointError, "the conversion", then, total):
+        return _convert(source_ckpt, hf_dir, config, plan, out_dir, dtype, fingerprint, done, total, verbose)
+
+
+def _convert(source_ckpt: HFCheckpoint, hf_dir: str, config, plan: dict, out_dir: str, dtype: str, fingerprint: str,
+             done: list[str], total: int, verbose: bool) -> str:
+    """`convert`'s writing: every weight file not yet `done`, then the manifest."""
     shapes = param_shapes(config)
     stores = {}
     for path, shape in shapes.items():
@@ -170,8 +183,6 @@ def convert(source: str, out_dir: str, dtype: str | None = None, cache_dir: str 
 
     todo = [f for f in source_ckpt.files if os.path.basename(f) not in done]
     target_dtype = ckpt.DTYPES[dtype]
-    total = sum(int(np.prod(source_ckpt.tensors[k].shape)) * target_dtype.itemsize
-                for k in plan if os.path.basename(source_ckpt.tensors[k].file) not in done)
     bar = Progress(f"convert {os.path.basename(hf_dir.rstrip('/'))}", total, " MB", 1e6, enabled=verbose)
     for path in todo:
         for key, array in source_ckpt.read_file(path):

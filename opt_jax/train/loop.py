@@ -8,10 +8,12 @@ from collections.abc import Sequence
 
 
 from opt_jax import atomic
+from opt_jax import disk
 from opt_jax import lock
 from opt_jax import stdlib_corpus
 from opt_jax.config import OPTConfig
 from opt_jax.corpus import Corpus, expand_paths
+from opt_jax.errors import TrainError
 from opt_jax.progress import Progress
 from opt_jax.train.data import training_batches
 from opt_jax.train.options import TrainOptions, _check_options
@@ -48,7 +50,8 @@ def train(out_dir: str, config: OPTConfig, options: TrainOptions = TrainOptions(
         _say(options, f"{out_dir}: already complete ({record['step']} steps)")
         return out_dir
     trainer = Trainer(config, options)
-    with ResumeStates(out_dir) as states:
+    then = "the last saved state is kept: make room and run the same command again to resume from it"
+    with disk.writing(out_dir, TrainError, "training", then), ResumeStates(out_dir) as states:
         if record["state"]:
             states.discard_after(record["state"])  # written before a crash, never committed
         state = trainer.restore(states, record) if record["state"] else trainer.init()

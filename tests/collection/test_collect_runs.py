@@ -17,7 +17,7 @@ import analyses
 from kill import kill_when
 from paused_commits import STEPS as PAUSE_STEPS
 from analyses.collection.store import StatsError
-from helpers import ROOT, assert_same_stats, devices_env as _env
+from helpers import ROOT, assert_same_stats, devices_env as _env, small_disk
 
 SEQ = 12
 
@@ -164,3 +164,46 @@ def test_sigkill_during_a_background_commit_then_rerun_equals_an_uninterrupted_r
     committed = analyses.open_stats(out).manifest["generation"]
     assert committed == seen[-1]["generation"] - (step != "committed"), (committed, seen[-1])
     _rerun_equals(cmd, out, clean)
+
+
+def test_a_full_disk_is_a_clear_error_and_the_same_command_resumes(tiny_model, tmp_path, short_run):
+    """`--out` on a disk that fills during a commit: a clear error, the last commit readable and nothing else left;
+    with less free than the counts alone take, the next commit is refused before it writes; with room, the same
+    command ends equal to an uninterrupted run."""
+    from opt_jax import disk
+
+    corpus, clean = short_run
+    mount = tmp_path / "disk"
+    with small_disk(mount, disk.used_bytes(clean.root) * 4):
+        out = str(mount / "stats")
+        cmd = _collect_cmd(tiny_model, corpus, out, "--flush_every_batches", "2", "--max_tokens")
+        first = subprocess.run([*cmd, str(SHORT // 3)], cwd=ROOT, env=_env(1), capture_output=True, text=True,
+                               timeout=600)
+        assert first.returncode == 0, first.stderr
+        stats = analyses.open_stats(out)
+        generation = os.path.join(out, f"data-{stats.manifest['generation']:06d}")
+        counts = sum(disk.used_bytes(os.path.join(generation, name)) for name in stats.manifest["arrays"]
+                     if not name.startswith("examples_") and name != "windows")  # rewritten whole by a commit
+        ballast = mount / "ballast"
+
+        def leave_free(n):
+            ballast.unlink(missing_ok=True)
+            ballast.write_bytes(b"\0" * (disk.free_bytes(str(mount)) - n))
+
+        leave_free(counts + 8192)  # the counts fit, the example sets do not: the disk fills mid-commit
+        full = subprocess.run([*cmd, str(SHORT)], cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=600)
+        assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+        assert "No space left on device" in full.stderr and "is intact" in full.stderr
+        assert analyses.open_stats(out).manifest == stats.manifest, "the last commit as it was"
+        assert [d for d in os.listdir(out) if d.startswith("data-")] == [os.path.basename(generation)]
+        leave_free(counts // 2)
+        early = subprocess.run([*cmd, str(SHORT)], cwd=ROOT, env=_env(1), capture_output=True, text=True,
+                               timeout=600)
+        assert early.returncode == 1 and "Traceback" not in early.stderr, early.stderr
+        assert "needs about" in early.stderr and "is free there" in early.stderr
+        assert analyses.open_stats(out).manifest == stats.manifest, "refused before it wrote"
+        ballast.unlink()
+        again = subprocess.run([*cmd, str(SHORT)], cwd=ROOT, env=_env(1), capture_output=True, text=True,
+                               timeout=600)
+        assert again.returncode == 0, again.stderr
+        assert_same_stats(analyses.open_stats(out), clean)

@@ -221,3 +221,25 @@ def test_sigkill_mid_conversion_then_rerun(tmp_path):
     got = opt_jax.load(out).forward(ids)
     np.testing.assert_array_equal(np.asarray(got.logits), np.asarray(want.logits))
     assert bench.model_bytes(config) > 10e6
+
+
+def test_a_disk_too_small_is_refused_before_writing_and_the_same_command_then_converts(pre_ln_dir, tmp_path):
+    """The conversion's size is known beforehand (every parameter at the stored dtype): with less free, it stops
+    at once, naming both sizes and writing nothing; with room, the same call converts."""
+    from helpers import small_disk
+    from opt_jax import disk
+
+    reference = checkpoint.read_params(opt_jax.convert(pre_ln_dir, str(tmp_path / "ref"), verbose=False))
+    mount = tmp_path / "disk"
+    with small_disk(mount, 4 << 20):
+        ballast = mount / "ballast"
+        ballast.write_bytes(b"\0" * (disk.free_bytes(str(mount)) - 64 * 1024))
+        out = str(mount / "m")
+        with pytest.raises(opt_jax.CheckpointError, match=r"the conversion needs about .* and only 6\d kB is free"):
+            opt_jax.convert(pre_ln_dir, out, verbose=False)
+        assert not os.path.exists(out)
+        ballast.unlink()
+        converted = checkpoint.read_params(opt_jax.convert(pre_ln_dir, out, verbose=False))
+    assert converted.keys() == reference.keys()
+    for path, value in reference.items():
+        np.testing.assert_array_equal(converted[path], value)
