@@ -265,3 +265,24 @@ def test_resume_states_are_orbax_checkpoints_keeping_the_last_two(tmp_path):
         with pytest.raises(train.TrainError, match="does not match"):
             states.restore("resume/5", {"params": {"w": jax.ShapeDtypeStruct((4, 4), np.float32)},
                                         "opt_state": template["opt_state"]})
+
+
+def test_a_full_disk_is_a_clear_error_and_the_run_resumes(reference, corpus, tokenizer, tmp_path):
+    """The run directory's disk fills during training: a TrainError naming it, its last saved state kept; with
+    room, the same call ends with the uninterrupted run's parameters."""
+    from helpers import small_disk
+    from opt_jax import disk
+
+    with small_disk(tmp_path / "disk", disk.used_bytes(reference) * 3) as mount:
+        out = str(mount / "run")
+        ballast = mount / "ballast"
+        ballast.write_bytes(b"\0" * (disk.free_bytes(str(mount)) - disk.used_bytes(reference) // 3))
+        with pytest.raises(train.TrainError, match=r"run: training failed: No space left on device \(.* free\); "
+                                                   r"the last saved state is kept"):
+            train.train(out, train.model_config(**SHAPE), OPTIONS, corpus=[corpus], tokenizer=tokenizer)
+        ballast.unlink()
+        train.train(out, train.model_config(**SHAPE), OPTIONS, corpus=[corpus], tokenizer=tokenizer)
+        for step in (5, STEPS):
+            want, got = read_params(f"{reference}/step-{step}"), read_params(f"{out}/step-{step}")
+            for path in want:
+                np.testing.assert_array_equal(got[path], want[path], err_msg=f"step {step}: {path}")

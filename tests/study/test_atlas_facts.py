@@ -15,7 +15,7 @@ from analyses import suppression
 from analyses.neurons import facts as nf
 from analyses.neurons import token_index as ti
 from opt_jax import checkpoint as ckpt
-from opt_jax.errors import InputError, OptJaxError
+from opt_jax.errors import AnalysisError, InputError, OptJaxError
 
 
 @pytest.fixture(scope="module")
@@ -323,3 +323,27 @@ def test_a_killed_build_resumes_and_leaves_the_old_atlas(built, planted_run, mon
 def test_bad_names_are_refused(planted_run, tmp_path):
     with pytest.raises(OptJaxError, match="one distinct name per statistics directory"):
         analyses.atlas([planted_run.stats, planted_run.stats], str(tmp_path / "a"), verbose=False)
+
+
+def test_a_full_disk_stops_the_build_clearly_and_the_same_call_finishes_it(built, planted_run, tmp_path):
+    """The atlas's disk fills mid-build: an AnalysisError naming the directory and the reason; the layers built
+    are kept in `.partial`, and with room the same call ends with the atlas of an uninterrupted build."""
+    from helpers import small_disk
+    from opt_jax import disk
+
+    size = disk.used_bytes(built)
+    with small_disk(tmp_path / "disk", size * 3) as mount:
+        out = mount / "atlas"
+        ballast = mount / "ballast"
+        ballast.write_bytes(b"\0" * (disk.free_bytes(str(mount)) - size // 2))
+        with pytest.raises(AnalysisError, match=r"building the atlas failed: No space left on device"):
+            analyses.atlas([planted_run.stats], str(out), names=["planted"], block=10, verbose=False)
+        assert not out.exists() and os.path.isdir(f"{out}.partial")
+        ballast.unlink()
+        analyses.atlas([planted_run.stats], str(out), names=["planted"], block=10, verbose=False)
+        for path in glob.glob(os.path.join(built, "data", "**", "*.js"), recursive=True):
+            rel = os.path.relpath(path, built)
+            got, want = parse(out / rel)[1], parse(path)[1]
+            if rel.endswith("atlas.js"):
+                got.pop("created"), want.pop("created")
+            assert got == want, rel
