@@ -70,6 +70,24 @@ def verify(path: str, verbose: bool = True) -> Report:
                        "or an atlas (data/atlas.js)")
 
 
+def _open_all(root: str, shapes: dict, open_array, problems: list, verbose: bool) -> tuple:
+    """({name: array} of those that open with the manifest's shape, their chunk count, a Progress over them);
+    the others become Problems."""
+    opened = {}
+    for name, shape in shapes.items():
+        try:
+            array = open_array(name)
+        except OptJaxError as e:
+            problems.append(Problem(name, str(e)))
+            continue
+        if list(array.shape) != list(shape):
+            problems.append(Problem(name, f"shape {list(array.shape)}, the manifest says {shape}"))
+        else:
+            opened[name] = array
+    total = sum(len(st.chunk_blocks(a.shape, a.chunk_layout.write_chunk.shape)) for a in opened.values())
+    return opened, total, Progress(f"verify {os.path.basename(root)}", total, " chunks", enabled=verbose)
+
+
 def _read_blocks(array, name: str, shape, problems: list, progress: Progress):
     """Read `array` chunk by chunk (yielding (block, values)); a damaged chunk becomes a Problem."""
     chunk = tuple(array.chunk_layout.write_chunk.shape)
@@ -97,18 +115,7 @@ def _verify_stats(root: str, verbose: bool) -> Report:
     if manifest["version"] < 2 and verbose:
         print(f"{root}: a version 1 store: its chunks carry no checksums (only zstd's own checks apply)")
     store = st.StatsStore(root, manifest)
-    opened = {}
-    for name, shape in manifest["arrays"].items():
-        try:
-            opened[name] = store.array(name)
-        except OptJaxError as e:
-            problems.append(Problem(name, str(e)))
-            continue
-        if list(opened[name].shape) != list(shape):
-            problems.append(Problem(name, f"shape {list(opened[name].shape)}, the manifest says {shape}"))
-            del opened[name]
-    total = sum(len(st.chunk_blocks(a.shape, a.chunk_layout.write_chunk.shape)) for a in opened.values())
-    progress = Progress(f"verify {os.path.basename(root)}", total, " chunks", enabled=verbose)
+    opened, total, progress = _open_all(root, manifest["arrays"], store.array, problems, verbose)
     small = {}
     for name, array in opened.items():
         whole = name in ("pos_tokens", "token_occ")
@@ -164,18 +171,8 @@ def _verify_checkpoint(root: str, verbose: bool) -> Report:
     params_dir = os.path.join(root, ckpt.PARAMS_DIR)
     problems = [Problem(os.path.relpath(f, params_dir), "missing (the manifest records it)")
                 for f in arrays.missing_chunks(params_dir, manifest.get("chunks", {}))]
-    opened = {}
-    for path, shape in manifest["params"].items():
-        try:
-            opened[path] = ckpt.open_array(root, path)
-        except OptJaxError as e:
-            problems.append(Problem(path, str(e)))
-            continue
-        if list(opened[path].shape) != list(shape):
-            problems.append(Problem(path, f"shape {list(opened[path].shape)}, the manifest says {shape}"))
-            del opened[path]
-    total = sum(len(st.chunk_blocks(a.shape, a.chunk_layout.write_chunk.shape)) for a in opened.values())
-    progress = Progress(f"verify {os.path.basename(root)}", total, " chunks", enabled=verbose)
+    opened, total, progress = _open_all(root, manifest["params"], lambda path: ckpt.open_array(root, path),
+                                        problems, verbose)
     for path, array in opened.items():
         for _ in _read_blocks(array, path, array.shape, problems, progress):
             pass

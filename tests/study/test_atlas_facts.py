@@ -287,6 +287,16 @@ def test_a_store_without_examples_or_model_builds_and_says_so(tmp_path):
     assert curve["freq"][0] == pytest.approx(np.mean(full["neurons"][5]["curve"]["freq"][:3]), rel=1e-3)
 
 
+def assert_same_atlas(out, built) -> None:
+    """Every data file of the atlas at `out` holds what `built`'s does (but the manifest's creation time)."""
+    for path in glob.glob(os.path.join(built, "data", "**", "*.js"), recursive=True):
+        rel = os.path.relpath(path, built)
+        got, want = parse(os.path.join(out, rel))[1], parse(path)[1]
+        if rel.endswith("atlas.js"):
+            got.pop("created"), want.pop("created")
+        assert got == want, rel
+
+
 def test_a_killed_build_resumes_and_leaves_the_old_atlas(built, planted_run, monkeypatch, tmp_path):
     import shutil
 
@@ -310,12 +320,7 @@ def test_a_killed_build_resumes_and_leaves_the_old_atlas(built, planted_run, mon
     analyses.atlas([planted_run.stats], str(out), names=["planted"], block=10, verbose=False)
     assert computed == [0, 1, "resume", 2, 3], "the finished layers were not computed again"
     assert not os.path.exists(f"{out}.partial")
-    for path in glob.glob(os.path.join(built, "data", "**", "*.js"), recursive=True):
-        rel = os.path.relpath(path, built)
-        got, want = parse(out / rel)[1], parse(path)[1]
-        if rel.endswith("atlas.js"):
-            got.pop("created"), want.pop("created")
-        assert got == want, rel
+    assert_same_atlas(out, built)
     assert sorted(glob.glob(os.path.join(out, "**"), recursive=True)) == sorted(
         p.replace(str(built), str(out)) for p in glob.glob(os.path.join(built, "**"), recursive=True))
 
@@ -341,9 +346,4 @@ def test_a_full_disk_stops_the_build_clearly_and_the_same_call_finishes_it(built
         assert not out.exists() and os.path.isdir(f"{out}.partial")
         ballast.unlink()
         analyses.atlas([planted_run.stats], str(out), names=["planted"], block=10, verbose=False)
-        for path in glob.glob(os.path.join(built, "data", "**", "*.js"), recursive=True):
-            rel = os.path.relpath(path, built)
-            got, want = parse(out / rel)[1], parse(path)[1]
-            if rel.endswith("atlas.js"):
-                got.pop("created"), want.pop("created")
-            assert got == want, rel
+        assert_same_atlas(out, built)
