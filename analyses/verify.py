@@ -12,8 +12,9 @@ checkpoint or an atlas (`scripts/verify.py DIR`).
 - An atlas: its manifest (`data/atlas.js`), `index.html`, and for every built layer of every model its summary
   (one row a neuron) and its blocks of neuron records, each parsed.
 
-Problems are listed, not raised: one damaged chunk does not hide the next. Reads go a chunk (a layer) at a
-time, so host memory stays at one layer of the largest array.
+Problems are listed, not raised: one damaged chunk does not hide the next. Every chunk is read once, a chunk
+at a time: the count checks use sums gathered on that pass, so host memory stays at one chunk plus a few
+[layers, ffn] arrays.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def _verify_stats(root: str, verbose: bool) -> Report:
         manifest = st.read_manifest(root)
     except (OptJaxError, ValueError) as e:
         return Report(root, "statistics", 0, [Problem(st.MANIFEST, str(e))])
-    gen_dir = os.path.join(root, f"data-{manifest['generation']:06d}")
+    store = st.StatsStore(root, manifest)
+    gen_dir = store.generation_dir
     if not os.path.isdir(gen_dir):
         return Report(root, "statistics", 0, [Problem(st.MANIFEST, f"names generation {manifest['generation']}, "
                                                                    f"but {gen_dir} is missing")])
@@ -114,53 +116,72 @@ def _verify_stats(root: str, verbose: bool) -> Report:
                  for f in arrays.missing_chunks(gen_dir, manifest.get("chunks", {}))]
     if manifest["version"] < 2 and verbose:
         print(f"{root}: a version 1 store: its chunks carry no checksums (only zstd's own checks apply)")
-    store = st.StatsStore(root, manifest)
     opened, total, progress = _open_all(root, manifest["arrays"], store.array, problems, verbose)
-    small = {}
+    counts = _Counts(opened)
     for name, array in opened.items():
-        whole = name in ("pos_tokens", "token_occ")
-        parts = []
-        for _, values in _read_blocks(array, name, array.shape, problems, progress):
-            if whole:
-                parts.append(values)
-        if whole and len(parts) == len(st.chunk_blocks(array.shape, array.chunk_layout.write_chunk.shape)):
-            small[name] = np.concatenate(parts)
+        for block, values in _read_blocks(array, name, array.shape, problems, progress):
+            counts.add(name, block, values)
     if not problems:
-        problems += _count_checks(manifest, opened, small)
+        problems += counts.check(manifest)
     return Report(root, "statistics", total, problems)
 
 
-def _count_checks(manifest: dict, opened: dict, small: dict) -> list[Problem]:
-    """The counts against each other (see the module's docstring), a layer at a time."""
-    problems = []
-    pos_tokens, token_occ = small.get("pos_tokens"), small.get("token_occ")
-    if pos_tokens is not None:
-        if int(pos_tokens.sum()) != manifest["tokens"]:
-            problems.append(Problem("tokens", f"the manifest counts {manifest['tokens']}, pos_tokens sums to "
-                                              f"{int(pos_tokens.sum())}"))
-        if len(pos_tokens) and int(pos_tokens[0]) != manifest["sequences"]:
-            problems.append(Problem("sequences", f"the manifest counts {manifest['sequences']} windows, "
-                                                 f"pos_tokens[0] (their BOS) is {int(pos_tokens[0])}"))
-    if token_occ is not None and int(token_occ.sum()) != manifest["tokens"] - manifest["sequences"]:
-        problems.append(Problem("token_occ", f"sums to {int(token_occ.sum())}, but the tokens after BOS are "
-                                             f"{manifest['tokens'] - manifest['sequences']}"))
-    if "act" not in opened or "pos_act" not in opened:
+class _Counts:
+    """What the count checks need, gathered from the chunks as the checksum pass reads them (each chunk is read
+    once): `act`, `pos_tokens` and `token_occ` whole, each layer's `pos_act` summed over positions and at BOS,
+    and each token layer's `tok_act` summed over the vocabulary; all [layers, ffn] or smaller."""
+
+    def __init__(self, opened: dict):
+        self.kept = {name: np.zeros(opened[name].shape, np.int64) for name in ("act", "pos_tokens", "token_occ")
+                     if name in opened}
+        if "pos_act" in opened:
+            layers, _, ffn = opened["pos_act"].shape
+            self.kept["pos_sum"] = np.zeros((layers, ffn), np.int64)
+            self.kept["bos"] = np.zeros((layers, ffn), np.int64)
+        if "tok_act" in opened:
+            token_layers, _, ffn = opened["tok_act"].shape
+            self.kept["tok_sum"] = np.zeros((token_layers, ffn), np.int64)
+
+    def add(self, name: str, block: tuple, values: np.ndarray) -> None:
+        """Take in one chunk of array `name` (its block of slices, its values)."""
+        if name in ("act", "pos_tokens", "token_occ"):
+            self.kept[name][block] = values
+        elif name == "pos_act":  # chunks hold whole positions: [1, seq, neurons]
+            layer, _, neurons = block
+            self.kept["pos_sum"][layer.start, neurons] = values[0].sum(axis=0)
+            self.kept["bos"][layer.start, neurons] = values[0, 0]
+        elif name == "tok_act":  # chunks hold whole neuron rows of a block of tokens: [1, tokens, ffn]
+            self.kept["tok_sum"][block[0].start, block[2]] += values[0].sum(axis=0)
+
+    def check(self, manifest: dict) -> list[Problem]:
+        """The counts against each other (see the module's docstring)."""
+        problems, kept = [], self.kept
+        pos_tokens, token_occ = kept.get("pos_tokens"), kept.get("token_occ")
+        if pos_tokens is not None:
+            if int(pos_tokens.sum()) != manifest["tokens"]:
+                problems.append(Problem("tokens", f"the manifest counts {manifest['tokens']}, pos_tokens sums to "
+                                                  f"{int(pos_tokens.sum())}"))
+            if len(pos_tokens) and int(pos_tokens[0]) != manifest["sequences"]:
+                problems.append(Problem("sequences", f"the manifest counts {manifest['sequences']} windows, "
+                                                     f"pos_tokens[0] (their BOS) is {int(pos_tokens[0])}"))
+        if token_occ is not None and int(token_occ.sum()) != manifest["tokens"] - manifest["sequences"]:
+            problems.append(Problem("token_occ", f"sums to {int(token_occ.sum())}, but the tokens after BOS are "
+                                                 f"{manifest['tokens'] - manifest['sequences']}"))
+        if "act" not in kept or "pos_sum" not in kept:
+            return problems
+        act = kept["act"]  # [layers, ffn]
+        for layer in range(act.shape[0]):
+            if not np.array_equal(kept["pos_sum"][layer], act[layer]):
+                bad = int(np.flatnonzero(kept["pos_sum"][layer] != act[layer])[0])
+                problems.append(Problem(f"act[{layer}]", f"differs from pos_act[{layer}] summed over positions "
+                                                         f"(first at neuron {bad})"))
+        for t, layer in enumerate(manifest.get("token_layers", []) if "tok_sum" in kept else []):
+            after_bos = act[layer] - kept["bos"][layer]  # [ffn]
+            if not np.array_equal(kept["tok_sum"][t], after_bos):
+                bad = int(np.flatnonzero(kept["tok_sum"][t] != after_bos)[0])
+                problems.append(Problem(f"tok_act[{t}]", f"summed over the vocabulary differs from layer {layer}'s "
+                                                         f"activations after BOS (first at neuron {bad})"))
         return problems
-    token_layers = manifest.get("token_layers", [])
-    for layer in range(opened["act"].shape[0]):
-        act = opened["act"][layer].read().result()  # [ffn]
-        pos_act = opened["pos_act"][layer].read().result()  # [seq, ffn]
-        if not np.array_equal(pos_act.sum(axis=0), act):
-            bad = int(np.flatnonzero(pos_act.sum(axis=0) != act)[0])
-            problems.append(Problem(f"act[{layer}]", f"differs from pos_act[{layer}] summed over positions "
-                                                     f"(first at neuron {bad})"))
-        if layer in token_layers and "tok_act" in opened:
-            tok = opened["tok_act"][token_layers.index(layer)].read().result().sum(axis=0)  # [ffn]
-            if not np.array_equal(tok, act - pos_act[0]):
-                bad = int(np.flatnonzero(tok != act - pos_act[0])[0])
-                problems.append(Problem(f"tok_act[{token_layers.index(layer)}]", f"summed over the vocabulary "
-                                        f"differs from layer {layer}'s activations after BOS (first at neuron {bad})"))
-    return problems
 
 
 def _verify_checkpoint(root: str, verbose: bool) -> Report:

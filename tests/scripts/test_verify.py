@@ -99,3 +99,19 @@ def test_the_script_exits_1_on_a_problem_and_0_when_sound(sound, tmp_path):
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "act/c/0/0: missing" in bad.stdout and "1 problem(s)" in bad.stdout
     assert f"error: {tmp_path}: not a statistics store" in bad.stderr
+
+
+def test_counts_that_disagree_are_found_though_every_chunk_is_sound(sound, tmp_path):
+    """`act` rewritten through tensorstore (valid checksums) no longer matches `pos_act` nor `tok_act`."""
+    import numpy as np
+    import tensorstore as ts
+
+    stats = _copy(sound[0], tmp_path, "s")
+    act = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(_gen(stats), "act")}},
+                  open=True).result()
+    value = act[0].read().result()
+    value[3] += 1
+    act[0].write(value).result()
+    report = verify(stats, verbose=False)
+    assert {p.where for p in report.problems} == {"act[0]", "tok_act[0]"}, report.problems
+    assert all("first at neuron 3" in p.what for p in report.problems)
