@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 
+from opt_jax import atomic
 from opt_jax.errors import OptJaxError
 
 LOCK_NAME = ".lock"
@@ -86,7 +87,7 @@ def locked(directory: str, wait: bool = False, replaced_whole: bool = False, say
         try:
             yield path
         finally:
-            _remove_quietly(path)  # before the unlock: nobody can take the lock of a file about to vanish
+            atomic.remove(path)  # before the unlock: nobody can take the lock of a file about to vanish
             os.close(fd)
             if created and not replaced_whole:
                 try:
@@ -161,20 +162,11 @@ def _flock(fd: int, path: str, directory: str, block: bool) -> None:
     """flock(fd) exclusively, blocking or not (BlockingIOError while another holds it)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-    except BlockingIOError:
-        raise
-    except OSError as e:
+    except OSError as e:  # BlockingIOError (held) is re-raised as it is
         if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
             raise LockedError(f"{directory}: its file system does not support locks ({path}: "
                               f"{os.strerror(e.errno)}); write to a local disk") from None
         raise
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def _stderr(message: str) -> None:
