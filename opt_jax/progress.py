@@ -1,4 +1,8 @@
-"""Progress lines for long work: items done, rate, time left."""
+"""Progress lines for long work: items done, rate, time left.
+
+A line is only as true as the counts it is given: callers count an item when its work has finished (not when it
+was handed to an asynchronous device), and the first line comes `every` seconds after the start, so no rate is
+ever read off an instant."""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Prints `label: done/total unit (pct), rate unit/s, elapsed, left` at most every `every` seconds."""
+    """Prints `label: done/total unit (pct), rate unit/s, elapsed, left` at most every `every` seconds (the first
+    line too: none at once), and when the total is reached or a caller forces it (the run's end)."""
 
     def __init__(self, label: str, total: float | None, unit: str = "", scale: float = 1.0,
                  every: float = 2.0, stream=None, enabled: bool = True, initial: float = 0.0):
@@ -22,7 +27,7 @@ class Progress:
         self.every, self.stream, self.enabled = every, stream or sys.stderr, enabled
         self.done = self.initial = initial  # `initial`: done before this run (a resume), not in the rate
         self.start = time.monotonic()
-        self._last = -float("inf")
+        self._last = self.start
 
     def update(self, amount: float = 1.0, force: bool = False) -> None:
         """Count `amount` more items done; print a line when due."""

@@ -147,6 +147,7 @@ def _run(runner: Runner, store: StatsStore, commits: Behind, corpus: Corpus, opt
     progress = Progress("collect", options.max_tokens, " tokens", enabled=options.verbose, initial=stream_tokens)
     chunk_size = options.chunk_batches if options.offload else 1
     chunk, first_windows, pending_tokens, batches_since_flush, last_flush = [], [], 0, 0, time.monotonic()
+    read_tokens = running_tokens = 0  # stream tokens read since the last dispatch; those of the chunk in flight
     exhausted = True
     for ids, mask in stream:
         if options.max_tokens is not None and stream_tokens >= options.max_tokens:
@@ -163,9 +164,14 @@ def _run(runner: Runner, store: StatsStore, commits: Behind, corpus: Corpus, opt
                 host["windows"].append((first_windows[-1], np.where(mask, ids, -1).astype(np.int32)))  # [b, s]
             pending_tokens += batch_tokens
         next_batch += 1
-        progress.update(batch_tokens)
+        read_tokens += batch_tokens
         if len(chunk) == chunk_size:
+            # The progress counts a chunk once its steps have finished, not when they were dispatched: the next
+            # chunk is read and prepared while the previous one computes, then waits for it (one chunk in flight).
+            runner.wait_steps()
+            progress.update(running_tokens)
             runner.run(chunk, first_windows)
+            running_tokens, read_tokens = read_tokens, 0
             chunk, first_windows, batches_since_flush = [], [], batches_since_flush + 1
             due = (options.flush_every_batches and batches_since_flush >= options.flush_every_batches) or \
                 time.monotonic() - last_flush >= options.flush_every_s or \
@@ -178,7 +184,7 @@ def _run(runner: Runner, store: StatsStore, commits: Behind, corpus: Corpus, opt
         runner.run(chunk, first_windows)
     _flush(runner, store, commits, host,
            {"next_batch": next_batch, "stream_tokens": stream_tokens, "exhausted": exhausted}, True)
-    progress.update(0, force=True)
+    progress.update(running_tokens + read_tokens, force=True)
 
 
 def _zero_host(plan: st.Plan) -> dict:

@@ -217,9 +217,13 @@ class Runner:
         finally:
             self.executor.close()
 
+    def wait_steps(self) -> None:
+        """Block until every dispatched step has finished (their n-grams may still be counting behind)."""
+        jax.block_until_ready(self.accs)
+
     def wait(self) -> None:
         """Block until every dispatched step has finished and its n-grams are counted (for timing)."""
-        jax.block_until_ready(self.accs)
+        self.wait_steps()
         self.settle()
 
 

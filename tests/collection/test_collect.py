@@ -227,3 +227,32 @@ def test_ngrams_of_candidate_neurons_only(tiny_model, tiny_corpus, tmp_path):
     with pytest.raises(StatsError, match="no token statistics for layers"):
         analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "third"), seq_len=SEQ, batch_size=4,
                          token_layers=(0, 1), ngram_orders=(2,), ngram_candidates_from=first, verbose=False)
+
+
+def test_progress_counts_a_chunk_once_its_steps_have_finished(tiny_model, tiny_corpus, tmp_path, monkeypatch, capsys):
+    """A device taking 0.2 s a step: no progress line reports more than one batch's tokens per 0.2 s (before, the
+    first line counted a batch the moment it was handed to the device, at rates thousands of times too high)."""
+    import functools
+    import time
+
+    import importlib
+
+    collect_module = importlib.import_module("analyses.collection.collect")
+    from analyses.collection.runner import Runner
+    from opt_jax.progress import Progress
+
+    step_s, batch_size = 0.2, 2
+    wait_steps = Runner.wait_steps
+
+    def slow_device(self):
+        time.sleep(step_s)  # what an accelerator still computing the dispatched chunk would take
+        wait_steps(self)
+
+    monkeypatch.setattr(Runner, "wait_steps", slow_device)
+    monkeypatch.setattr(collect_module, "Progress", functools.partial(Progress, every=0.0))
+    analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "stats"), seq_len=SEQ, batch_size=batch_size,
+                     max_tokens=120, verbose=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("collect: ")]
+    rates = [float(re.search(r", ([\d,.]+) tokens/s", line).group(1).replace(",", "")) for line in lines]
+    assert len(rates) >= 3 and rates[-1] > 0, lines
+    assert max(rates) <= batch_size * SEQ / step_s * 1.05, lines

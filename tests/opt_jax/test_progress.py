@@ -32,4 +32,4 @@ def test_prints_at_most_every_interval_and_at_the_end(monkeypatch):
         clock["t"] += 1
         bar.update(1)
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3 and lines[-1].startswith("x: 10/10 (100%)")
+    assert len(lines) == 2 and lines[0].startswith("x: 5/10 (50%)") and lines[-1].startswith("x: 10/10 (100%)")
