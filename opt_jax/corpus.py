@@ -1,4 +1,12 @@
-"""Corpus ingestion for statistics collection: files on disk -> documents -> BOS-led token windows -> batches."""
+"""Corpus ingestion for statistics collection: files on disk -> documents -> BOS-led token windows -> batches.
+
+The files: JSON lines (`.jsonl` or `.json`, C4's `c4-*.json.gz`) and text files, either raw or compressed
+as `.gz` / `.zst`; parquet (FineWeb, the Hugging Face hub's datasets), read one row group at a time; and
+Arrow IPC streams (`.arrow`), which is what a directory written by HF `datasets`' `save_to_disk` holds,
+read one record batch at a time, in the order its `state.json` lists them. A JSON line's text is its
+`text_key` field, a parquet or Arrow file's text its `text_key` column. pyarrow is imported only when a
+parquet or Arrow file is read.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ import itertools
 import json
 import os
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -20,9 +28,19 @@ import zstandard
 
 from opt_jax.errors import CorpusError, InputError
 
-_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".json.zst")
 _TXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst")
-SUFFIXES = _JSONL_SUFFIXES + _TXT_SUFFIXES
+_PARQUET_SUFFIXES = (".parquet",)
+_ARROW_SUFFIXES = (".arrow",)  # an Arrow IPC stream, as `datasets` writes them
+SUFFIXES = _JSONL_SUFFIXES + _TXT_SUFFIXES + _PARQUET_SUFFIXES + _ARROW_SUFFIXES
+
+# A directory written by `datasets`' save_to_disk holds these two beside its arrow files (state.json lists
+# them, in order, under "_data_files"); one written by a DatasetDict holds dataset_dict.json and a
+# directory of that kind per split.
+_DATASET_STATE = "state.json"
+_DATASET_INFO = "dataset_info.json"
+_DATASET_DICT = "dataset_dict.json"
+_ROWS_PER_BATCH = 1024  # rows of a parquet row group turned into Python strings at a time
 
 _GLOB_CHARACTERS = "*?["
 _HASH_BLOCK = 1 << 20
@@ -40,22 +58,75 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
 
 
 def _files_of(path: str) -> list[str]:
-    """One argument's absolute file paths: the file itself, or the sorted corpus files of a directory or glob."""
+    """One argument's absolute file paths: the file itself, or the sorted corpus files of a directory or glob
+    (a `save_to_disk` directory among them standing, at its place, for its arrow files in state.json's order)."""
     if os.path.isfile(path):
         if not path.endswith(SUFFIXES):
             raise CorpusError(f"{path}: unsupported file type (supported: {', '.join(SUFFIXES)})")
         return [os.path.abspath(path)]
     if os.path.isdir(path):
-        found = [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+        found = _walk(path)
         where = "directory holds"
     elif any(character in path for character in _GLOB_CHARACTERS):
         found = glob.glob(path, recursive=True)
         where = "pattern matches"
     else:
         raise CorpusError(f"{path}: no such file or directory")
-    files = sorted(os.path.abspath(f) for f in found if f.endswith(SUFFIXES) and os.path.isfile(f))
+    files = [file for entry in sorted(map(os.path.abspath, found)) for file in _corpus_files(entry)]
     if not files:
-        raise CorpusError(f"{path}: {where} no corpus file ({', '.join(SUFFIXES)})")
+        raise CorpusError(f"{path}: {where} no corpus file ({', '.join(SUFFIXES)} or a datasets directory)")
+    return files
+
+
+def _walk(directory: str) -> list[str]:
+    """Every file under directory, except that a save_to_disk directory is listed itself, not its files."""
+    found = []
+    for root, subdirectories, names in os.walk(directory):
+        if _DATASET_DICT in names:
+            raise CorpusError(f"{root}: a datasets DatasetDict (splits: {', '.join(sorted(subdirectories))}); "
+                              f"pass one split's directory")
+        if _is_dataset(root):
+            subdirectories.clear()
+            found.append(root)
+        else:
+            found.extend(os.path.join(root, name) for name in names)
+    return found
+
+
+def _corpus_files(entry: str) -> list[str]:
+    """The corpus files a directory walk's or glob's entry stands for: a corpus file itself, a save_to_disk
+    directory's arrow files, or none (other files and directories, a datasets directory's own JSON files)."""
+    if os.path.isdir(entry):
+        return _dataset_files(entry) if _is_dataset(entry) else []
+    if not entry.endswith(SUFFIXES) or not os.path.isfile(entry):
+        return []
+    name, directory = os.path.basename(entry), os.path.dirname(entry)
+    if name == _DATASET_DICT or (name in (_DATASET_STATE, _DATASET_INFO) and _is_dataset(directory)):
+        return []
+    return [entry]
+
+
+def _is_dataset(directory: str) -> bool:
+    """Whether directory was written by `datasets`' save_to_disk (it holds state.json and dataset_info.json)."""
+    return all(os.path.isfile(os.path.join(directory, name)) for name in (_DATASET_STATE, _DATASET_INFO))
+
+
+def _dataset_files(directory: str) -> list[str]:
+    """A save_to_disk directory's arrow files, in the order its state.json lists them."""
+    state = os.path.join(directory, _DATASET_STATE)
+    try:
+        with open(state, "rb") as stream:
+            names = [entry["filename"] for entry in json.load(stream)["_data_files"]]
+    except OSError as error:
+        raise CorpusError(f"{state}: cannot read: {error}") from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise CorpusError(f"{state}: not a datasets state file (no _data_files list of filenames)") from error
+    if not all(isinstance(name, str) and name == os.path.basename(name) for name in names):
+        raise CorpusError(f"{state}: _data_files names files outside the directory: {names}")
+    files = [os.path.join(directory, name) for name in names]
+    missing = [name for name, file in zip(names, files) if not os.path.isfile(file)]
+    if missing:
+        raise CorpusError(f"{state}: lists data files missing from the directory: {', '.join(missing)}")
     return files
 
 
@@ -68,11 +139,15 @@ def iter_documents(files: Sequence[str], text_key: str = "text") -> Iterator[str
 
 
 def _file_documents(file: str, text_key: str) -> Iterator[str]:
-    """A file's documents, empty ones included: one per JSON line, or the whole text file."""
+    """A file's documents, empty ones included: one per JSON line or parquet / Arrow row, or the whole text file."""
     if file.endswith(_JSONL_SUFFIXES):
         return _jsonl_documents(file, text_key)
     if file.endswith(_TXT_SUFFIXES):
         return iter(["".join(line for _, line in _numbered_lines(file))])
+    if file.endswith(_PARQUET_SUFFIXES):
+        return _column_documents(file, text_key, _parquet_columns)
+    if file.endswith(_ARROW_SUFFIXES):
+        return _column_documents(file, text_key, _arrow_columns)
     raise CorpusError(f"{file}: unsupported file type (supported: {', '.join(SUFFIXES)})")
 
 
@@ -93,10 +168,57 @@ def _json_text(line: str, text_key: str, where: str) -> str:
         raise CorpusError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if text_key not in record:
         raise CorpusError(f"{where}: no {text_key!r} key (keys: {', '.join(map(repr, record))})")
-    text = record[text_key]
-    if not isinstance(text, str):
-        raise CorpusError(f"{where}: {text_key!r} is {type(text).__name__}, not a string")
-    return text
+    return _text(record[text_key], text_key, where)
+
+
+def _text(value: Any, text_key: str, where: str) -> str:
+    """value, a document's text_key field, if it is a string; `where` (file and line or row) names it in errors."""
+    if not isinstance(value, str):
+        raise CorpusError(f"{where}: {text_key!r} is {type(value).__name__}, not a string")
+    return value
+
+
+def _column_documents(file: str, text_key: str, columns: Callable[[str, str], Iterator[Any]]) -> Iterator[str]:
+    """The strings of a parquet or Arrow file's text_key column, read by `columns` (file, text_key -> pieces
+    of the column, pyarrow arrays) a piece at a time; rows, numbered from 1, name a bad value in errors."""
+    import pyarrow
+
+    row = 0
+    try:
+        for piece in columns(file, text_key):
+            for value in piece.to_pylist():
+                row += 1
+                yield _text(value, text_key, f"{file}: row {row}")
+    except (OSError, pyarrow.ArrowException) as error:
+        raise CorpusError(f"{file}: cannot read (corrupt or truncated?): {error}") from error
+
+
+def _parquet_columns(file: str, text_key: str) -> Iterator[Any]:
+    """A parquet file's text_key column, read one row group at a time (that column only), in pieces of at
+    most _ROWS_PER_BATCH rows."""
+    import pyarrow.parquet
+
+    with pyarrow.parquet.ParquetFile(file) as parquet:
+        _check_column(file, text_key, parquet.schema_arrow.names)
+        for group in range(parquet.num_row_groups):
+            for batch in parquet.read_row_group(group, columns=[text_key]).to_batches(_ROWS_PER_BATCH):
+                yield batch.column(text_key)
+
+
+def _arrow_columns(file: str, text_key: str) -> Iterator[Any]:
+    """An Arrow IPC stream's text_key column, read one record batch at a time."""
+    import pyarrow
+
+    with pyarrow.OSFile(file, "rb") as source, pyarrow.ipc.open_stream(source) as reader:
+        _check_column(file, text_key, reader.schema.names)
+        for batch in reader:
+            yield batch.column(text_key)
+
+
+def _check_column(file: str, text_key: str, columns: Sequence[str]) -> None:
+    """Raise CorpusError naming the file and its columns unless text_key is one of them."""
+    if text_key not in columns:
+        raise CorpusError(f"{file}: no {text_key!r} column (columns: {', '.join(map(repr, columns))})")
 
 
 def _numbered_lines(file: str) -> Iterator[tuple[int, str]]:

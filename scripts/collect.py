@@ -14,7 +14,8 @@ from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "converted opt_jax checkpoint directory", required=True)
-flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs (.jsonl/.txt, .gz/.zst)",
+flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs (.jsonl/.json/.txt, .gz/.zst; "
+                          ".parquet; HF datasets save_to_disk directories)",
                           required=True)
 flags.DEFINE_string("out", None, "statistics directory", required=True)
 flags.DEFINE_integer("seq_len", 2048, "tokens per window (BOS + seq_len - 1 document tokens)")
