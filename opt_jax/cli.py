@@ -7,12 +7,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from opt_jax import env
 from opt_jax.errors import OptJaxError
 
 
-def run(action: Callable[[], object], done: Callable[[object], str]) -> int:
-    """Exit status of `action()`: 0 after printing `done(result)`; 1 after printing an `OptJaxError`."""
+def run(action: Callable[[], object], done: Callable[[object], str], devices: bool | str = False) -> int:
+    """Exit status of `action()`: 0 after printing `done(result)`; 1 after printing an `OptJaxError`.
+
+    `devices`: first say which backend and devices the work runs on (`opt_jax.env.announce`), with a warning
+    where a GPU goes unused or a large model (a converted checkpoint's path, when given) would run on the CPU."""
+    env.quiet_backend_probe()
     try:
+        if devices:
+            env.announce(devices if isinstance(devices, str) else None)
         result = action()
     except OptJaxError as e:
         print(f"error: {e}", file=sys.stderr)

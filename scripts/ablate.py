@@ -44,7 +44,8 @@ def main(argv):
         batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, offload=FLAGS.offload, seed=FLAGS.seed, edit=FLAGS.edit,
         skip_windows=FLAGS.skip_windows, alive_from=FLAGS.stats, text_key=FLAGS.text_key,
         full_length_only=FLAGS.full_length_only,
-        group_size=FLAGS.group_size, wait_for_lock=FLAGS.wait_for_lock), lambda r: _summary(r, FLAGS.out))
+        group_size=FLAGS.group_size, wait_for_lock=FLAGS.wait_for_lock), lambda r: _summary(r, FLAGS.out),
+        devices=FLAGS.model)
 
 
 def _summary(result: dict, out: str) -> str:

@@ -38,7 +38,7 @@ def main(argv):
     return cli.run(lambda: build_atlas(stats, FLAGS.out, names=FLAGS.names, model_dirs=FLAGS.model_dirs,
                                        block=FLAGS.block, layers=layers, attributions=attributions,
                                        wait_for_lock=FLAGS.wait_for_lock),
-                   lambda out: f"atlas: {out}/index.html")
+                   lambda out: f"atlas: {out}/index.html", devices=True)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def main(argv):
             flush_every_batches=FLAGS.flush_every_batches, background_commits=FLAGS.background_commits,
             background_ngrams=FLAGS.background_ngrams, overwrite=FLAGS.overwrite,
             process_index=FLAGS.process_id, process_count=FLAGS.num_processes, wait_for_lock=FLAGS.wait_for_lock),
-        lambda path: f"statistics: {path}")
+        lambda path: f"statistics: {path}", devices=FLAGS.model)
 
 
 if __name__ == "__main__":

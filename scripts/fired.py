@@ -24,7 +24,7 @@ def main(argv):
 
     layers = [int(l) for l in FLAGS.layers] if FLAGS.layers else None
     return cli.run(lambda: fired(FLAGS.model, FLAGS.text, atlas=FLAGS.atlas, layers=layers, dtype=FLAGS.dtype),
-                   lambda tokens: format_fired(tokens, FLAGS.top))
+                   lambda tokens: format_fired(tokens, FLAGS.top), devices=FLAGS.model)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ def main(argv):
                                      wait_for_lock=FLAGS.wait_for_lock),
                    lambda result: f"{report.summary(result)}\n{example_contexts(result)}\n"
                                   f"report, figures and tables: {FLAGS.out}/report/"
-                                  + (f"\natlas: {FLAGS.out}/atlas/index.html" if FLAGS.atlas else ""))
+                                  + (f"\natlas: {FLAGS.out}/atlas/index.html" if FLAGS.atlas else ""),
+                   devices=True)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def main(argv):
         return train.train(FLAGS.out, config, options, corpus=FLAGS.corpus, tokenizer=FLAGS.tokenizer,
                            wait_for_lock=FLAGS.wait_for_lock)
 
-    return cli.run(run_training, lambda out: f"trained: {out}")
+    return cli.run(run_training, lambda out: f"trained: {out}", devices=True)
 
 
 if __name__ == "__main__":

@@ -133,11 +133,19 @@ def _torch_to_numpy(tensor) -> np.ndarray:
     return tensor.numpy().copy()
 
 
-def _load_bin(path: str) -> dict:
+def _torch(path: str):
+    """torch, which only `.bin` checkpoints need: an optional dependency (the `torch` extra)."""
     try:
         import torch
-    except ImportError:  # pragma: no cover - torch is a pinned dependency
-        raise CheckpointError(f"{path}: reading .bin checkpoints needs torch==2.13.0") from None
+    except ImportError:
+        raise CheckpointError(f"{path}: a PyTorch .bin checkpoint is read with torch, which is not installed: "
+                              f"pip install 'opt_jax[torch]' (or torch itself), or convert a safetensors copy of "
+                              f"the checkpoint") from None
+    return torch
+
+
+def _load_bin(path: str) -> dict:
+    torch = _torch(path)
     try:
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # torch raises many types for corrupt zips/pickles
@@ -149,8 +157,7 @@ def _load_bin(path: str) -> dict:
 
 
 def _bin_infos(path: str) -> list[TensorInfo]:
-    import torch
-
+    torch = _torch(path)
     state = _load_bin(path)
     infos = []
     for key, tensor in state.items():
