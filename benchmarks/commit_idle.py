@@ -27,15 +27,6 @@ import numpy as np
 MODES = ("step_loop", "background")
 
 
-def empty_store(plan, root: str):
-    """A fresh statistics store at `root` for a run of `plan` (what a flush writes into): collection's own
-    (`analyses.collection.collect._open_store`), without n-grams."""
-    from analyses.collection.collect import _open_store
-    from analyses.collection.plan import Options
-
-    return _open_store(root, {}, plan, Options())
-
-
 def measure(mode: str, weights, config, batches: list, flush_every: int, token_layers: tuple, root: str) -> dict:
     """One run of `batches` with a flush every `flush_every`: seconds each flush blocked the step loop, and the wall."""
     from analyses.collection import statistics as st
@@ -43,6 +34,7 @@ def measure(mode: str, weights, config, batches: list, flush_every: int, token_l
     from analyses.collection.collect import _flush, _zero_host
     from analyses.collection.plan import Options, make_plan
     from analyses.collection.runner import Runner
+    from benchmarks.cpu import empty_store
 
     batch_size, seq_len = batches[0][0].shape
     options = Options(seq_len=seq_len, batch_size=batch_size, token_layers=token_layers, verbose=False,

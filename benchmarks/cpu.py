@@ -13,7 +13,7 @@ o, fc1, fc2), plus 2 * 2 * seq_len * hidden per layer for the attention score an
 full (not causal-halved) sequence; embeddings, biases, norms, softmax and the LM head are not counted.
 
 The device suite (`benchmarks.device`) and the n-gram cost (`benchmarks.ngram_cost`) reuse the runners, batches
-and timing of this module.
+and timing of this module; the commit benchmark (`benchmarks.commit_idle`) its batches and empty stores.
 """
 
 from __future__ import annotations
@@ -320,11 +320,19 @@ def agreement(ours: dict, hf: dict, tokens: int) -> dict:
             "active_fraction": float(hf["act"].sum() / (tokens * hf["act"].size))}
 
 
+def empty_store(plan, root: str):
+    """A fresh statistics store at `root` for a run of `plan` (what a commit writes into): collection's own
+    (`analyses.collection.collect._open_store`), without n-grams."""
+    from analyses.collection.collect import _open_store
+    from analyses.collection.plan import Options
+
+    return _open_store(root, {}, plan, Options())
+
+
 def commit_seconds(runner, directory: str) -> float:
     """Seconds of one commit of a runner's counters (and example sets) into a fresh store, in the step loop:
     collection's own commit (`analyses.collection.collect._commit`)."""
     from analyses.collection.collect import _commit, _zero_host
-    from benchmarks.commit_idle import empty_store
 
     store = empty_store(runner.plan, directory)
     start = time.perf_counter()
