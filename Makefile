@@ -11,7 +11,7 @@ OUT ?= out
 ARGS ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install browser run convert test test-real test-all
+.PHONY: install browser run convert test test-real test-install test-all
 
 $(VENV)/.installed: setup.cfg requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -56,11 +56,16 @@ endif
 TEST_WORKERS ?= 2
 
 test: install browser
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m 'not slow and not real' tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m 'not slow and not real and not install' tests
 
 # The pipeline at OPT's real dimensions (125m, 350m, 66b widths): about 15 minutes, up to ~18 GB of memory.
 test-real: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -s -m real tests
 
+# Installing into a researcher's environment: `pip install --dry-run` of '.', '.[cuda12]', '.[cuda13]' and
+# '.[torch]' in a fresh venv, against the package index (a few minutes; needs the index, not a GPU).
+test-install: install
+	$(PY) -m pytest -q -m install tests/test_install.py
+
 test-all: install browser
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m 'not install' tests
