@@ -66,8 +66,8 @@ class Resident:
         """Each batch through the whole model in one step, counting into the runner's counters."""
         r = self.runner
         for bi, (ids, mask, first_window) in enumerate(on_device):
-            r.accs = st.resident_step(r.plan.config, r.embed_params, self.group_params, ids, mask, r.accs,
-                                      first_window)
+            r.accs, _ = st.resident_step(r.plan.config, r.embed_params, self.group_params, ids, mask, r.accs,
+                                         first_window)
             for gi in range(len(r.groups)):
                 r.keep_masks(gi, fired[bi], on_device=r.options.background_ngrams)
 

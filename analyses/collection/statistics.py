@@ -130,14 +130,21 @@ def embed_step(config: OPTConfig, params, input_ids, token_mask):
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=(5,))
 def resident_step(config: OPTConfig, params, group_params: list, input_ids, token_mask, accs: list, first_window):
-    """The whole step in one jit (resident mode): embed, then each layer group's scan with its counters."""
+    """The whole step in one jit (resident mode): embed, then each layer group's scan with its counters;
+    returns (the counters, the last layer's output).
+
+    Nothing reads that output, but returning it keeps the last layer whole: unused, XLA would drop the last
+    layer's fc2 and, when the last group is one layer (its scan unrolled), compute its fc1 in another fusion,
+    a float32 rounding apart from the same layer inside a longer group. The counts would then depend on how a
+    run groups its layers (a run with `max_layers` ending at a token layer against one with every layer), and
+    the runs of one model could not be joined (`analyses.collection.join`) as equal to one run."""
     x = embed(config, params, input_ids, token_mask)  # [b, s, d]
     new, first_layer = [], 0
     for layer_params, acc in zip(group_params, accs):
         x, acc = group_forward(config, layer_params, x, token_mask, input_ids, acc, first_layer, first_window)
         new.append(acc)
         first_layer += acc["act"].shape[0]
-    return new
+    return new, x  # [b, s, d]
 
 
 def host_counts(input_ids: np.ndarray, token_mask: np.ndarray, vocab: int) -> dict[str, np.ndarray]:
