@@ -379,7 +379,7 @@ def _figures(results: list[ModelResults], wanted: set, thresholds: Thresholds, o
 
 
 def _model_json(r: ModelResults, wanted: set) -> dict:
-    """One model's entry of report.json (the contract documented in the README)."""
+    """One model's entry of report.json (the contract documented in docs/analyses.md)."""
     stats = r.stats
     out = {"stats": stats.root, "model": r.model_dir, "layers": stats.config.num_hidden_layers,
            "collected_layers": int(stats.act.shape[0]), "token_layers": list(stats.token_layers),

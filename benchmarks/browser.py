@@ -2,7 +2,7 @@
 
 Selenium is pointed at the system's `/usr/bin/chromium` and `/usr/bin/chromedriver` (packages `chromium`
 and `chromium-driver`; `make test` installs them), so Selenium Manager never downloads a browser or a
-driver. Shared by the browser tests, the timing benchmark (`benchmarks/atlas_open.py`) and the README's
+driver. Shared by the browser tests, the timing benchmark (`benchmarks/atlas_open.py`) and the atlas page's
 screenshot.
 """
 

@@ -1,7 +1,7 @@
 """The small trained models that ship inside the package, so the study runs with no download.
 
 Two 4-layer twins trained on the Python standard library by `scripts/train.py` (the exact commands
-are in README.md), one with learned positional embeddings and one without; converted checkpoints
+are in docs/twins.md), one with learned positional embeddings and one without; converted checkpoints
 (float16) with their tokenizer, loadable by `opt_jax.load` and `scripts/collect.py`.
 """
 

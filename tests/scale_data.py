@@ -93,7 +93,7 @@ def write_corpus(path: str, docs: list[np.ndarray], vocab_words: list[str]) -> s
 
 
 def full_windows(docs: list[np.ndarray], seq_len: int, bos: int = 2) -> np.ndarray:
-    """The README's window stream with full_length_only: per document, BOS + the next seq_len - 1 tokens."""
+    """docs/collection.md's window stream with full_length_only: per document, BOS + the next seq_len - 1 tokens."""
     out = []
     for doc in docs:
         for start in range(0, len(doc) - (seq_len - 1) + 1, seq_len - 1):

@@ -26,7 +26,7 @@ SEQ, K = 12, 4
 
 
 def _windows(model_dir, docs, seq_len=SEQ):
-    """The corpus's window stream, as the README documents it: BOS + the next seq_len - 1 tokens."""
+    """The corpus's window stream, as docs/collection.md documents it: BOS + the next seq_len - 1 tokens."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     windows = []
     for doc in docs:

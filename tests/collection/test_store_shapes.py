@@ -37,7 +37,7 @@ def _layouts(shape: dict) -> dict:
 
 
 def _stock(root: str, name: str) -> np.ndarray:
-    """An array read with stock tensorstore, as the README's contract says."""
+    """An array read with stock tensorstore, as docs/collection.md's contract says."""
     spec = {"driver": "zarr3", "kvstore": f"file://{os.path.join(root, name)}"}
     return ts.open(spec, open=True).result().read().result()
 

@@ -36,7 +36,7 @@ def test_convert_script_bad_checkpoint_fails_clearly(pre_ln_model, tmp_path):
 
 
 def test_main_job_runs_end_to_end(tmp_path):
-    """The README's main command (scripts/study.py, what `make run` runs), at smoke size."""
+    """The quick start's main command (scripts/study.py, what `make run` runs), at smoke size."""
     result = _run("scripts/study.py", "--out", str(tmp_path), "--max_tokens", "3000", "--causal_tokens", "3000")
     assert result.returncode == 0, result.stderr[-3000:]
     import json
