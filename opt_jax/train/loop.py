@@ -54,7 +54,9 @@ def train(out_dir: str, config: OPTConfig, options: TrainOptions = TrainOptions(
     with disk.writing(out_dir, TrainError, "training", then), ResumeStates(out_dir) as states:
         if record["state"]:
             states.discard_after(record["state"])  # written before a crash, never committed
-        state = trainer.restore(states, record) if record["state"] else trainer.init()
+            state = trainer.resume(states.restore(record["state"], trainer.template()), record)
+        else:
+            state = trainer.init()
         if state.step:
             _say(options, f"{out_dir}: resuming at step {state.step} (epoch {state.cursor['epoch']}, "
                           f"window {state.cursor['window']})")

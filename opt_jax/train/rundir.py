@@ -7,7 +7,6 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -21,9 +20,7 @@ from opt_jax.corpus import Corpus, corpus_fingerprint, iter_documents
 from opt_jax.errors import TrainError
 from opt_jax.progress import Progress
 from opt_jax.train.options import IDENTITY, TrainOptions
-
-if TYPE_CHECKING:
-    from opt_jax.train.step import State
+from opt_jax.train.step import State
 
 
 FORMAT = "opt_jax.train"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +17,6 @@ from opt_jax.config import OPTConfig
 from opt_jax.loss import mean_next_token_nll
 from opt_jax.model import Params, decoder_layers, embed, head, init_params
 from opt_jax.train.options import IDENTITY, TrainOptions
-
-if TYPE_CHECKING:
-    from opt_jax.train.snapshots import ResumeStates
 
 
 def loss_fn(config: OPTConfig, compute_dtype, params: Params, ids, mask):
@@ -103,12 +100,15 @@ class Trainer:
         opt_state = jax.jit(self.optimizer.init, out_shardings=self.replicated)(params)
         return State(params, opt_state, 0, {"epoch": 0, "window": 0}, 0)
 
-    def restore(self, states: "ResumeStates", record: dict) -> State:
-        """The committed resume state named in the run record, on the devices as the step wants it."""
+    def template(self) -> dict:
+        """{"params", "opt_state"} as abstract arrays, shaped, typed and placed on the devices as the step wants
+        them: what a resume state is restored into (`ResumeStates.restore`)."""
         params = jax.eval_shape(functools.partial(init_params, self.config, self.options.seed))
         template = {"params": params, "opt_state": jax.eval_shape(self.optimizer.init, params)}
-        template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), template)
-        restored = states.restore(record["state"], template)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), template)
+
+    def resume(self, restored: dict, record: dict) -> State:
+        """The state of a run record's committed step: `restored`, its resume state read into `template()`."""
         return State(restored["params"], restored["opt_state"], record["step"], dict(record["cursor"]),
                      record["tokens"])
 
