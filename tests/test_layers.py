@@ -22,22 +22,27 @@ def _modules(package: str):
                 yield rel.removesuffix(".__init__"), path
 
 
-def _imports(path: str, module_level_only: bool = False) -> set[str]:
-    """Every absolute module name `path` imports (names imported from a module count as submodules)."""
+def _import_statements(path: str, module_level_only: bool = False) -> list[tuple[str, list[str]]]:
+    """(module, names imported from it) of every absolute import in `path`; names are [] for `import module`."""
     with open(path) as f:
         tree = ast.parse(f.read(), path)
     nodes = tree.body if module_level_only else ast.walk(tree)
     if module_level_only:  # top-level statements, and those nested in top-level if / try blocks
         nodes = [n for top in tree.body for n in ([top] if isinstance(top, (ast.Import, ast.ImportFrom))
                                                   else ast.walk(top) if isinstance(top, (ast.If, ast.Try)) else [])]
-    found = set()
+    found = []
     for node in nodes:
         if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
+            found += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+            found.append((node.module, [alias.name for alias in node.names]))
     return found
+
+
+def _imports(path: str, module_level_only: bool = False) -> set[str]:
+    """Every absolute module name `path` imports (names imported from a module count as submodules)."""
+    return {imported for module, names in _import_statements(path, module_level_only)
+            for imported in [module, *(f"{module}.{name}" for name in names)]}
 
 
 def _violations(packages, forbidden) -> list[str]:
@@ -77,10 +82,111 @@ def test_no_module_imports_pyplot_at_module_level():
     assert not found
 
 
+def _import_graph(packages) -> dict[str, set[str]]:
+    """Each module of the packages -> the modules of the packages it imports, anywhere in it (in functions and
+    `if TYPE_CHECKING:` blocks too): `from pkg import name` is the submodule pkg.name where there is one, else
+    pkg; a package's own __init__ counts like any module."""
+    paths = {name: path for package in packages for name, path in _modules(package)}
+    graph = {}
+    for name, path in paths.items():
+        imported = set()
+        for module, names in _import_statements(path):
+            imported |= {f"{module}.{item}" if f"{module}.{item}" in paths else module for item in names} or {module}
+        graph[name] = (imported & set(paths)) - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of a graph: for each module in a strongly connected group of two or more, its shortest
+    cycle ([a, b, ..., a], from the cycle's first module in sorted order), each cycle listed once, sorted."""
+    cycles = set()
+    for group in _strongly_connected(graph):
+        for start in group:
+            path = _shortest_path_back(graph, start, group)
+            first = path.index(min(path[:-1]))
+            cycles.add(tuple(path[first:-1] + path[:first] + [path[first]]))
+    return sorted(map(list, cycles))
+
+
+def _strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The groups of two or more modules that all reach one another (Kosaraju: two depth-first passes)."""
+    reverse = {node: set() for node in graph}
+    for node, targets in graph.items():
+        for target in targets:
+            reverse.setdefault(target, set()).add(node)
+
+    def visit(node, edges, seen, out):
+        """Depth first from node along edges (skipping seen ones, marking them), appending each node when done."""
+        stack = [(node, iter(sorted(edges.get(node, ()))))]
+        seen.add(node)
+        while stack:
+            current, targets = stack[-1]
+            target = next((t for t in targets if t not in seen), None)
+            if target is None:
+                stack.pop()
+                out.append(current)
+            else:
+                seen.add(target)
+                stack.append((target, iter(sorted(edges.get(target, ())))))
+
+    order, seen = [], set()
+    for node in sorted(graph):
+        if node not in seen:
+            visit(node, graph, seen, order)
+    groups, seen = [], set()
+    for node in reversed(order):
+        if node not in seen:
+            group = []
+            visit(node, reverse, seen, group)
+            groups.append(set(group))
+    return [group for group in groups if len(group) > 1]
+
+
+def _shortest_path_back(graph: dict[str, set[str]], start: str, group: set[str]) -> list[str]:
+    """The shortest path start -> ... -> start through the group (breadth first)."""
+    parents, frontier = {start: None}, [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for target in sorted(graph[node] & group):
+                if target == start:
+                    path = [node]
+                    while parents[path[-1]] is not None:
+                        path.append(parents[path[-1]])
+                    return path[::-1] + [start]
+                if target not in parents:
+                    parents[target] = node
+                    following.append(target)
+        frontier = following
+    raise AssertionError(f"{start} has no path back to itself in {sorted(group)}")
+
+
+def test_no_import_cycles():
+    """No module imports, however indirectly, a module that imports it: the modules form layers."""
+    cycles = _cycles(_import_graph(["opt_jax", "analyses", "benchmarks", "scripts"]))
+    for cycle in cycles:
+        print("import cycle: " + " -> ".join(cycle))
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
 def test_the_rules_see_violations():
     """The checks above are not vacuous: this file's own imports are read, and a planted import is caught."""
     assert "helpers.ROOT" in _imports(__file__)
     assert "analyses.report" in _imports(os.path.join(ROOT, "analyses", "__init__.py"))
+
+
+def test_the_cycle_finder_sees_cycles():
+    """Imports in functions count, `from pkg import module` is the module, and planted cycles are each found."""
+    graph = _import_graph(["opt_jax", "benchmarks"])
+    assert "benchmarks.cpu" in graph["benchmarks.commit_idle"]  # imported inside a function
+    assert {"opt_jax.atomic", "opt_jax.train.rundir"} <= graph["opt_jax.train.loop"]
+    assert "opt_jax" not in graph["opt_jax.train.loop"]  # `from opt_jax import atomic` is opt_jax.atomic
+    graph["opt_jax.errors"] = graph["opt_jax.errors"] | {"opt_jax.config"}  # planted: errors <-> config
+    assert _cycles(graph) == [["opt_jax.config", "opt_jax.errors", "opt_jax.config"]]
+    synthetic = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": {"e"}, "e": {"d"}, "f": {"a"},
+                 "x": {"y", "z"}, "y": {"x"}, "z": {"x", "f"}}
+    assert _cycles(synthetic) == [["a", "b", "c", "a"], ["d", "e", "d"], ["x", "y", "x"], ["x", "z", "x"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
 # Distribution name -> the module it provides, where they differ.
