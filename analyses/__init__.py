@@ -10,7 +10,7 @@ zero-ablation effect) change the model and measure it.
 Importing `analyses` imports no plotting library.
 """
 
-from analyses.collection import Stats, StatsError, collect, merge_stats, open_stats
+from analyses.collection import Stats, StatsError, collect, join_stats, merge_stats, open_stats
 from analyses.interventions import ablate, attribute, read_attribution
 from analyses.report import Thresholds, analyze
 from analyses.neurons.atlas import build_atlas as atlas
@@ -18,4 +18,4 @@ from analyses.neurons.fired import fired
 from analyses.study import run_study
 
 __all__ = ["Stats", "StatsError", "Thresholds", "ablate", "analyze", "atlas", "attribute", "collect", "fired",
-           "merge_stats", "open_stats", "read_attribution", "run_study"]
+           "join_stats", "merge_stats", "open_stats", "read_attribution", "run_study"]

@@ -4,16 +4,19 @@ One module per job: `plan` (flags, what a run collects, the memory check), `stat
 counters, reduced inside the jitted step), `runner` (the resident and the streamed executor behind one
 `Runner`), `ngrams` (exact sparse n-gram tables on the host), `candidates` (the neurons a second pass
 counts n-grams for), `store` (the zarr3 statistics directory: commit protocol, reader `open_stats`,
-`merge_stats`), `collect` (the loop tying them together). Collection imports nothing from the study;
-the study reads stores only through `open_stats`.
+`merge_stats`), `collect` (the loop tying them together), `join` (the runs of one model split by token
+layers, as one store: `join_stats`). Collection imports nothing from the study; the study reads stores
+only through `open_stats`.
 """
 
 from analyses.collection.candidates import ItemCounts, covering_counts_of, ngram_candidates
 from analyses.collection.collect import collect
+from analyses.collection.join import join_stats
 from analyses.collection.ngrams import NgramTable, decode_ngrams
 from analyses.collection.plan import Options, make_plan
 from analyses.collection.runner import Runner, Weights
 from analyses.collection.store import Stats, StatsError, merge_stats, open_stats
 
 __all__ = ["ItemCounts", "NgramTable", "Options", "Runner", "Stats", "StatsError", "Weights", "collect",
-           "covering_counts_of", "decode_ngrams", "make_plan", "merge_stats", "ngram_candidates", "open_stats"]
+           "covering_counts_of", "decode_ngrams", "join_stats", "make_plan", "merge_stats",
+           "ngram_candidates", "open_stats"]

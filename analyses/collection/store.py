@@ -107,7 +107,8 @@ def from_layers(layer_delta):
     return block_delta
 
 
-def _generation_dir(root: str, generation: int) -> str:
+def generation_dir(root: str, generation: int) -> str:
+    """The directory of one committed generation of the store at root."""
     return os.path.join(root, f"data-{generation:06d}")
 
 
@@ -115,7 +116,8 @@ def _spec(path: str) -> dict:
     return {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
 
 
-def _create(path: str, shape, chunk, dtype: str = "int64", fill_value=0, version: int = VERSION):
+def create_array(path: str, shape, chunk, dtype: str = "int64", fill_value=0, version: int = VERSION):
+    """A new zarr3 array at path (replacing one there) with the codecs of store format `version`."""
     metadata = {"shape": list(shape), "data_type": dtype, "fill_value": fill_value, "codecs": CODECS[version],
                 "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}}}
     return ts.open(_spec(path) | {"metadata": metadata, "create": True, "delete_existing": True}).result()
@@ -143,7 +145,7 @@ def _checked(root: str, name: str, path: str) -> arrays.Checked:
 
 def check_chunks(root: str, manifest: dict) -> None:
     """Refuse a store whose committed generation is gone or has lost chunk files its manifest records."""
-    gen_dir = _generation_dir(root, manifest["generation"])
+    gen_dir = generation_dir(root, manifest["generation"])
     if not os.path.isdir(gen_dir):
         raise StatsError(f"{root}: {MANIFEST} names generation {manifest['generation']}, but {gen_dir} is missing; "
                          "the store is damaged: collect again into a new directory (or pass --overwrite)")
@@ -185,9 +187,9 @@ class StatsStore:
         for name in os.listdir(root):
             if name.startswith("data-") or name == MANIFEST or name in layouts:
                 _remove(os.path.join(root, name))
-        gen_dir = _generation_dir(root, 0)
+        gen_dir = generation_dir(root, 0)
         for name, (shape, chunk, *kind) in layouts.items():  # kind: (dtype, fill value), default int64 zeros
-            _create(os.path.join(gen_dir, name), shape, chunk, *kind, version=version)
+            create_array(os.path.join(gen_dir, name), shape, chunk, *kind, version=version)
         manifest = manifest | {"format": FORMAT, "version": version, "generation": 0,
                                "arrays": {n: list(layout[0]) for n, layout in layouts.items()},
                                **({"chunks": arrays.inventory(gen_dir, layouts)} if version >= 2 else {})}
@@ -207,7 +209,7 @@ class StatsStore:
 
     @property
     def generation_dir(self) -> str:
-        return _generation_dir(self.root, self.manifest["generation"])
+        return generation_dir(self.root, self.manifest["generation"])
 
     def array(self, name: str) -> arrays.Checked:
         """The committed array `name`."""
@@ -231,7 +233,7 @@ class StatsStore:
         """
         replacements, values, shapes = replacements or {}, values or {}, shapes or {}
         old_gen, new_gen = self.manifest["generation"], self.manifest["generation"] + 1
-        new_dir = _generation_dir(self.root, new_gen)
+        new_dir = generation_dir(self.root, new_gen)
         needed = sum(disk.used_bytes(os.path.join(self.generation_dir, name)) for name in self.manifest["arrays"]
                      if name not in values)
         what, then = (f"committing generation {new_gen}", f"the last commit (generation {old_gen}) is intact: make "
@@ -251,7 +253,7 @@ class StatsStore:
         _remove(new_dir)
         for name, value in replacements.items():
             value = np.asarray(value, np.int64)  # [m]
-            store = _create(os.path.join(new_dir, name), value.shape, (max(1, min(len(value), 1 << 22)),),
+            store = create_array(os.path.join(new_dir, name), value.shape, (max(1, min(len(value), 1 << 22)),),
                             version=self.version)
             if len(value):
                 store.write(value).result()
@@ -264,7 +266,7 @@ class StatsStore:
                 chunk = old.chunk_layout.write_chunk.shape
                 shape = tuple(shapes.get(name, old.shape))
                 fill = old.fill_value.item()
-                new = _create(os.path.join(new_dir, name), shape, chunk, old.dtype.name, fill, self.version)
+                new = create_array(os.path.join(new_dir, name), shape, chunk, old.dtype.name, fill, self.version)
                 delta = deltas.get(name)
                 for block in chunk_blocks(shape, chunk):
                     if name in values:
@@ -504,7 +506,7 @@ class Stats:
         """The committed array `name`, with a clear error when the store lacks it or a chunk is damaged."""
         if name not in self.manifest["arrays"]:
             raise StatsError(f"{self.root}: has no array {name!r}")
-        gen_dir = _generation_dir(self.root, self.manifest["generation"])
+        gen_dir = generation_dir(self.root, self.manifest["generation"])
         return _checked(self.root, name, os.path.join(gen_dir, name))
 
     @property
@@ -585,7 +587,7 @@ def open_stats(root: str) -> Stats:
     root = os.path.abspath(root)
     manifest = read_manifest(root)
     check_chunks(root, manifest)
-    gen_dir = _generation_dir(root, manifest["generation"])
+    gen_dir = generation_dir(root, manifest["generation"])
     counts = {name: LazyArray(_checked(root, name, os.path.join(gen_dir, name))) for name in ARRAY_NAMES}
     return Stats(root, manifest, **counts)
 
