@@ -11,6 +11,12 @@ from opt_jax import env
 from opt_jax.errors import OptJaxError
 
 
+# The corpus flags' help, shared by every script that reads a corpus (opt_jax.corpus reads them all).
+CORPUS_HELP = ("corpus files, directories or globs: .jsonl/.json/.txt (each also .gz/.zst), .parquet, HF datasets "
+               "save_to_disk directories (docs/collection.md)")
+TEXT_KEY_HELP = "the text's key in JSON lines, its column in parquet and Arrow files"
+
+
 def run(action: Callable[[], object], done: Callable[[object], str], devices: bool | str = False) -> int:
     """Exit status of `action()`: 0 after printing `done(result)`; 1 after printing an `OptJaxError`.
 

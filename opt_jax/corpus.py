@@ -29,6 +29,7 @@ import zstandard
 from opt_jax.errors import CorpusError, InputError
 
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".json.zst")
+_BARE_JSON = ".json"  # JSON lines too, but skipped in a directory walk (see _corpus_files)
 _TXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst")
 _PARQUET_SUFFIXES = (".parquet",)
 _ARROW_SUFFIXES = (".arrow",)  # an Arrow IPC stream, as `datasets` writes them
@@ -72,7 +73,8 @@ def _files_of(path: str) -> list[str]:
         where = "pattern matches"
     else:
         raise CorpusError(f"{path}: no such file or directory")
-    files = [file for entry in sorted(map(os.path.abspath, found)) for file in _corpus_files(entry)]
+    files = [file for entry in sorted(map(os.path.abspath, found))
+             for file in _corpus_files(entry, walked=os.path.isdir(path))]
     if not files:
         raise CorpusError(f"{path}: {where} no corpus file ({', '.join(SUFFIXES)} or a datasets directory)")
     return files
@@ -93,12 +95,14 @@ def _walk(directory: str) -> list[str]:
     return found
 
 
-def _corpus_files(entry: str) -> list[str]:
+def _corpus_files(entry: str, walked: bool) -> list[str]:
     """The corpus files a directory walk's or glob's entry stands for: a corpus file itself, a save_to_disk
-    directory's arrow files, or none (other files and directories, a datasets directory's own JSON files)."""
+    directory's arrow files, or none (other files and directories, a datasets directory's own JSON files, and in
+    a directory walk an uncompressed `.json`: a folder's `.json` files are mostly metadata, such as a hub
+    dataset's `config.json`; name such a file, or match it with a glob, to read it as JSON lines)."""
     if os.path.isdir(entry):
         return _dataset_files(entry) if _is_dataset(entry) else []
-    if not entry.endswith(SUFFIXES) or not os.path.isfile(entry):
+    if not entry.endswith(SUFFIXES) or not os.path.isfile(entry) or (walked and entry.endswith(_BARE_JSON)):
         return []
     name, directory = os.path.basename(entry), os.path.dirname(entry)
     if name == _DATASET_DICT or (name in (_DATASET_STATE, _DATASET_INFO) and _is_dataset(directory)):

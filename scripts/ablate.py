@@ -14,7 +14,7 @@ from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "converted opt_jax checkpoint directory", required=True)
-flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs (.jsonl/.txt, .gz/.zst)", required=True)
+flags.DEFINE_multi_string("corpus", None, cli.CORPUS_HELP, required=True)
 flags.DEFINE_multi_string("neurons", None, "a neuron set SPEC (repeat for several sets in one pass)", required=True)
 flags.DEFINE_string("out", None, "output directory", required=True)
 flags.DEFINE_string("edit", "zero", "what is done to the neurons: zero, set:VALUE or scale:FACTOR")
@@ -29,7 +29,7 @@ flags.DEFINE_integer("group_size", None, "layers per streamed group (default: fr
 flags.DEFINE_integer("seed", 0, "seed of random and matched sets and of the bootstrap")
 flags.DEFINE_string("stats", None, "statistics whose alive neurons random:/match: sets draw from (default: the "
                     "first STATS a --neurons names; with none, every neuron)")
-flags.DEFINE_string("text_key", "text", "JSON key of the text in .jsonl files")
+flags.DEFINE_string("text_key", "text", cli.TEXT_KEY_HELP)
 
 cli.define_lock_flag()
 

@@ -12,7 +12,7 @@ from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "converted opt_jax checkpoint directory", required=True)
-flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs (.jsonl/.txt, .gz/.zst)",
+flags.DEFINE_multi_string("corpus", None, cli.CORPUS_HELP,
                           required=True)
 flags.DEFINE_string("out", None, "attribution directory (replaced when it holds an attribution)", required=True)
 flags.DEFINE_integer("seq_len", 2048, "tokens per window (BOS + seq_len - 1 document tokens), as collection cuts")
@@ -23,7 +23,7 @@ flags.DEFINE_bool("offload", False, "stream the weights a layer group at a time:
                   "then back through them in reverse, recomputing each group's forward")
 flags.DEFINE_integer("group_size", None, "layers per streamed group (default: from device memory)")
 flags.DEFINE_integer("chunk_batches", 4, "batches per streamed chunk (each group is moved twice per chunk)")
-flags.DEFINE_string("text_key", "text", "JSON key of the text in .jsonl files")
+flags.DEFINE_string("text_key", "text", cli.TEXT_KEY_HELP)
 
 cli.define_lock_flag()
 

@@ -14,8 +14,7 @@ from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "converted opt_jax checkpoint directory", required=True)
-flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs (.jsonl/.json/.txt, .gz/.zst; "
-                          ".parquet; HF datasets save_to_disk directories)",
+flags.DEFINE_multi_string("corpus", None, cli.CORPUS_HELP,
                           required=True)
 flags.DEFINE_string("out", None, "statistics directory", required=True)
 flags.DEFINE_integer("seq_len", 2048, "tokens per window (BOS + seq_len - 1 document tokens)")
@@ -29,7 +28,7 @@ flags.DEFINE_integer("chunk_batches", 4, "batches per streamed chunk (each group
 flags.DEFINE_integer("max_layers", None, "run only the first K layers")
 flags.DEFINE_list("token_layers", None, "layers with token statistics (default: the first half)")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "compute dtype (default: stored)")
-flags.DEFINE_string("text_key", "text", "JSON key of the text in .jsonl files")
+flags.DEFINE_string("text_key", "text", cli.TEXT_KEY_HELP)
 flags.DEFINE_list("ngram_orders", [], "n-gram orders counted exactly for the token layers, e.g. 2,3 "
                   "(default: none)")
 flags.DEFINE_integer("ngram_max_pairs", 50_000_000, "most distinct (n-gram, neuron) pairs held (16 bytes each)")

@@ -13,8 +13,7 @@ from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "run directory (snapshots step-N/, resume state, log.jsonl)", required=True)
-flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs (.jsonl/.txt, .gz/.zst); "
-                          "default: the running Python's standard library")
+flags.DEFINE_multi_string("corpus", None, cli.CORPUS_HELP + "; default: the running Python's standard library")
 flags.DEFINE_string("tokenizer", None, "fast tokenizer directory (default: train a byte-level BPE of --vocab "
                     "tokens on the corpus into OUT/tokenizer)")
 flags.DEFINE_string("size", None, "published OPT shape to start from (125m, 350m, ...; default 125m's)")
@@ -41,7 +40,7 @@ flags.DEFINE_enum("save_dtype", "float32", ["float32", "bfloat16", "float16"], "
 flags.DEFINE_bool("export_hf", True, "also export each snapshot to OUT/step-N/hf (models with positions)")
 flags.DEFINE_float("save_every_s", 600.0, "commit a resume state at least this often (seconds)")
 flags.DEFINE_integer("log_every", 10, "steps per log line (stderr and OUT/log.jsonl)")
-flags.DEFINE_string("text_key", "text", "JSON key of the text in .jsonl files")
+flags.DEFINE_string("text_key", "text", cli.TEXT_KEY_HELP)
 flags.DEFINE_bool("overwrite", False, "replace a training run of other settings in --out")
 
 cli.define_lock_flag()

@@ -11,10 +11,9 @@ from opt_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "tokenizer directory to write", required=True)
-flags.DEFINE_multi_string("corpus", None, "corpus files, directories or globs (.jsonl/.txt, .gz/.zst); "
-                          "default: the running Python's standard library")
+flags.DEFINE_multi_string("corpus", None, cli.CORPUS_HELP + "; default: the running Python's standard library")
 flags.DEFINE_integer("vocab", 4096, "vocabulary size, special and byte tokens included")
-flags.DEFINE_string("text_key", "text", "JSON key of the text in .jsonl files")
+flags.DEFINE_string("text_key", "text", cli.TEXT_KEY_HELP)
 
 
 def main(argv):

@@ -205,8 +205,10 @@ def test_a_save_to_disk_directory_inside_a_walked_directory_or_glob_stands_for_i
     (tmp_path / "corpus" / "a.jsonl").write_bytes(jsonl([{"text": "first"}]))
     (tmp_path / "corpus" / "c.json").write_bytes(jsonl([{"text": "last"}]))
     expected = ["first"] + TEXTS[3:6] + TEXTS[:3] + ["last"]
-    for argument in ["corpus", "corpus/*", "corpus/**"]:
+    for argument in ["corpus/*", "corpus/**"]:
         assert list(iter_documents(expand_paths([str(tmp_path / argument)]))) == expected, argument
+    # a directory walk skips the bare .json (test_a_directory_walk_skips_bare_json_files_...)
+    assert list(iter_documents(expand_paths([str(tmp_path / "corpus")]))) == expected[:-1]
     assert expand_paths([str(tmp_path / "corpus/**/*.json")]) == [str(tmp_path / "corpus" / "c.json")]
     assert expand_paths([str(tmp_path / "corpus/**/*.arrow")]) == sorted(
         os.path.join(dataset, name) for name in os.listdir(dataset) if name.endswith(".arrow"))
@@ -249,3 +251,16 @@ def test_fingerprint_covers_a_save_to_disk_directorys_files(tmp_path):
     digest = corpus_fingerprint(expand_paths([dataset]))
     write_arrow_stream(os.path.join(dataset, "data-00001-of-00002.arrow"), {"text": TEXTS[3:5] + ["changed"]})
     assert corpus_fingerprint(expand_paths([dataset])) != digest
+
+
+def test_a_directory_walk_skips_bare_json_files_but_a_glob_or_a_name_reads_them(tmp_path):
+    """A folder's `.json` files are mostly metadata (a hub dataset's config.json): a directory walk reads the
+    compressed C4 shards and skips them; named, or matched by a glob, a `.json` file is JSON lines."""
+    (tmp_path / "config.json").write_text(json.dumps({"name": "not a corpus"}, indent=2))
+    (tmp_path / "c4-train.00000-of-01024.json.gz").write_bytes(gzip.compress(jsonl([{"text": t} for t in TEXTS])))
+    (tmp_path / "extra.json").write_bytes(jsonl([{"text": "named"}]))
+    walked = expand_paths([str(tmp_path)])
+    assert [os.path.basename(f) for f in walked] == ["c4-train.00000-of-01024.json.gz"]
+    assert list(iter_documents(walked)) == TEXTS
+    assert [os.path.basename(f) for f in expand_paths([str(tmp_path / "extra*")])] == ["extra.json"]
+    assert list(iter_documents(expand_paths([str(tmp_path / "extra.json")]))) == ["named"]
