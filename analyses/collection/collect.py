@@ -127,6 +127,20 @@ def _ngram_neurons(plan: st.Plan, options: Options) -> tuple[np.ndarray | None, 
                      "tokens": source.tokens, "tracked_neurons": int(tracked.sum())}
 
 
+def finished(manifest: dict, options: Options) -> bool:
+    """Whether a store's manifest says its run is done for these options: complete, collected with the same flags
+    (`IDENTITY`: token layers, max_layers, examples, ...), and its corpus exhausted or `max_tokens` reached.
+    `collect` returns at once on such a run too, but only after reading the corpus and any n-gram candidates; this
+    reads the manifest alone."""
+    flags = {k: getattr(options, k) for k in IDENTITY}
+    flags["ngram_orders"] = list(options.ngram_orders)
+    if options.token_layers is not None:
+        flags["token_layers"] = sorted(set(options.token_layers))
+    return bool(manifest.get("complete")) and all(manifest["flags"].get(k) == v for k, v in flags.items()
+                                                  if v is not None or k != "token_layers") and \
+        _reached(manifest, options)
+
+
 def _reached(manifest: dict, options: Options) -> bool:
     limit = options.max_tokens
     return manifest["cursor"].get("exhausted", False) or (limit is not None and

@@ -125,7 +125,7 @@ def join_stats(parts, out_dir: str, overwrite: bool = False, verbose: bool = Tru
     _check_identity(loaded)
     sources = _sources(loaded)
     _say(verbose, f"joining {len(loaded)} runs into {out_dir}: {len(sources.layers)} layers, token layers "
-                  f"{_ranges(sources.token_layers)}")
+                  f"{layer_ranges(sources.token_layers)}")
     _check_counts(loaded, sources, verbose)
     # A join of the same parts, some since committed again, is replaced without `overwrite`: that is a rejoin.
     _clear(out_dir, overwrite or [path for path, _ in joined or []] == [p.root for p in loaded])
@@ -143,7 +143,7 @@ def _say(verbose: bool, message: str) -> None:
         print(message, flush=True)
 
 
-def _ranges(layers: list[int]) -> str:
+def layer_ranges(layers: list[int]) -> str:
     """0-10, 12, 14-15: a list of layers, short."""
     out, start = [], None
     for i, layer in enumerate(layers):

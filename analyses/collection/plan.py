@@ -91,20 +91,32 @@ def flush_bytes() -> int:
     return (WRITES_IN_FLIGHT + 3) * CHUNK_CELLS * 8
 
 
-def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: Options, device,
-                 host_available: int | None = None) -> str | None:
-    """Refuse, before allocating anything, a run that cannot fit in the device's or the host's memory; return
-    where a background commit can keep its snapshot of the counters: "device", "host" or None (nowhere).
+@dataclasses.dataclass(frozen=True)
+class MemoryUse:
+    """What a run needs where (bytes), from `memory_use`."""
 
-    On an accelerator: the counters, the weights on the device and a step's temporaries against its free
-    memory, and the layer groups read ahead plus a commit's blocks against the host's. On the CPU the device
-    is the host: all of it against the available host memory (`psutil`), where a run that does not fit
-    would otherwise be killed by the kernel. With `options.background_commits`, a second set of counters
-    (without the n-gram masks) is then placed where it still fits, the device first: a commit writes that
-    snapshot while the run counts into fresh counters. With n-grams counted in the background
-    (`options.background_ngrams`), the masks of the batches being counted come on top: on the device when
-    resident (two batches' copies), on the host when streamed (two chunks').
-    """
+    counters: int  # every group's counters (with one batch's packed masks when n-grams are counted)
+    snapshot: int | None  # a second set of counters for background commits (None: not wanted)
+    weights: int  # the layers on the device: all of them, or two groups in flight when streamed
+    working: int  # a step's temporaries
+    host: int  # host memory beside the device's: groups read ahead, a commit's blocks, the chunks' masks
+    group: int  # the largest group's weights
+    needed: int  # what must fit in `free`
+    free: int  # the device's free memory (on the CPU: the available host memory)
+    where: str  # the memory `free` is, in words
+    on_host: bool  # the device is the host (the CPU)
+    host_available: int
+
+    def fits(self, budget: int | None = None) -> bool:
+        """Whether the run fits: in the free memory, or in `budget` bytes of device memory when given."""
+        return self.needed <= (self.free if budget is None else budget) and \
+            (self.on_host or self.host <= self.host_available)
+
+
+def memory_use(plan: st.Plan, groups: list[range], layer_bytes: int, options: Options, device,
+               host_available: int | None = None) -> MemoryUse:
+    """What a run with this plan and these layer groups needs of the device's memory and the host's, against what
+    is free (see `check_memory`), computed without allocating anything."""
     batch = options.batch_size if options.ngram_orders and plan.token_layers else None
     counters = st.accumulator_bytes(plan, groups, batch)
     snapshot = st.accumulator_bytes(plan, groups) if options.background_commits else None
@@ -130,24 +142,115 @@ def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: 
         needed = max(weights + counters + working + host, weights + group) + RUNTIME_BYTES
         free, where = host_available, f"{device} (host memory, shared with the device)"
     else:
-        needed, free, where = weights + counters + working, stats["bytes_limit"] - stats.get("bytes_in_use", 0), device
-    if needed > free:
-        token_layer = plan.vocab * plan.ffn * 4
-        raise StatsError(
-            f"{where}: the counters ({counters / 1e9:.1f} GB, tok_act {len(plan.token_layers)} layers x "
-            f"{token_layer / 1e9:.1f} GB of them), the weights on the device ({weights / 1e9:.1f} GB) and a step's "
-            f"temporaries ({working / 1e9:.1f} GB)" + (f", the groups read ahead and a commit's blocks "
-                                                        f"({host / 1e9:.1f} GB)" if on_host else "")
-            + f" need {needed / 1e9:.1f} GB; {free / 1e9:.1f} GB are free. Collect fewer --token_layers per run "
-            "(several runs, each with its own --out, cover them all), stream the weights in smaller groups "
-            "(--offload --group_size), use a 16-bit --dtype, or a smaller --batch_size")
-    if not on_host and host > host_available:
-        raise StatsError(f"host memory: the layer groups read ahead and a commit's blocks need {host / 1e9:.1f} GB; "
-                         f"{host_available / 1e9:.1f} GB are available. Use a smaller --group_size")
-    if snapshot is None:
+        needed, free, where = weights + counters + working, stats["bytes_limit"] - stats.get("bytes_in_use", 0), \
+            str(device)
+    return MemoryUse(counters, snapshot, weights, working, host, group, needed, free, where, on_host, host_available)
+
+
+def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: Options, device,
+                 host_available: int | None = None) -> str | None:
+    """Refuse, before allocating anything, a run that cannot fit in the device's or the host's memory; return
+    where a background commit can keep its snapshot of the counters: "device", "host" or None (nowhere).
+
+    On an accelerator: the counters, the weights on the device and a step's temporaries against its free
+    memory, and the layer groups read ahead plus a commit's blocks against the host's. On the CPU the device
+    is the host: all of it against the available host memory (`psutil`), where a run that does not fit
+    would otherwise be killed by the kernel. With `options.background_commits`, a second set of counters
+    (without the n-gram masks) is then placed where it still fits, the device first: a commit writes that
+    snapshot while the run counts into fresh counters. With n-grams counted in the background
+    (`options.background_ngrams`), the masks of the batches being counted come on top: on the device when
+    resident (two batches' copies), on the host when streamed (two chunks').
+    """
+    use = memory_use(plan, groups, layer_bytes, options, device, host_available)
+    if use.needed > use.free:
+        raise StatsError(too_large(use, plan) + " Collect fewer --token_layers per run (several runs, each with its "
+                         "own --out, cover them all; scripts/study.py plans them and joins them), stream the weights "
+                         "in smaller groups (--offload --group_size), use a 16-bit --dtype, or a smaller --batch_size")
+    if not use.on_host and use.host > use.host_available:
+        raise StatsError(f"host memory: the layer groups read ahead and a commit's blocks need {use.host / 1e9:.1f} "
+                         f"GB; {use.host_available / 1e9:.1f} GB are available. Use a smaller --group_size")
+    if use.snapshot is None:
         return None
-    if needed + snapshot <= free:
+    if use.needed + use.snapshot <= use.free:
         return "device"
-    if not on_host and host + snapshot <= host_available:
+    if not use.on_host and use.host + use.snapshot <= use.host_available:
         return "host"
     return None
+
+
+def too_large(use: MemoryUse, plan: st.Plan, available: str | None = None) -> str:
+    """What a run needs against what it may use (`available`, in words; default the device's free memory)."""
+    token_layer = plan.vocab * plan.ffn * 4
+    available = available or f"{use.free / 1e9:.1f} GB are free"
+    return (f"{use.where}: the counters ({use.counters / 1e9:.1f} GB, tok_act {len(plan.token_layers)} layers x "
+            f"{token_layer / 1e9:.1f} GB of them), the weights on the device ({use.weights / 1e9:.1f} GB) and a "
+            f"step's temporaries ({use.working / 1e9:.1f} GB)"
+            + (f", the groups read ahead and a commit's blocks ({use.host / 1e9:.1f} GB)" if use.on_host else "")
+            + f" need {use.needed / 1e9:.1f} GB; {available}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run of a model's collection split by token layers: its `--token_layers`, `--max_layers` and `--examples`."""
+
+    token_layers: tuple[int, ...]
+    max_layers: int | None
+    examples: int
+
+    def options(self, options: Options) -> Options:
+        """`options` for this run."""
+        return dataclasses.replace(options, token_layers=self.token_layers, max_layers=self.max_layers,
+                                   examples=self.examples)
+
+    def to_json(self) -> dict:
+        return {"token_layers": list(self.token_layers), "max_layers": self.max_layers, "examples": self.examples}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Run":
+        return cls(tuple(data["token_layers"]), data["max_layers"], int(data["examples"]))
+
+
+def plan_runs(config, options: Options, layer_bytes: int, device, budget: int | None = None,
+              group_size: int | None = None, host_available: int | None = None) -> list[Run]:
+    """The runs that together collect every token layer of `options` (default: the first half of the layers), as
+    few as the memory allows (`memory_use`: the device's free memory, or `budget` bytes of it; layers of
+    `layer_bytes`, streamed `group_size` at a time with `options.offload`). One run when everything fits: then no
+    join is needed.
+
+    The first run collects every layer (up to `options.max_layers`) with the example sets, and as many token
+    layers as fit from the first. Each later one stops at its last token layer (`max_layers`) and keeps no
+    example sets (the first has them for every layer); they are planned from the last token layer back, each
+    holding as many as fit, so that each ends as early as it can: the layers they run cost the least.
+    """
+    wanted = make_plan(config, options).token_layers
+    if not wanted:
+        return [Run((), options.max_layers, options.examples)]
+
+    def fits(run: Run) -> tuple[bool, MemoryUse, st.Plan]:
+        plan = make_plan(config, run.options(options))
+        use = memory_use(plan, plan.groups(group_size if options.offload else None), layer_bytes, run.options(options),
+                         device, host_available)
+        return use.fits(budget), use, plan
+
+    def largest(run_of, most: int) -> Run:
+        """run_of(count) for the largest count in 1..most that fits (fitting is monotone: fewer token layers and
+        fewer layers need less), found by bisection; the refusal when not even one does."""
+        fit, use, plan = fits(run_of(1))
+        if not fit:
+            available = None if budget is None else f"the budget is {budget / 1e9:.1f} GB (--device_memory_gb)"
+            raise StatsError(too_large(use, plan, available) + " Not even one token layer per run fits: stream the "
+                             "weights in smaller groups (--offload --group_size), use a 16-bit --dtype, or a smaller "
+                             "--batch_size")
+        low, high = 1, most  # run_of(low) fits
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fits(run_of(middle))[0] else (low, middle - 1)
+        return run_of(low)
+
+    first = largest(lambda count: Run(wanted[:count], options.max_layers, options.examples), len(wanted))
+    runs, end = [], len(wanted)
+    while end > len(first.token_layers):
+        runs.insert(0, largest(lambda count: Run(wanted[end - count:end], wanted[end - 1] + 1, 0),
+                               end - len(first.token_layers)))
+        end -= len(runs[0].token_layers)
+    return [first, *runs]

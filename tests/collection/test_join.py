@@ -10,17 +10,16 @@ import glob
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import analyses
+from analyses.collection import join
 from analyses.collection.store import StatsStore
 from analyses.neurons.data_files import read_js
 from analyses.verify import verify
-from helpers import ROOT, assert_same_stats, offline_env, run_script
+from helpers import assert_same_stats, run_script
 from opt_jax.errors import MissingError, StatsError
 
 FLAGS = dict(seq_len=12, batch_size=4, ngram_orders=(2, 3), verbose=False)
@@ -126,6 +125,29 @@ def test_joining_again_does_nothing_and_a_part_committing_again_leaves_the_join_
     assert verify(out, verbose=False).ok
 
 
+def test_n_gram_candidates_join_by_token_layer(runs, tiny_model, tiny_corpus, tmp_path):
+    """A part that counted n-grams only for some neurons (those <= 10 tokens cover in the run with every token
+    layer): the joined store tracks those at its token layer and every neuron at the others."""
+    full, parts = runs
+    some = analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "candidates"),
+                            **(FLAGS | RUNS[1] | {"ngram_candidates_from": full, "ngram_max_coverage": 10}))
+    some = analyses.open_stats(some)
+    joined = analyses.open_stats(analyses.join_stats([parts[0], some.root, parts[2]], str(tmp_path / "j"),
+                                                     verbose=False))
+    tracked = joined.tracked_neurons()  # [3, ffn]
+    assert tracked[0].all() and tracked[2].all() and 0 < tracked[1].sum() < tracked.shape[1]
+    np.testing.assert_array_equal(tracked[1], some.tracked_neurons()[0])
+    assert joined.manifest["ngram_candidates_source"] == some.manifest["ngram_candidates_source"]
+    table, theirs, whole = joined.ngram_table(), some.ngram_table(), analyses.open_stats(full).ngram_table()
+    for order in (2, 3):
+        for got, want in zip(table.pairs(order, 1), theirs.pairs(order, 0)):
+            np.testing.assert_array_equal(got, want)
+        for got, want in zip(table.pairs(order, 2), whole.pairs(order, 2)):
+            np.testing.assert_array_equal(got, want)
+        assert 0 < len(table.pairs(order, 1)[0]) < len(whole.pairs(order, 1)[0])
+    assert verify(joined.root, verbose=False).ok
+
+
 def _copy_with(part, where, edit) -> str:
     """A copy of a part whose manifest `edit` changes."""
     shutil.copytree(part, where, symlinks=True)
@@ -182,19 +204,23 @@ def test_mismatched_parts_are_refused_before_anything_is_written(runs, tiny_mode
     assert result.returncode == 1 and "Traceback" not in result.stderr and "--seq_len differs" in result.stderr
 
 
-def test_a_join_killed_before_its_manifest_leaves_no_store_and_the_next_join_completes(runs, tmp_path):
+def test_a_join_killed_before_its_manifest_leaves_no_store_and_the_next_join_completes(runs, tmp_path, monkeypatch):
+    """Killed with every chunk linked and the manifest not yet written (what SIGKILL leaves: nothing is cleaned)."""
     full, parts = runs
     out = str(tmp_path / "joined")
-    code = ("import os, signal, sys\n"
-            "from analyses.collection import join\n"
-            "def killed(*args):\n"
-            "    os.kill(os.getpid(), signal.SIGKILL)\n"
-            "join.atomic.write_json = killed\n"  # every chunk linked, the manifest not yet written
-            f"join.join_stats({parts!r}, {out!r}, verbose=False)\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=offline_env(), capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == -9, result.stderr[-3000:]
-    assert os.path.isdir(os.path.join(out, "data-000000")), "killed after linking"
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patched:
+        patched.setattr(join.atomic, "write_json", killed)
+        patched.setattr(join.atomic, "remove", lambda path: None)  # a killed process cleans nothing up
+        with pytest.raises(Killed):
+            analyses.join_stats(parts, out, verbose=False)
+    assert os.path.isdir(os.path.join(out, "data-000000", "tok_act", "c")), "killed after linking"
     with pytest.raises(StatsError, match="not a statistics directory"):
         analyses.open_stats(out)
     with pytest.raises(MissingError, match="not a statistics store"):
