@@ -7,10 +7,11 @@ library. Each step resumes: a killed study rerun with the same arguments continu
 
 from __future__ import annotations
 
+import functools
 import os
 
 from analyses import report
-from analyses.collection import collect, open_stats
+from analyses.collection import collect_runs, open_stats
 from analyses.tokens import TokenStrings, context_span
 from opt_jax import checkpoint as ckpt
 from opt_jax import lock
@@ -54,7 +55,8 @@ def corpus_domains(corpus) -> tuple[list[str], dict[str, list[str]]]:
 def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int = 128, batch_size: int = 16,
               max_tokens: int | None = 200_000, ngram_orders=(2, 3), analyses=report.ANALYSES,
               overwrite: bool = False, verbose: bool = True, compare_domains: bool = True, atlas: bool = True,
-              causal: bool = True, causal_tokens: int | None = 50_000) -> dict:
+              causal: bool = True, causal_tokens: int | None = 50_000, device_memory_gb: float | None = None,
+              collect_options: dict | None = None) -> dict:
     """Collect into OUT/stats/<name> for each model, analyze them together into OUT/report, and (with `atlas`)
     write the neuron atlas of the models whose statistics hold example activations into OUT/atlas
     (`analyses.neurons.atlas`); returns the report.
@@ -69,6 +71,12 @@ def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int =
     With n-grams, each model is collected twice: OUT/stats/<name>-tokens without them, then
     OUT/stats/<name> counting n-grams for the neurons that <= 50 tokens cover in the first pass
     (exact for everything the analyses report; see README "N-grams").
+
+    Each collection holds as many token layers per run as the device's memory allows (`device_memory_gb`: plan
+    for that much instead); when they do not all fit at once (OPT-66b), its runs go to OUT/stats/<dir>-runs/ and
+    are joined into OUT/stats/<dir>, which the report and the atlas read as one model
+    (`analyses.collection.runs`). `collect_options` are more `collect` flags for every collection (e.g.
+    offload, group_size, chunk_batches, dtype, flush_every_s).
 
     With `causal`, each model's dead neurons, token detectors and positional neurons (the latter two with
     matched random controls) are zero-ablated on `causal_tokens` tokens of held-out text (the corpus's
@@ -90,7 +98,8 @@ def run_study(out_dir: str, models=None, corpus=None, names=None, seq_len: int =
     stats, by_domain = [], {}
     for model, name in zip(models, names):
         flags = dict(seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens, full_length_only=True,
-                     overwrite=overwrite, verbose=verbose)
+                     overwrite=overwrite, verbose=verbose) | (collect_options or {})
+        collect = functools.partial(collect_runs, device_memory_gb=device_memory_gb)
         if verbose:
             print(f"collecting {name} ({model})", flush=True)
         where = os.path.join(out_dir, "stats", name)

@@ -12,6 +12,7 @@ import pytest
 
 import analyses
 import opt_jax
+from analyses.collection import collect_runs
 from analyses.neurons.atlas import build_atlas
 from helpers import ROOT, offline_env, run_script
 from opt_jax import lock
@@ -100,11 +101,12 @@ def test_a_process_reenters_its_own_lock_and_lock_files_do_not_count_as_contents
 
 def test_every_writer_refuses_a_locked_directory_and_writes_nothing(tmp_path, tiny_model, tiny_corpus, pre_ln_dir):
     """The store, the converted checkpoint, the training run, the report, the atlas (locked beside it), an
-    ablation and an attribution (locked beside it: it is swapped in whole) and the study's directory."""
+    ablation and an attribution (locked beside it: it is swapped in whole), the study's directory, a merge, a join
+    and a collection in runs."""
     d = {name: tmp_path / name for name in ("stats", "converted", "run", "report", "atlas", "ablation",
-                                            "attribution", "study", "merged")}
+                                            "attribution", "study", "merged", "joined", "runs")}
     holder = _hold(tmp_path, d["stats"], d["converted"], d["run"], d["report"], f"whole:{d['atlas']}",
-                   d["ablation"], f"whole:{d['attribution']}", d["study"], d["merged"])
+                   d["ablation"], f"whole:{d['attribution']}", d["study"], d["merged"], d["joined"], d["runs"])
     stats = analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "ok"), seq_len=16, batch_size=2,
                              max_tokens=64, verbose=False)
     calls = {
@@ -123,6 +125,9 @@ def test_every_writer_refuses_a_locked_directory_and_writes_nothing(tmp_path, ti
         "study": lambda: analyses.run_study(str(d["study"]), models=[tiny_model], corpus=[tiny_corpus],
                                             seq_len=16),
         "merged": lambda: analyses.merge_stats([stats], str(d["merged"])),
+        "joined": lambda: analyses.join_stats([stats], str(d["joined"]), verbose=False),
+        "runs": lambda: collect_runs(tiny_model, [tiny_corpus], str(d["runs"]), seq_len=16, batch_size=2,
+                                     verbose=False),
     }
     try:
         for name, call in calls.items():
