@@ -5,7 +5,9 @@ its scores over the vocabulary are `E @ update`, E the (tied) token embeddings. 
 tokens it promotes, low scores those it suppresses. As in the paper, the final LayerNorm is ignored.
 A trigger's rank among the suppressed is 1 for the lowest score of the vocabulary. Scores are float32
 products: two that differ by less than their rounding (`TIE_TOLERANCE` of the row's largest |score|) are
-tied, so a rank does not depend on the BLAS kernel's order of summation.
+tied, so a rank does not depend on the BLAS kernel's order of summation. The top promoted / suppressed lists
+(`lowest`) order equal scores by token id, lower first, as the atlas's device path does
+(`analyses.neurons.products`).
 """
 
 from __future__ import annotations
@@ -42,12 +44,12 @@ class Suppression:
         return float(np.mean([bool((s < 0).all()) for s in self.trigger_scores]))
 
 
-def unembedding(model_dir: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """What scores an update over the vocabulary: the token embeddings E float32 [v, e] and `project_out`
-    float32 [e, d] (None for a model without one)."""
+def unembedding(model_dir: str, dtype=np.float32) -> tuple[np.ndarray, np.ndarray | None]:
+    """What scores an update over the vocabulary: the token embeddings E [v, e] and `project_out` [e, d] (None for
+    a model without one), as `dtype` (None: as stored)."""
     config = ckpt.read_config(model_dir)
-    embedding = np.asarray(ckpt.open_array(model_dir, "embed/tokens").read().result(), np.float32)  # [v, e]
-    project_out = (np.asarray(ckpt.open_array(model_dir, "head/project_out/weight").read().result(), np.float32)
+    embedding = np.asarray(ckpt.open_array(model_dir, "embed/tokens").read().result(), dtype)  # [v, e]
+    project_out = (np.asarray(ckpt.open_array(model_dir, "head/project_out/weight").read().result(), dtype)
                    if config.has_projections else None)  # [e, d]
     return embedding, project_out
 
@@ -105,9 +107,17 @@ def trigger_scores_and_ranks(scores: np.ndarray, items: list[np.ndarray]):
 
 
 def lowest(scores: np.ndarray, k: int) -> np.ndarray:
-    """Ids of the k lowest values per row, lowest first: int64 [rows, k]."""
+    """Ids of the k lowest values per row, lowest first, equal values lower id first (as `jax.lax.top_k` of the
+    negated scores, `analyses.neurons.products`): int64 [rows, k]."""
     k = min(k, scores.shape[1])
-    part = np.argpartition(scores, k - 1, axis=1)[:, :k]  # [r, k]
-    order = np.argsort(np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")  # [r, k]
-    return np.take_along_axis(part, order, axis=1).astype(np.int64)
-
+    if k == 0:
+        return np.zeros((scores.shape[0], 0), np.int64)
+    part = np.argpartition(scores, k - 1, axis=1)[:, :k]  # [r, k]: the k lowest, ties at the k-th cut anyhow
+    kth = np.take_along_axis(scores, part, axis=1).max(axis=1, keepdims=True)  # [r, 1]: the k-th lowest value
+    below = scores < kth  # [r, v]
+    at = scores == kth  # [r, v]
+    room = k - below.sum(axis=1, keepdims=True)  # [r, 1]: places left for ids at the k-th value
+    chosen = below | (at & (np.cumsum(at, axis=1) <= room))  # [r, v]: exactly k per row, lower ids first at the cut
+    ids = np.nonzero(chosen)[1].reshape(len(scores), k)  # [r, k], ascending ids
+    order = np.argsort(np.take_along_axis(scores, ids, axis=1), axis=1, kind="stable")  # [r, k]
+    return np.take_along_axis(ids, order, axis=1).astype(np.int64)

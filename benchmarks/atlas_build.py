@@ -9,7 +9,8 @@ Two passes over the same statistics, each in a fresh process (peak RSS is per pr
 - atlas: `build_atlas` of the stores into OUT (the facts, the data files and the token index).
 `--scores SIZE` times the update scores of SCORE_BLOCK neurons (E @ fc2[:, block] and the top / bottom k) at that
 size's dimensions with random weights: the part of a build that needs the weights, which a statistics store of a
-model that does not exist here (66b) cannot show.
+model that does not exist here (66b) cannot show. It times the numpy path; the atlas now scores on jax's default
+device, and `benchmarks.weight_products` compares the two.
 """
 
 from __future__ import annotations

@@ -10,13 +10,16 @@
   of the neuron's activations and its rate (activations / occurrences of the token; `always` when >= 95%),
   and the token and trigram detectors (`analyses.detectors`, the study's thresholds);
 - with the model's weights: each alive neuron's top promoted and suppressed tokens (E @ fc2[:, n], through
-  project_out where present, `analyses.suppression`), and each token detector's trigger scores and ranks;
+  project_out where present, as `analyses.suppression` scores them; computed on jax's default device, a GPU where
+  there is one, with the top k taken there: `analyses.neurons.products`), and each token detector's trigger
+  scores and ranks (`analyses.suppression.trigger_scores_and_ranks` of its scores over the vocabulary);
 - with example activations: both sets as contexts (token ids around the firing position, `context_span`);
 - with an attribution (`analyses.interventions.attribution`): each neuron's estimated zero-ablation effect
   (`Source.effect`).
 
 Memory per layer: one `pos_act` layer (int64 [positions, ffn]) and its curves (float32), `tok_act` read a block
-of rows at a time (`ItemCounts`), the update scores SCORE_BLOCK neurons at a time (float32 [block, vocab]),
+of rows at a time (`ItemCounts`), the layer's fc2 as stored, the update scores SCORE_BLOCK neurons at a time
+(float32 [block, vocab] on the device beside E; [block, top_k] come back, whole rows only for token detectors),
 and the layer's example arrays once (int32 / float32 [ffn, k] per field) with the windows they name.
 """
 
@@ -30,6 +33,7 @@ import numpy as np
 from analyses import coverage, detectors, positional, suppression
 from analyses.collection import decode_ngrams, open_stats
 from analyses.interventions.attribution import read_attribution
+from analyses.neurons import products
 from analyses.report import Thresholds
 from analyses.tokens import TokenStrings, context_span
 from opt_jax import checkpoint as ckpt
@@ -37,7 +41,7 @@ from opt_jax.errors import InputError
 
 TOP_TRIGGERS = 10  # trigger tokens listed per neuron
 ALWAYS = 0.95  # a trigger is `always` when the neuron fires on at least this share of its occurrences
-SCORE_BLOCK = 256  # neurons whose update scores are computed at once: float32 [block, vocab]
+SCORE_BLOCK = products.BLOCK  # neurons whose update scores are computed at once: float32 [block, vocab]
 CURVE_BLOCK = positional.NEURON_BLOCK  # neurons whose curves are computed at once (float64 [positions, block])
 BEFORE, AFTER = 12, 4  # tokens of context shown before and after a firing token
 
@@ -52,11 +56,18 @@ class Source:
     thresholds: Thresholds
     texts: list[str]  # token id -> decoded text ('<id N>' without the tokenizer)
     strings: TokenStrings | None  # the tokenizer's decoder (None without it)
-    unembedding: tuple | None  # (E [v, e], project_out [e, d] or None); None without the weights
+    unembedding: tuple | None  # (E [v, e], project_out [e, d] or None) as stored; None without the weights
     table: object  # the n-gram table (None when n-grams were not collected)
     occurrences: dict  # order -> function item ids -> occurrences
     notes: list[str]
     attribution: object = None  # analyses.interventions.Attribution of the same model, or None
+    _scorer: products.Matrix | None = dataclasses.field(default=None, repr=False)
+
+    def scorer(self) -> products.Matrix | None:
+        """The unembedding on the device (put there on first use, then kept); None without the weights."""
+        if self._scorer is None and self.unembedding is not None:
+            self._scorer = products.on_device(*self.unembedding)
+        return self._scorer
 
     def effect(self, layer: int) -> np.ndarray | None:
         """float64 [ffn]: the layer's estimated zero-ablation effects (nats per token), None without an attribution."""
@@ -92,7 +103,7 @@ def open_source(stats_dir: str, name: str | None = None, model_dir: str | None =
         strings = TokenStrings(model_dir)
         texts = strings(np.arange(stats.config.vocab_size))
         if scores:
-            unembedding = suppression.unembedding(model_dir)
+            unembedding = suppression.unembedding(model_dir, dtype=None)
     else:
         notes.append(f"the model directory {model_dir!r} was not found: tokens are shown as ids and no update "
                      "scores (promoted / suppressed tokens) were computed" if model_dir else
@@ -250,29 +261,26 @@ def _positional(stats, layer: int, th: positional.PositionalThresholds):
 
 def _update_scores(source: Source, layer: int, dead: np.ndarray, token_items: dict) -> tuple:
     """(promoted, promoted scores, suppressed, suppressed scores, trigger scores) of the alive neurons' updates,
-    SCORE_BLOCK neurons at a time; Nones (and no trigger scores) without the weights."""
-    if source.unembedding is None:
+    SCORE_BLOCK neurons at a time on the device; Nones (and no trigger scores) without the weights."""
+    scorer = source.scorer()
+    if scorer is None:
         return None, None, None, None, {}
-    embedding, project_out = source.unembedding  # [v, e], [e, d]
-    k = min(source.thresholds.top_k, embedding.shape[0])
+    k = min(source.thresholds.top_k, scorer.shape[0])
     fc2 = np.asarray(ckpt.open_array(source.model_dir, "layers/ffn/fc2/weight")[layer].read().result())  # [d, n]
     n = fc2.shape[1]
     promoted, suppressed = np.full((n, k), -1, np.int64), np.full((n, k), -1, np.int64)
     promoted_scores, suppressed_scores = np.zeros((n, k), np.float32), np.zeros((n, k), np.float32)
-    trigger_scores = {}
     alive = np.flatnonzero(~dead)  # [a]
-    for start in range(0, len(alive), SCORE_BLOCK):
-        ids = alive[start:start + SCORE_BLOCK]  # [b]
-        scores = suppression.update_scores(embedding, project_out, fc2[:, ids])  # [b, v]
-        promoted[ids] = suppression.lowest(-scores, k)
-        suppressed[ids] = suppression.lowest(scores, k)
-        promoted_scores[ids] = np.take_along_axis(scores, promoted[ids], axis=1)
-        suppressed_scores[ids] = np.take_along_axis(scores, suppressed[ids], axis=1)
-        rows = [i for i, neuron in enumerate(ids.tolist()) if neuron in token_items]
-        if rows:
-            values, ranks = suppression.trigger_scores_and_ranks(scores[rows], [token_items[int(ids[i])]
-                                                                                for i in rows])
-            trigger_scores |= {int(ids[i]): (v, r) for i, v, r in zip(rows, values, ranks)}
+    top = products.top_products(scorer, fc2, k, alive, SCORE_BLOCK)
+    promoted[alive], promoted_scores[alive] = top.high_ids, top.high
+    suppressed[alive], suppressed_scores[alive] = top.low_ids, top.low
+    trigger_scores = {}
+    detectors = np.array(sorted(token_items), np.int64)  # [t]
+    for start in range(0, len(detectors), SCORE_BLOCK):
+        ids = detectors[start:start + SCORE_BLOCK]  # [b]
+        scores = products.product_rows(scorer, fc2, ids, SCORE_BLOCK)  # [b, v]
+        values, ranks = suppression.trigger_scores_and_ranks(scores, [token_items[int(i)] for i in ids])
+        trigger_scores |= {int(i): (v, r) for i, v, r in zip(ids, values, ranks)}
     return promoted, promoted_scores, suppressed, suppressed_scores, trigger_scores
 
 
