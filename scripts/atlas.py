@@ -22,6 +22,8 @@ flags.DEFINE_integer("block", 128, "neurons per data file of full neuron records
 flags.DEFINE_multi_string("attribution", None, "NAME=DIR: the attribution of model NAME (scripts/attribute.py, "
                           "of the same model), shown as each neuron's estimated effect of ablating it; or plain "
                           "DIRs, one per --stats in order")
+flags.DEFINE_integer("related_depth", 2, "layers downstream and upstream searched for each neuron's related neurons "
+                     "through the weights (0: none)")
 
 cli.define_lock_flag()
 
@@ -37,7 +39,7 @@ def main(argv):
         attributions = dict(label_of(a) for a in attributions)  # by model name; else one per --stats, in order
     return cli.run(lambda: build_atlas(stats, FLAGS.out, names=FLAGS.names, model_dirs=FLAGS.model_dirs,
                                        block=FLAGS.block, layers=layers, attributions=attributions,
-                                       wait_for_lock=FLAGS.wait_for_lock),
+                                       related_depth=FLAGS.related_depth, wait_for_lock=FLAGS.wait_for_lock),
                    lambda out: f"atlas: {out}/index.html", devices=True)
 
 

@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from analyses import positional
-from analyses.neurons import data_files, token_index
+from analyses.neurons import data_files, related, token_index
 from analyses.neurons import facts as nf
 from analyses.neurons.data_files import round_significant, significant, write_js
 from analyses.neurons.token_index import INDEX_LIMIT, TOKEN_BUCKETS, TokenIndex, index_entries
@@ -35,7 +35,7 @@ from opt_jax import lock
 from opt_jax.errors import AnalysisError, InputError, MissingError
 from opt_jax.progress import Progress
 
-VERSION = 1
+VERSION = 2  # 2: neuron records gain `related` (version 1 atlases have none; the page reads both)
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web", "index.html")
 CURVE_POINTS = 512  # a longer curve is shown as the means over bins of consecutive positions
 PARTS = ".parts"  # per-layer token-index entries and counts of a build in progress
@@ -103,12 +103,20 @@ def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: in
             values, ranks = facts.trigger_scores[n]
             record["trigger_scores"] = [{"token": int(i), "text": text(i), "score": significant(v, 4), "rank": int(r)}
                                         for i, v, r in zip(facts.token_items[n], values, ranks)]
+        record["related"] = _related(facts, n)
         record["examples"] = {"top": [], "random": []}
         out.append(record)
     for kind, examples in facts.examples.items():
         for record, contexts in zip(out, _contexts(examples, start, stop, source.texts)):
             record["examples"][kind] = contexts
     return out
+
+
+def _related(facts: nf.LayerFacts, n: int) -> dict | None:
+    """Neuron n's related neurons as [layer, neuron, cosine] lists per kind (None when not computed)."""
+    if facts.related is None:
+        return None
+    return {kind: [[l, m, significant(c, 4)] for l, m, c in links] for kind, links in facts.related.of(n).items()}
 
 
 def _contexts(examples: nf.Examples, start: int, stop: int, texts: list[str]) -> list[list[dict]]:
@@ -147,7 +155,7 @@ def _effects(effect: np.ndarray | None) -> list | None:
 def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: int = 128, layers=None,
                 thresholds: Thresholds = Thresholds(), before: int = nf.BEFORE, after: int = nf.AFTER,
                 curve_points: int = CURVE_POINTS, page: str | None = None, attributions=None,
-                verbose: bool = True) -> str:
+                related_depth: int = related.DEPTH, verbose: bool = True) -> str:
     """Write the atlas of one or more statistics directories into out_dir; returns out_dir's absolute path.
 
     A statistics directory may be given as `NAME=DIR`; the others are named by `names`, else by their
@@ -158,12 +166,16 @@ def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: in
     `page` is the viewer copied as index.html (default `analyses/neurons/web/index.html`). `attributions`: per
     model an attribution directory (`analyses.attribute`, of the same model) or None, as a list in the models'
     order or a dict {name: directory}; its neurons then show their estimated zero-ablation effect.
+    `related_depth`: how many layers downstream and upstream the related neurons through the weights are searched
+    (`analyses.neurons.related`; 0: none are computed).
     """
     page = page or PAGE
     if not os.path.isfile(page):
         raise MissingError(f"{page}: the atlas page is missing (the viewer index.html that the atlas copies)")
     if block < 1 or curve_points < 1:
         raise InputError(f"block and curve_points must be at least 1, got {block} and {curve_points}")
+    if not isinstance(related_depth, (int, np.integer)) or related_depth < 0:
+        raise InputError(f"related_depth must be 0 or more, got {related_depth!r}")
     stats_dirs = [str(d) for d in stats_dirs]
     if any("=" in d for d in stats_dirs):
         names, stats_dirs = split_labels(stats_dirs, names)
@@ -182,18 +194,20 @@ def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: in
     work = f"{out_dir}.partial"
     then = "the layers built so far are kept: make room and run the same command again to resume"
     with disk.writing(os.path.dirname(out_dir), AnalysisError, "building the atlas", then):
-        identity = _identity(sources, chosen, block, thresholds, before, after, curve_points)
+        identity = _identity(sources, chosen, block, thresholds, before, after, curve_points, related_depth)
         state_path = os.path.join(work, PARTS, "state.json")
         if _read_json(state_path) != identity:  # a fresh build (or other inputs): nothing of it is reused
             atomic.remove(work)
             atomic.write_json(state_path, identity)
         models = []
         for index, (source, built) in enumerate(zip(sources, chosen)):
-            models.append(_build_model(source, index, built, work, block, before, after, curve_points, verbose))
+            models.append(_build_model(source, index, built, work, block, before, after, curve_points, related_depth,
+                                       verbose))
         manifest = {"version": VERSION, "created": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%dT%H:%M:%SZ"), "block": block, "token_buckets": TOKEN_BUCKETS, "curve_points": curve_points,
             "index_limit": INDEX_LIMIT, "context": {"before": before, "after": after},
-            "top_k": thresholds.top_k, "top_triggers": nf.TOP_TRIGGERS, "always": nf.ALWAYS, "models": models}
+            "top_k": thresholds.top_k, "top_triggers": nf.TOP_TRIGGERS, "always": nf.ALWAYS,
+            "related": {"depth": int(related_depth), "k": related.K}, "models": models}
         with open(page, "rb") as f:
             html = f.read()
         atomic.write_file(os.path.join(work, "index.html"), lambda f: f.write(html), binary=True)
@@ -228,12 +242,13 @@ def _layers(source: nf.Source, layers) -> list[int]:
     return sorted({int(l) for l in layers})
 
 
-def _identity(sources, chosen, block, thresholds, before, after, curve_points) -> dict:
+def _identity(sources, chosen, block, thresholds, before, after, curve_points, related_depth) -> dict:
     """What a build depends on: a resumed build reuses finished layers only when all of it is the same."""
     stores = [{"stats": s.stats.root, "generation": s.stats.manifest.get("generation"), "model": s.model_dir,
                "layers": built, "attribution": _attribution_entry(s)} for s, built in zip(sources, chosen)]
     return {"version": VERSION, "stores": stores, "block": block, "thresholds": thresholds.to_json(),
-            "context": [before, after], "curve_points": curve_points, "builder": _builder_hash()}
+            "context": [before, after], "curve_points": curve_points, "related_depth": int(related_depth),
+            "builder": _builder_hash()}
 
 
 def _attribution_entry(source: nf.Source) -> dict | None:
@@ -254,7 +269,8 @@ def _builder_hash() -> str:
     """A digest of the code that writes the data (this module, the facts, the data files' formats and the token
     index): a changed builder rebuilds."""
     digest = hashlib.sha256()
-    for path in (__file__, nf.__file__, data_files.__file__, token_index.__file__):
+    for path in (__file__, nf.__file__, data_files.__file__, token_index.__file__, related.__file__,
+                 nf.products.__file__):
         with open(path, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()[:16]
@@ -269,7 +285,7 @@ def _read_json(path: str):
 
 
 def _build_model(source: nf.Source, index: int, built: list[int], work: str, block: int, before: int,
-                 after: int, curve_points: int, verbose: bool) -> dict:
+                 after: int, curve_points: int, related_depth: int, verbose: bool) -> dict:
     """Write one model's layers and token index into work; its manifest entry."""
     stats = source.stats
     config = stats.config
@@ -280,7 +296,7 @@ def _build_model(source: nf.Source, index: int, built: list[int], work: str, blo
         part = os.path.join(work, PARTS, f"m{index}-L{layer}.npz")
         summary = os.path.join(work, "data", f"m{index}", f"L{layer}", "summary.js")
         if not (os.path.isfile(part) and os.path.isfile(summary)):
-            facts = nf.layer_facts(source, layer, before, after)
+            facts = nf.layer_facts(source, layer, before, after, related_depth=related_depth)
             for b, start in enumerate(range(0, facts.neurons, block)):
                 stop = min(start + block, facts.neurons)
                 write_js(work, f"m{index}/L{layer}/B{b}", {"layer": layer, "block": b,

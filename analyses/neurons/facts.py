@@ -13,6 +13,9 @@
   project_out where present, as `analyses.suppression` scores them; computed on jax's default device, a GPU where
   there is one, with the top k taken there: `analyses.neurons.products`), and each token detector's trigger
   scores and ranks (`analyses.suppression.trigger_scores_and_ranks` of its scores over the vocabulary);
+- with the model's weights, too: the related neurons through the weights (`analyses.neurons.related`: the
+  neurons of the next / previous `related_depth` layers whose fc1 rows each neuron's update most excites and
+  inhibits, and whose updates most excite and inhibit its fc1 row, as cosines);
 - with example activations: both sets as contexts (token ids around the firing position, `context_span`);
 - with an attribution (`analyses.interventions.attribution`): each neuron's estimated zero-ablation effect
   (`Source.effect`).
@@ -20,7 +23,9 @@
 Memory per layer: one `pos_act` layer (int64 [positions, ffn]) and its curves (float32), `tok_act` read a block
 of rows at a time (`ItemCounts`), the layer's fc2 as stored, the update scores SCORE_BLOCK neurons at a time
 (float32 [block, vocab] on the device beside E; [block, top_k] come back, whole rows only for token detectors),
-and the layer's example arrays once (int32 / float32 [ffn, k] per field) with the windows they name.
+the related neurons' fc1 / fc2 of up to 2 x depth neighbouring layers on the device (float32 on the CPU: 1.36 GB
+each at 66b) with [block, ffn] cosines at a time, and the layer's example arrays once (int32 / float32 [ffn, k] per
+field) with the windows they name.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import numpy as np
 from analyses import coverage, detectors, positional, suppression
 from analyses.collection import decode_ngrams, open_stats
 from analyses.interventions.attribution import read_attribution
-from analyses.neurons import products
+from analyses.neurons import products, related
 from analyses.report import Thresholds
 from analyses.tokens import TokenStrings, context_span
 from opt_jax import checkpoint as ckpt
@@ -62,12 +67,19 @@ class Source:
     notes: list[str]
     attribution: object = None  # analyses.interventions.Attribution of the same model, or None
     _scorer: products.Matrix | None = dataclasses.field(default=None, repr=False)
+    _weights: related.Weights | None = dataclasses.field(default=None, repr=False)
 
     def scorer(self) -> products.Matrix | None:
         """The unembedding on the device (put there on first use, then kept); None without the weights."""
         if self._scorer is None and self.unembedding is not None:
             self._scorer = products.on_device(*self.unembedding)
         return self._scorer
+
+    def weights(self) -> related.Weights | None:
+        """The model's fc1 and fc2 (`related.Weights`, kept across layers); None without the weights."""
+        if self._weights is None and self.unembedding is not None:
+            self._weights = related.Weights(self.model_dir)
+        return self._weights
 
     def effect(self, layer: int) -> np.ndarray | None:
         """float64 [ffn]: the layer's estimated zero-ablation effects (nats per token), None without an attribution."""
@@ -106,8 +118,9 @@ def open_source(stats_dir: str, name: str | None = None, model_dir: str | None =
             unembedding = suppression.unembedding(model_dir, dtype=None)
     else:
         notes.append(f"the model directory {model_dir!r} was not found: tokens are shown as ids and no update "
-                     "scores (promoted / suppressed tokens) were computed" if model_dir else
-                     "the statistics name no model: tokens are shown as ids and no update scores were computed")
+                     "scores (promoted / suppressed tokens) or related neurons were computed" if model_dir else
+                     "the statistics name no model: tokens are shown as ids and no update scores or related neurons "
+                     "were computed")
         model_dir = None
     if texts is None:
         texts = [f"<id {i}>" for i in range(stats.config.vocab_size)]
@@ -175,6 +188,7 @@ class LayerFacts:
     suppressed_scores: np.ndarray | None  # float32 [n, k]
     trigger_scores: dict  # token detector neuron -> (scores float [m], ranks among the suppressed int [m])
     examples: dict  # kind -> Examples (empty without examples)
+    related: related.Related | None = None  # every neuron's related neurons; None without weights (or depth 0)
 
     @property
     def neurons(self) -> int:
@@ -195,9 +209,9 @@ class LayerFacts:
 
 
 def layer_facts(source: Source, layer: int, before: int = BEFORE, after: int = AFTER,
-                examples: bool = True) -> LayerFacts:
+                examples: bool = True, related_depth: int = related.DEPTH) -> LayerFacts:
     """Every neuron's facts of one collected layer of `source` (see the module docstring); `examples=False`
-    leaves the example contexts out."""
+    leaves the example contexts out, `related_depth=0` the related neurons."""
     stats, th = source.stats, source.thresholds
     if not isinstance(layer, (int, np.integer)) or not 0 <= layer < source.collected_layers:
         raise InputError(f"{stats.root}: layer {layer!r} is out of range; the store holds layers "
@@ -235,7 +249,7 @@ def layer_facts(source: Source, layer: int, before: int = BEFORE, after: int = A
     examples = _examples(stats, layer, before, after) if examples and stats.examples_per_neuron else {}
     return LayerFacts(layer, freq, rank.astype(np.int64), act == 0, mi, pos_type, strong, positions, curves,
                       token_layer, trigger_ids, trigger_counts, trigger_rates, totals, token_items, trigram_items,
-                      *scores, examples)
+                      *scores, examples, _related(source, layer, related_depth))
 
 
 def _positional(stats, layer: int, th: positional.PositionalThresholds):
@@ -282,6 +296,15 @@ def _update_scores(source: Source, layer: int, dead: np.ndarray, token_items: di
         values, ranks = suppression.trigger_scores_and_ranks(scores, [token_items[int(i)] for i in ids])
         trigger_scores |= {int(i): (v, r) for i, v, r in zip(ids, values, ranks)}
     return promoted, promoted_scores, suppressed, suppressed_scores, trigger_scores
+
+
+def _related(source: Source, layer: int, depth: int) -> related.Related | None:
+    """Every neuron's related neurons (`related.K` each way, `depth` layers each side); None without the weights
+    or with depth 0."""
+    weights = source.weights()
+    if weights is None or depth == 0:
+        return None
+    return related.related(weights, layer, depth=depth, block=SCORE_BLOCK)
 
 
 def _examples(stats, layer: int, before: int, after: int) -> dict:
@@ -335,6 +358,6 @@ def labels(source: Source, layers=None) -> dict[int, list[str]]:
     layers = range(source.collected_layers) if layers is None else layers
     out = {}
     for layer in layers:
-        facts = layer_facts(source, layer, examples=False)
+        facts = layer_facts(source, layer, examples=False, related_depth=0)
         out[int(layer)] = [label(facts, n, source) for n in range(facts.neurons)]
     return out

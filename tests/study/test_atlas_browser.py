@@ -8,20 +8,23 @@ model cannot: hundreds of rows to filter, cap and sort, and non-ASCII token text
 """
 
 import io
+import re
 from urllib.parse import quote
 
 import numpy as np
 import pytest
 from matplotlib import image
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import analyses
 import planted
+import rewired
 from analyses.neurons.token_index import fnv1a32, token_key
 from analyses.tokens import TokenStrings
 from benchmarks.atlas_synthetic import read_data, write_atlas
 from benchmarks.browser import chromium, go, page_url, routes_done, wait_ready
 from conftest import run_step
+from opt_jax import checkpoint as ckpt
 
 DETECTOR = 1  # planted layer-0 detector of two words (t2, t3)
 
@@ -234,6 +237,59 @@ def test_effect_of_ablating_is_shown_and_sorts_the_list(browser, built):
     go(browser, "M1/search=&layer=0")
     values = [o.get_attribute("value") for o in Select(browser.find_element("id", "sort")).options]
     assert "effect" not in values
+    assert not console_errors(browser)
+
+
+@pytest.fixture(scope="module")
+def rewired_atlas(planted_run, tmp_path_factory):
+    """The planted statistics built with `rewired`'s weights (random fc1 / fc2 past layer 0: the planted model's
+    are zero there, so all its related neurons score 0): (atlas folder, model folder)."""
+    root = tmp_path_factory.mktemp("rewired")
+    model = rewired.rewire(planted_run.model, str(root / "model"))
+    return str(analyses.atlas([planted_run.stats], str(root / "atlas"), names=["rewired"], model_dirs=[model],
+                              verbose=False)), model
+
+
+def test_related_neurons_link_to_their_pages_with_labels_and_scores(browser, rewired_atlas):
+    """The detector's related neurons: each list's cosines are numpy's from the converted weights, each link names
+    and opens its neuron, layer 1's neurons are labelled dead (the planted layer 1 never fires)."""
+    atlas, model = rewired_atlas
+    params = ckpt.read_params(model)
+    fc1 = params["layers/ffn/fc1/weight"].astype(np.float64)  # [L, n, d]
+    w_out = params["layers/ffn/fc2/weight"][0][:, DETECTOR].astype(np.float64)  # [d]
+    cosines = {(l, m): float(fc1[l][m] @ w_out / np.linalg.norm(fc1[l][m]) / np.linalg.norm(w_out))
+               for l in (1, 2) for m in range(planted.FFN)}
+    open_page(browser, atlas, f"L0N{DETECTOR}")
+    WebDriverWait(browser, 30).until(lambda d: not [c for c in d.find_elements("css selector", "#related .rlabel")
+                                                    if c.text == "\u2026"])
+    assert "none: no earlier layer" in text_of(browser, "#related")
+    for kind, best in (("excites", sorted(cosines.values())[::-1][:10]), ("inhibits", sorted(cosines.values())[:10])):
+        shown = []
+        for row in browser.find_elements("css selector", f"#related-{kind} tbody tr"):
+            link, label, score = row.find_elements("css selector", "td")
+            l, m = map(int, re.fullmatch(r"L(\d+) N(\d+)", link.text).groups())
+            assert link.find_element("tag name", "a").get_attribute("href").endswith(f"#L{l}N{m}")
+            assert float(score.text) == pytest.approx(cosines[(l, m)], abs=2e-3)
+            assert label.text == "dead" if l == 1 else label.text not in ("", "\u2026")
+            shown.append(float(score.text))
+        assert shown == pytest.approx(best, abs=2e-3), kind
+        assert max(map(abs, shown)) > 0.1
+    first = browser.find_element("css selector", "#related-excites tbody tr a.related")
+    l, m = map(int, re.fullmatch(r"L(\d+) N(\d+)", first.text).groups())
+    done = routes_done(browser)
+    first.click()
+    wait_ready(browser, done)
+    assert heading(browser) == f"Layer {l}, neuron {m}"
+    assert browser.execute_script("return location.hash") == f"#L{l}N{m}"
+    assert browser.find_elements("css selector", "#related-excited_by a.related"), "its own upstream list"
+    assert not console_errors(browser)
+
+
+def test_an_atlas_of_format_version_1_has_no_related_neurons_and_says_so(browser, atlas):
+    assert read_data(atlas, "atlas")["version"] == 1
+    open_page(browser, atlas, "L0N3")
+    assert heading(browser) == "Layer 0, neuron 3"
+    assert "format version 1" in text_of(browser, "#no-related")
     assert not console_errors(browser)
 
 

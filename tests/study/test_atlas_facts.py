@@ -11,9 +11,11 @@ import pytest
 
 import analyses
 import planted
+import rewired
 from analyses import suppression
 from analyses.neurons import facts as nf
 from analyses.neurons import token_index as ti
+from analyses.neurons.atlas import neuron_records
 from opt_jax import checkpoint as ckpt
 from opt_jax.errors import AnalysisError, InputError, OptJaxError
 
@@ -237,6 +239,40 @@ def test_the_written_files_parse_and_hold_the_facts(built, layers, source):
     assert example["tokens"][example["fire"]] == "w0" and example["value"] > 0
     positional = block["neurons"][6]
     assert positional["positional"] == {"type": "oscillatory", "strong": True} and positional["mi"] > 0.05
+
+
+def test_related_neurons_are_the_weights_cosines(built, planted_run, tmp_path):
+    """Each neuron record's related neurons against float64 numpy cosines of fc1 / fc2 (the planted model's are
+    zero past layer 0, so `rewired`'s random ones): the best scores of the layers within 2, each listed neuron
+    with its own cosine (equal scores may list either neuron here; the order of ties is test_related.py's)."""
+    _, manifest = parse(os.path.join(built, "data", "atlas.js"))
+    assert manifest["version"] == 2 and manifest["related"] == {"depth": 2, "k": 10}
+    _, block = parse(os.path.join(built, "data", "m0", "L0", "B0.js"))
+    assert set(block["neurons"][0]["related"]) == {"excites", "inhibits", "excited_by", "inhibited_by"}
+    model = rewired.rewire(planted_run.model, str(tmp_path / "model"))
+    source = nf.open_source(planted_run.stats, "rewired", model_dir=model)
+    params = ckpt.read_params(model)
+    norm = lambda a: np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    unit = lambda a: a / np.where(norm(a) > 0, norm(a), np.inf)  # noqa: E731  (a zero vector's cosines are 0)
+    w_in = unit(params["layers/ffn/fc1/weight"].astype(np.float64))  # [L, n, d]
+    w_out = unit(np.swapaxes(params["layers/ffn/fc2/weight"].astype(np.float64), 1, 2))  # [L, n, d]
+    checked = 0
+    for layer in (0, 1, 3):
+        facts = nf.layer_facts(source, layer, examples=False)
+        for record in neuron_records(facts, source, 0, planted.FFN):
+            n, got = record["n"], record["related"]
+            for (high, low), others, cos in ((("excites", "inhibits"), range(layer + 1, layer + 3),
+                                              lambda l: w_in[l] @ w_out[layer, n]),
+                                             (("excited_by", "inhibited_by"), range(layer - 2, layer),
+                                              lambda l: w_out[l] @ w_in[layer, n])):
+                scores = {(l, m): c for l in others if 0 <= l < planted.LAYERS for m, c in enumerate(cos(l))}
+                ranked = sorted(scores.values())
+                for listed, best in ((got[high], ranked[::-1][:10]), (got[low], ranked[:10])):
+                    values = [s for _, _, s in listed]
+                    assert values == pytest.approx(best, abs=1e-4), (layer, n, high)
+                    assert values == pytest.approx([scores[(l, m)] for l, m, _ in listed], abs=1e-4)
+                    checked += sum(abs(v) > 0.1 for v in values)
+    assert checked > 100, "the cosines compared are not all 0"
 
 
 def test_the_token_index_finds_the_detector(built):
