@@ -389,7 +389,9 @@ def _model_json(r: ModelResults, wanted: set) -> dict:
            "training": r.training}
     if "dead" in wanted:
         out["dead"] = {"fraction_per_layer": _floats(r.dead.fraction_per_layer),
-                       "alive_mean_frequency_per_layer": _floats(r.dead.alive_mean_frequency_per_layer)}
+                       "alive_mean_frequency_per_layer": _floats(r.dead.alive_mean_frequency_per_layer),
+                       "tokens_per_layer": [int(t) for t in r.dead.tokens_per_layer],
+                       "rate_bound_per_layer": _floats(r.dead.rate_bound_per_layer)}
     if "ngrams" in wanted:
         out["coverage"] = {str(order): {"layers": list(stats.token_layers), "bins": rows[0]["bins"] if rows else [],
                                         "per_layer": rows} for order, rows in r.histograms.items()}
@@ -476,6 +478,10 @@ def summary(report: dict) -> str:
         if "dead" in m:
             dead = ", ".join("-" if v is None else f"{v:.0%}" for v in m["dead"]["fraction_per_layer"])
             lines.append(f"  dead per layer: {dead}")
+            bounds = m["dead"].get("rate_bound_per_layer") or []
+            if bounds:
+                lines.append(f"  a dead neuron never fired in {m['dead']['tokens_per_layer'][0]:,} tokens: its rate is "
+                             f"below {max(bounds):.3g} (95%)")
         if "token_detectors" in m:
             lines.append(f"  token detectors: {len(m['token_detectors'])}, trigram detectors: "
                          f"{len(m['trigram_detectors'])}")

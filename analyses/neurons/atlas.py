@@ -26,7 +26,7 @@ import numpy as np
 from analyses import positional
 from analyses.neurons import data_files, related, token_index
 from analyses.neurons import facts as nf
-from analyses.neurons.data_files import round_significant, significant, write_js
+from analyses.neurons.data_files import round_significant, significant, significant_up, write_js
 from analyses.neurons.token_index import INDEX_LIMIT, TOKEN_BUCKETS, TokenIndex, index_entries
 from analyses.report import Thresholds, split_labels
 from opt_jax import atomic
@@ -73,6 +73,7 @@ def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: in
     for col, n in enumerate(range(start, stop)):
         kind = facts.pos_type[n]
         record = {"n": n, "freq": significant(facts.freq[n]), "rank": int(facts.rank[n]), "dead": bool(facts.dead[n]),
+                  "rate_bound": significant_up(facts.rate_bound) if facts.dead[n] else None,
                   "mi": None if facts.mi is None else significant(facts.mi[n]),
                   "positional": None if kind < 0 else {"type": positional.TYPES[kind],
                                                        "strong": bool(facts.strong[n])},

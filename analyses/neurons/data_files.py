@@ -47,6 +47,12 @@ def significant(x, digits: int = 6):
     return float(f"{float(x):.{digits}g}")
 
 
+def significant_up(x: float, digits: int = 3) -> float:
+    """A positive float rounded up to `digits` significant digits (an upper bound stays one when shown)."""
+    step = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    return float(f"{math.ceil(x / step - 1e-9) * step:.{digits}g}")
+
+
 def round_significant(values: np.ndarray, digits: int = 4) -> np.ndarray:
     """Values rounded to `digits` significant digits (0 stays 0), elementwise."""
     values = np.asarray(values, np.float64)

@@ -2,7 +2,8 @@
 
 `layer_facts(source, layer)` reads the layer's statistics once and computes, vectorised over its neurons:
 
-- activation frequency (`act / tokens`, BOS included, as `analyses.dead`), dead (never active), and the
+- activation frequency (`act / tokens`, BOS included, as `analyses.dead`), dead (never active; with the 95%
+  upper bound on a dead neuron's rate that the layer's token count gives, `analyses.dead.rate_bound`), and the
   frequency's rank in the layer (1 + the neurons firing strictly more often);
 - the positional curve fr(p), its mutual information and, for a positional neuron, its type and strength
   (`analyses.positional`: the same kept positions, MI and classification as the study);
@@ -37,6 +38,7 @@ import numpy as np
 
 from analyses import coverage, detectors, positional, suppression
 from analyses.collection import decode_ngrams, open_stats
+from analyses.dead import rate_bound
 from analyses.interventions.attribution import read_attribution
 from analyses.neurons import products, related
 from analyses.report import Thresholds
@@ -189,6 +191,7 @@ class LayerFacts:
     trigger_scores: dict  # token detector neuron -> (scores float [m], ranks among the suppressed int [m])
     examples: dict  # kind -> Examples (empty without examples)
     related: related.Related | None = None  # every neuron's related neurons; None without weights (or depth 0)
+    rate_bound: float = 1.0  # a dead neuron's 95% upper bound on its firing rate, from the layer's token count
 
     @property
     def neurons(self) -> int:
@@ -249,7 +252,7 @@ def layer_facts(source: Source, layer: int, before: int = BEFORE, after: int = A
     examples = _examples(stats, layer, before, after) if examples and stats.examples_per_neuron else {}
     return LayerFacts(layer, freq, rank.astype(np.int64), act == 0, mi, pos_type, strong, positions, curves,
                       token_layer, trigger_ids, trigger_counts, trigger_rates, totals, token_items, trigram_items,
-                      *scores, examples, _related(source, layer, related_depth))
+                      *scores, examples, _related(source, layer, related_depth), rate_bound(stats.tokens))
 
 
 def _positional(stats, layer: int, th: positional.PositionalThresholds):

@@ -8,6 +8,7 @@ model cannot: hundreds of rows to filter, cap and sort, and non-ASCII token text
 """
 
 import io
+import math
 import re
 from urllib.parse import quote
 
@@ -172,6 +173,14 @@ def test_last_neuron_of_a_layer_links_to_the_next_layer(browser, built):
     click(browser, "next-neuron")
     assert heading(browser) == "Layer 1, neuron 0"
     assert text_of(browser, "#fact-status .v") == "dead"
+    tokens = built["stats"].manifest["tokens"]
+    bound = 1 - 0.05 ** (1 / tokens)  # never fired in N tokens: (1 - p)^N = 0.05 at the 95% bound
+    status = browser.find_element("id", "fact-status")
+    assert f"never fired in {tokens:,} tokens: its rate is below " in status.text and "(95%)" in status.text
+    step = 10.0 ** (math.floor(math.log10(bound)) - 2)
+    shown = math.ceil(bound / step) * step  # rounded up to 3 significant digits: still an upper bound
+    assert float(status.get_attribute("data-bound")) == pytest.approx(shown, rel=1e-12)
+    assert f"its rate is below {100 * shown:.3g}% (95%), fewer than 1 in {math.floor(1 / shown):,} tokens" in status.text
 
 
 def test_out_of_range_neuron_and_layer_say_so(browser, built):

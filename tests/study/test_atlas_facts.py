@@ -59,6 +59,22 @@ def test_frequency_rank_and_dead(layers, arrays):
     assert (layers[2].rank == 1).all(), "always-on neurons tie for the first rank"
 
 
+def test_a_dead_neurons_rate_bound_in_facts_and_records(layers, arrays, built):
+    """1 - 0.05^(1/N), N the tokens counted; the dead neurons' records hold it rounded up to 3 significant digits
+    (null for the alive)."""
+    want = 1 - 0.05 ** (1 / arrays["tokens"])
+    step = 10.0 ** (math.floor(math.log10(want)) - 2)
+    shown = math.ceil(want / step) * step
+    for layer, facts in enumerate(layers):
+        assert facts.rate_bound == pytest.approx(want, rel=1e-9)
+        _, block = parse(os.path.join(built, "data", "m0", f"L{layer}", "B0.js"))
+        for record in block["neurons"]:
+            if record["dead"]:
+                assert record["rate_bound"] == pytest.approx(shown, rel=1e-12) and record["rate_bound"] >= want
+            else:
+                assert record["rate_bound"] is None
+
+
 def test_curves_and_mutual_information(layers, arrays):
     """fr(p) over positions 1..63 and I(act; pos), from the plain formula, neuron by neuron."""
     tokens = arrays["pos_tokens"]
