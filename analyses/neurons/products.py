@@ -104,7 +104,10 @@ def _block_top(rows, project, inverse_norms, queries, k: int):
     return high_ids, high, low_ids, -low
 
 
-_block_scores = jax.jit(lambda rows, project, inverse_norms, queries: _scores(rows, project, inverse_norms, queries))
+@jax.jit
+def _block_scores(rows, project, inverse_norms, queries):
+    """float32 [b, r]: one block's whole rows of scores, for `product_rows`."""
+    return _scores(rows, project, inverse_norms, queries)
 
 
 def _scores(rows, project, inverse_norms, queries):  # [r, e], [e, d] or None, [r] or None, [b, d]

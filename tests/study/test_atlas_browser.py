@@ -4,7 +4,9 @@ The atlas is a real build (`build_atlas`) of the planted model's statistics (tes
 with a second store of the same model collected with `--examples 0`. Expectations come from the planted
 construction and from the statistics themselves (numpy, the tokenizer), never from the page's own data.
 A synthetic atlas in the documented format (benchmarks/atlas_synthetic.py) covers what the small planted
-model cannot: hundreds of rows to filter, cap and sort, and non-ASCII token texts.
+model cannot: hundreds of rows to filter, cap and sort, and non-ASCII token texts (and, written as format version
+1, an old atlas's pages). The related neurons need weights that are not zero past layer 0: the planted statistics
+built with `tests/rewired.py`'s model, against numpy cosines of its weights.
 """
 
 import io
