@@ -207,5 +207,7 @@ def test_the_script_prints_a_summary_and_errors_without_traceback(tiny_model, ti
         assert json.load(f)["edit"] == "set:2"
     bad = run_script("scripts/ablate.py", "--model", tiny_model, "--corpus", tiny_corpus, "--neurons", "9:1",
                      "--out", str(tmp_path / "bad"), "--seq_len", str(SEQ))
-    assert bad.returncode == 1 and bad.stderr.startswith("error: --neurons 9:1") and "Traceback" not in bad.stderr
+    lines = bad.stderr.splitlines()  # the devices line first (opt_jax.env.announce), then the error alone
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert lines[0].startswith("devices: ") and lines[-1].startswith("error: --neurons 9:1") and len(lines) == 2
     assert not (tmp_path / "bad").exists()
