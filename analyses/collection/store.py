@@ -67,6 +67,11 @@ def example_name(kind: str, field: str) -> str:
     return f"examples_{kind}_{field}"
 
 
+def context_name(kind: str) -> str:
+    """The array of one example set's context activations, e.g. `context_top_value` (`analyses.collection.contexts`)."""
+    return f"context_{kind}_value"
+
+
 def example_layouts(num_layers: int, ffn: int, k: int, seq_len: int) -> dict:
     """name -> (shape, chunk shape, dtype, fill value) of the example arrays and `windows` (none when k = 0).
 
@@ -216,7 +221,7 @@ class StatsStore:
         return _checked(self.root, name, os.path.join(self.generation_dir, name))
 
     def commit(self, deltas: dict, manifest_updates: dict, replacements: dict | None = None,
-               values: dict | None = None, shapes: dict | None = None) -> None:
+               values: dict | None = None, shapes: dict | None = None, new: dict | None = None) -> None:
         """Write old totals + deltas as a new generation, then commit it with the manifest updates.
 
         `deltas[name]` is an array of the full shape, or a function of a block (a tuple of slices, one per
@@ -226,12 +231,14 @@ class StatsStore:
         windows), or None where the block is unchanged (its stored chunk is then linked, not rewritten);
         `shapes[name]` a new shape for `name` (the same chunks; `windows` grows).
         `replacements[name]` is a whole 1-D array (any length) that takes the place of `name`.
+        `new[name]` = (shape, chunk shape, dtype, fill value): an array added to the store (or taking the place of
+        one it has, whatever its old layout), its blocks from `values[name]` (the fill value where that gives None).
 
         A full disk (or another OS error of writing) is a `StatsError` saying so, with the space needed and free;
         the last commit stays as it was and a rerun resumes from it. The arrays rewritten whole need at least
         their committed size again: with less free, the commit is refused before it writes.
         """
-        replacements, values, shapes = replacements or {}, values or {}, shapes or {}
+        replacements, values, shapes, new = replacements or {}, values or {}, shapes or {}, new or {}
         old_gen, new_gen = self.manifest["generation"], self.manifest["generation"] + 1
         new_dir = generation_dir(self.root, new_gen)
         needed = sum(disk.used_bytes(os.path.join(self.generation_dir, name)) for name in self.manifest["arrays"]
@@ -241,14 +248,14 @@ class StatsStore:
         disk.check_free(self.root, needed, StatsError, what, then)
         try:
             with disk.writing(self.root, StatsError, what, then, needed):
-                self._commit(new_gen, new_dir, deltas, manifest_updates, replacements, values, shapes)
+                self._commit(new_gen, new_dir, deltas, manifest_updates, replacements, values, shapes, new)
         except StatsError:
             if read_manifest(self.root)["generation"] == old_gen:
                 _remove(new_dir)  # its space back at once (a rerun would discard it too)
             raise
 
     def _commit(self, new_gen: int, new_dir: str, deltas: dict, manifest_updates: dict, replacements: dict,
-                values: dict, shapes: dict) -> None:
+                values: dict, shapes: dict, added: dict) -> None:
         """`commit`'s work: write the generation new_gen into new_dir, then the manifest naming it."""
         _remove(new_dir)
         for name, value in replacements.items():
@@ -259,20 +266,25 @@ class StatsStore:
                 store.write(value).result()
         writes = []
         try:
-            for name in self.manifest["arrays"]:
+            for name in [*self.manifest["arrays"], *(n for n in added if n not in self.manifest["arrays"])]:
                 if name in replacements:
                     continue
-                old = self.array(name)
-                chunk = old.chunk_layout.write_chunk.shape
-                shape = tuple(shapes.get(name, old.shape))
-                fill = old.fill_value.item()
-                new = create_array(os.path.join(new_dir, name), shape, chunk, old.dtype.name, fill, self.version)
+                if name in added:
+                    shape, chunk, dtype, fill = added[name]
+                else:
+                    old = self.array(name)
+                    chunk, dtype = old.chunk_layout.write_chunk.shape, old.dtype.name
+                    shape, fill = tuple(shapes.get(name, old.shape)), old.fill_value.item()
+                new = create_array(os.path.join(new_dir, name), shape, chunk, dtype, fill, self.version)
+                if name in added and name not in values:
+                    continue  # the fill value throughout
                 delta = deltas.get(name)
                 for block in chunk_blocks(shape, chunk):
                     if name in values:
                         value = values[name](block)
                         if value is None:
-                            self._link_chunk(name, new_dir, block, chunk)
+                            if name not in added:
+                                self._link_chunk(name, new_dir, block, chunk)
                             continue
                     else:
                         value = old[block].read().result()
@@ -293,7 +305,7 @@ class StatsStore:
             write.result()
         _fsync_tree(new_dir)
         names = self.manifest["arrays"] | {n: list(v) for n, v in shapes.items()} | \
-            {n: [len(v)] for n, v in replacements.items()}
+            {n: [len(v)] for n, v in replacements.items()} | {n: list(layout[0]) for n, layout in added.items()}
         self.manifest = self.manifest | manifest_updates | {"generation": new_gen, "arrays": names}
         if self.version >= 2:
             self.manifest["chunks"] = arrays.inventory(new_dir, names)
@@ -428,12 +440,20 @@ def appended_windows(old: ts.TensorStore, new: list) -> tuple:
 @dataclasses.dataclass(frozen=True)
 class Example:
     """One example activation of a neuron: its fc1 output `value` (> 0) at `position` (0 = BOS) of window
-    `window` (its index in the run's window stream), whose token ids are `tokens` (without padding)."""
+    `window` (its index in the run's window stream), whose token ids are `tokens` (without padding).
+
+    With context activations (`analyses.collection.contexts`), also the span around it: `context_tokens` (a
+    contiguous slice of `tokens`), `context_values` (the neuron's fc1 output at each, float32 read from float16)
+    and `context_index` (the example's place in the span: `context_values[context_index]` is `value`); None
+    without them."""
 
     window: int
     position: int
     value: float
     tokens: np.ndarray
+    context_tokens: np.ndarray | None = None
+    context_values: np.ndarray | None = None
+    context_index: int | None = None
 
     @property
     def token(self) -> int:
@@ -525,8 +545,22 @@ class Stats:
             raise StatsError(f"{self.root}: neuron {neuron!r} is out of range; layers have neurons 0..{ffn - 1}")
         rows = {f: self.array(example_name(kind, f))[int(layer), int(neuron)].read().result()
                 for f in EXAMPLE_FIELDS}  # [k] each
-        return [Example(int(w), int(p), float(v), self.window(int(w)))
-                for w, p, v in zip(rows["window"], rows["position"], rows["value"]) if w >= 0]
+        examples = [Example(int(w), int(p), float(v), self.window(int(w)))
+                    for w, p, v in zip(rows["window"], rows["position"], rows["value"]) if w >= 0]
+        if self.contexts is None:
+            return examples
+        from analyses.collection.contexts import with_context
+
+        spans = self.array(context_name(kind))[int(layer), int(neuron)].read().result()  # [k, span]
+        return [with_context(e, span, self.contexts) for e, span in zip(examples, spans)]
+
+    @property
+    def contexts(self) -> dict | None:
+        """The manifest's entry of the context activations (`analyses.collection.contexts`) when they are complete
+        and computed for the example sets the store holds now; None otherwise."""
+        entry = self.manifest.get("contexts")
+        current = entry and entry.get("complete") and entry.get("tokens") == self.manifest["tokens"]
+        return entry if current else None
 
     def layer_examples(self, layer: int) -> dict:
         """Both example sets of a whole layer in one read: {kind: {window, position, value: [ffn, k]}} (window and
@@ -623,7 +657,7 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
     store = StatsStore.create(out_dir, base | unmerged, layouts)
 
     def summed(name):
-        return lambda block: sum(getattr(s, name)[block] for s in opened)
+        return lambda block: sum(s.array(name)[block].read().result() for s in opened)
 
     totals = {k: sum(m[k] for m in manifests) for k in ("tokens", "sequences", "full_length_sequences")}
     tables = [s.ngram_table() for s in opened]
