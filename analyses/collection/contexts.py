@@ -303,6 +303,7 @@ def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, aft
                 entry["complete"] = done
                 _commit(store, entry, state, groups, k, fresh)
                 fresh, last_commit = False, time.monotonic()
+                stats = open_stats(store.root)  # the windows read from the new generation
     finally:
         run.close()
     progress.update(0, force=True)
