@@ -160,8 +160,8 @@ def export(stats_dir: str, out_dir: str, fmt: str = "parquet", atlas: str | None
                     "tokens": stats.tokens, "layers": chosen, "ffn": stats.config.ffn_dim,
                     "examples_per_neuron": stats.examples_per_neuron,
                     "contexts": None if not stats.examples_per_neuron else "store" if contexts else "window",
-                    "context": ({"before": contexts["before"], "after": contexts["after"], "bos": True} if contexts
-                                else {"before": before, "after": after, "bos": False}),
+                    "context": ({"before": contexts["before"], "after": contexts["after"]} if contexts
+                                else {"before": before, "after": after}),
                     "atlas": None if shown is None else {"path": shown.root, "built": sorted(shown.built)},
                     "attribution": identity["attribution"], "notes": source.notes,
                     "files": {table: [f"{table}/layer-{layer:03d}.{fmt}" for layer in chosen]
@@ -293,9 +293,9 @@ def examples_table(stats, source: nf.Source, layer: int, sets: dict, start: int,
                    before: int = nf.BEFORE, after: int = nf.AFTER, contexts: dict | None = None) -> pa.Table:
     """The example rows of neurons start..stop-1 of a layer (schema `EXAMPLES`), ordered by (neuron, kind, slot):
     every kind's filled slots. `sets`: the layer's example sets (`Stats.layer_examples`). The context: with
-    `contexts` (`stored_contexts`) the stored span around the example and the neuron's values there (BOS
-    included, as `Stats.examples` reads them); else the window's `before` / `after` tokens around it, never BOS
-    (`analyses.tokens.context_span`, as the atlas shows them), without values."""
+    `contexts` (`stored_contexts`) the stored span around the example and the neuron's values there (as
+    `Stats.examples` reads them); else the window's `before` / `after` tokens around it, as the atlas shows them,
+    without values. Either span leaves BOS out (`analyses.tokens.context_span`)."""
     kinds = list(sets)
     if not kinds:
         return EXAMPLES.empty_table()
@@ -315,7 +315,7 @@ def examples_table(stats, source: nf.Source, layer: int, sets: dict, start: int,
     slot = np.tile(np.arange(k, dtype=np.int32), b * len(kinds))[filled]  # [m]
     if contexts:
         before, after = contexts["before"], contexts["after"]
-    ids, first, token = _spans(stats, window, position, before, after, bos=bool(contexts))  # [m, c], [m], [m]
+    ids, first, token = _spans(stats, window, position, before, after)  # [m, c], [m], [m]
     inside = ids >= 0  # [m, c]
     if contexts:
         from analyses.collection.store import context_name
@@ -337,9 +337,10 @@ def examples_table(stats, source: nf.Source, layer: int, sets: dict, start: int,
     return pa.table({name: columns[name] for name in EXAMPLES.names}, schema=EXAMPLES)
 
 
-def _spans(stats, window: np.ndarray, position: np.ndarray, before: int, after: int, bos: bool) -> tuple:
+def _spans(stats, window: np.ndarray, position: np.ndarray, before: int, after: int) -> tuple:
     """(ids int32 [m, before + after + 1], first [m], token [m]) of m examples: column j holds the token at
-    `position - before + j` where it is inside the span (-1 elsewhere), `first` the span's first position. The
+    `position - before + j` where it is inside the span (`analyses.tokens.context_span`: never BOS; -1
+    elsewhere), `first` the span's first position. The
     windows are read WINDOW_ROWS at a time, so memory stays bounded however many windows the examples name."""
     offsets = np.arange(-before, after + 1)  # [c]
     ids = np.full((len(window), len(offsets)), -1, np.int32)  # [m, c]
@@ -351,10 +352,7 @@ def _spans(stats, window: np.ndarray, position: np.ndarray, before: int, after: 
         lengths = (rows >= 0).sum(axis=1)  # [w]
         chosen = np.flatnonzero((which >= lo) & (which < lo + WINDOW_ROWS))  # [s]
         row, p = which[chosen] - lo, position[chosen]  # [s] each
-        if bos:  # the stored span (`analyses.collection.contexts.span_bounds`)
-            begin, end = np.maximum(0, p - before), np.minimum(lengths[row], p + after + 1)  # [s] each
-        else:
-            begin, end = context_span(p, lengths[row], before, after)  # [s] each
+        begin, end = context_span(p, lengths[row], before, after)  # [s] each
         at = p[:, None] + offsets  # [s, c]
         inside = (at >= begin[:, None]) & (at < end[:, None])  # [s, c]
         ids[chosen] = np.where(inside, rows[row[:, None], np.clip(at, 0, rows.shape[1] - 1)], -1)

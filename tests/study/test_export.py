@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 import pytest
+import tensorstore as ts
 
 import analyses
 import planted
@@ -44,7 +45,9 @@ def exported(planted_run, atlas, tmp_path_factory):
                         "--atlas", atlas)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "export: 4/4 layers" in result.stderr, "a progress line per layer"
-    ex.export(planted_run.stats, str(root / "jsonl"), "jsonl", verbose=False)
+    analyses.attribute(planted_run.model, [str(planted_run.root / "corpus.jsonl")], str(root / "attribution"),
+                       seq_len=planted.SEQ, batch_size=16, max_tokens=4096, dtype="float32", verbose=False)
+    ex.export(planted_run.stats, str(root / "jsonl"), "jsonl", attribution=str(root / "attribution"), verbose=False)
     return root
 
 
@@ -124,6 +127,14 @@ def test_facts_take_the_atlas_labels_and_update_tokens(exported, planted_run, at
     assert all(r["promoted"] is None for r in plain)
 
 
+def test_facts_carry_the_attributions_effects(exported):
+    effect = np.asarray(ts.open({"driver": "zarr3", "kvstore": f"file://{exported}/attribution/effect"}).result())
+    for layer in range(planted.LAYERS):
+        rows = pj.read_json(exported / "jsonl" / "facts" / f"layer-{layer:03d}.jsonl").to_pylist()
+        assert [r["effect"] for r in rows] == effect[layer].tolist()
+    assert np.abs(effect[0]).max() > 0
+
+
 def test_examples_rows_are_the_stores_records(exported, planted_run, tokenizer):
     """Every example of every neuron and kind, in (layer, neuron, kind, slot) order, equal to the store's
     per-neuron records (`Stats.examples`, their windows); contexts as the atlas shows them (12 before, 4 after,
@@ -164,8 +175,9 @@ def test_jsonl_equals_parquet(exported):
         assert len(lines) == len(rows)
         for line, row in zip(lines, rows):
             assert list(line) == schema.names
-            if table == "facts":  # the parquet export has the atlas's update tokens, the jsonl one none
+            if table == "facts":  # the parquet export has the atlas's update tokens, the jsonl one an attribution
                 row = row | {k: None for k in ("promoted", "promoted_texts", "suppressed", "suppressed_texts")}
+                row["effect"] = line["effect"]
             assert line == pytest.approx(row, rel=1e-7)
 
 
@@ -181,7 +193,7 @@ def test_stored_context_activations_fill_the_context_columns(planted_run, tmp_pa
     rows = parquet(out, "examples").to_pylist()
     with open(os.path.join(out, "export.json")) as f:
         manifest = json.load(f)
-    assert manifest["contexts"] == "store" and manifest["context"] == {"before": 5, "after": 2, "bos": True}
+    assert manifest["contexts"] == "store" and manifest["context"] == {"before": 5, "after": 2}
     records = {(layer, n, kind): stats.examples(layer, n, kind) for layer in (0, 2) for n in range(planted.FFN)
                for kind in ("top", "random")}
     assert len(rows) == sum(map(len, records.values()))
