@@ -252,3 +252,73 @@ def test_clear_errors(planted_run, atlas, tmp_path):
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert not os.path.exists(tmp_path / "out")
     assert issubclass(StatsError, OptJaxError)
+
+
+@pytest.mark.real
+def test_export_at_opt_125m_dimensions(tmp_path):
+    """A synthetic store of OPT-125m's dimensions (3 of its layers: 3072 neurons, 2048 positions, vocab 50272,
+    16 + 16 examples per neuron over 200 windows) and OPT's 50272-entry word tokenizer: every row against the
+    store's arrays opened with tensorstore as docs/formats.md says, the contexts and texts recomputed with numpy
+    and the tokenizer; row groups of `block` neurons."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+    import scale_data as sd
+    from transformers import AutoTokenizer
+
+    import opt_jax
+    from benchmarks.scale import write_synthetic_stats
+
+    config = opt_jax.for_size("125m").replace(num_hidden_layers=3)
+    stats = write_synthetic_stats(str(tmp_path / "stats"), config, sequences=200, examples=16, verbose=False)
+    sd.write_word_tokenizer(str(tmp_path / "tok"))
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    out = ex.export(stats, str(tmp_path / "out"), model_dir=str(tmp_path / "tok"), block=1024, verbose=False)
+
+    def array(name):
+        return np.asarray(ts.open({"driver": "zarr3", "kvstore": f"file://{stats}/{name}"}).result())
+
+    with open(os.path.join(stats, "manifest.json")) as f:
+        tokens = json.load(f)["tokens"]
+    act, windows = array("act"), array("windows")  # [3, 3072], [200, 2048]
+    facts = parquet(out, "facts")
+    assert facts.num_rows == 3 * 3072
+    layer, neuron = facts["layer"].to_numpy(), facts["neuron"].to_numpy()
+    np.testing.assert_array_equal(layer, np.repeat(np.arange(3), 3072))
+    np.testing.assert_array_equal(neuron, np.tile(np.arange(3072), 3))
+    a = act[layer, neuron]
+    np.testing.assert_array_equal(facts["activations"].to_numpy(), a)
+    np.testing.assert_allclose(facts["frequency"].to_numpy(), a / tokens, rtol=1e-12)
+    np.testing.assert_array_equal(facts["rank"].to_numpy(), [1 + (act[l] > x).sum() for l, x in zip(layer, a)])
+    np.testing.assert_array_equal(facts["dead"].to_numpy(), a == 0)
+    bound = facts["rate_bound"].to_numpy(zero_copy_only=False)
+    np.testing.assert_allclose(bound[a == 0], 1 - 0.05 ** (1 / tokens), rtol=1e-9)
+    assert np.isnan(bound[a > 0]).all() and (a == 0).sum() > 1000
+    assert facts["positional"].to_pylist()[:64] == ["oscillatory"] * 64, "the planted square waves"
+    for lay in range(3):
+        examples = pq.ParquetFile(os.path.join(out, "examples", f"layer-{lay:03d}.parquet"))
+        assert examples.metadata.num_row_groups == 3
+        rows = examples.read()
+        sets = {kind: {f: array(f"examples_{kind}_{f}")[lay] for f in ("window", "position", "value")}
+                for kind in ("top", "random")}  # [3072, 16] each
+        order = np.stack([np.stack([sets[kind][f] for kind in ("top", "random")], 1).reshape(-1)
+                          for f in ("window", "position")])  # [2, 3072 * 2 * 16] in (neuron, kind, slot) order
+        filled = order[0] >= 0
+        np.testing.assert_array_equal(rows["window"].to_numpy(), order[0][filled])
+        np.testing.assert_array_equal(rows["position"].to_numpy(), order[1][filled])
+        values = np.stack([sets[kind]["value"] for kind in ("top", "random")], 1).reshape(-1)[filled]
+        np.testing.assert_array_equal(rows["value"].to_numpy(), values)
+        w, p = rows["window"].to_numpy(), rows["position"].to_numpy()
+        np.testing.assert_array_equal(rows["token"].to_numpy(), windows[w, p])
+        at = p[:, None] + np.arange(-12, 5)  # [m, 17]
+        inside = (at >= 1) & (at < 2048)
+        want = np.where(inside, windows[w[:, None], np.clip(at, 0, 2047)], -1)  # [m, 17]
+        got = rows["context_tokens"]
+        np.testing.assert_array_equal(got.combine_chunks().flatten().to_numpy(), want[inside])
+        np.testing.assert_array_equal(rows["context_index"].to_numpy(), p - np.maximum(1, p - 12))
+        sample = np.random.default_rng(lay).choice(rows.num_rows, 200, replace=False)
+        text, context = rows["text"].to_pylist(), rows["context_text"].to_pylist()
+        for i in sample:
+            assert text[i] == tokenizer.decode([int(windows[w[i], p[i]])])
+            assert context[i] == tokenizer.decode(want[i][want[i] >= 0].tolist(), clean_up_tokenization_spaces=False)
+        assert rows["context_values"].null_count == rows.num_rows
