@@ -5,8 +5,8 @@ a uniform sample of k (`analyses.collection.examples`), and every window's token
 runs the model once more over the windows that hold an example, each window once, in batches of the run's
 `batch_size` and in window order, every layer's every example gathered from that one forward: for an example at
 `position` of its window, the neuron's fc1 output at positions `position - before .. position + after` (the part
-inside the window). The store then reads each example with its context (`Stats.examples`: `context_tokens`,
-`context_values`, `context_index`).
+inside the window, BOS excepted). The store then reads each example with its context (`Stats.examples`:
+`context_tokens`, `context_values`, `context_index`).
 
 Stored: `context_{kind}_value` float16 [layers, ffn, k, before + after + 1], slot j of an example at `position`
 holding position `position - before + j` (0 outside the window, where the reader cuts the span); the manifest's
@@ -66,8 +66,9 @@ def context_layouts(num_layers: int, ffn: int, k: int, span: int) -> dict:
 
 
 def span_bounds(position: int, length: int, before: int, after: int) -> tuple[int, int]:
-    """[start, stop) of the span around `position` in a window of `length` tokens."""
-    return max(0, position - before), min(length, position + after + 1)
+    """[start, stop) of the span around `position` in a window of `length` tokens: never BOS (position 0), as the
+    atlas's contexts (`analyses.tokens.context_span`)."""
+    return max(1, position - before), min(length, position + after + 1)
 
 
 def with_context(example: Example, stored: np.ndarray, entry: dict) -> Example:
@@ -99,13 +100,16 @@ class MemoryUse:
 def memory_use(config, layers: int, k: int, span: int, batch_size: int, seq_len: int, itemsize: int,
                offload: bool, group: int, chunk_batches: int, device, host_available: int | None = None) -> MemoryUse:
     """What a run needs, computed without allocating: the spans and places on the device, the weights (all layers,
-    or two groups streamed), a step's temporaries (collection's `working_bytes` plus the gather), and on the host
+    or two groups streamed, and the embeddings), a step's temporaries (collection's `working_bytes` plus the
+    gather), and on the host
     the groups read ahead, the windows' index and a commit's block."""
     slots = layers * config.ffn_dim * 2 * k
     spans = slots * (span * 2 + 12)  # float16 spans; window, position and value of each example
     layer = layer_bytes(config, itemsize)
     streamed = offload and -(-layers // group) > 2
-    weights = (2 * group if streamed else layers) * layer
+    outer = (config.vocab_size * config.word_embed_proj_dim + (config.max_position_embeddings + 2)
+             * config.hidden_size) * itemsize  # the embeddings
+    weights = (2 * group if streamed else layers) * layer + outer
     options = Options(seq_len=seq_len, batch_size=batch_size, offload=offload, chunk_batches=chunk_batches)
     gather = config.ffn_dim * 2 * k * (span * 4 * 4 + batch_size)  # indices and values [n, 2k, span], matches
     working = working_bytes(Plan(config, layers, (), seq_len), options, itemsize) + gather

@@ -59,7 +59,7 @@ def test_every_context_is_torch_fc1_around_the_example(resident, pre_ln_model):
                 for e in resident.examples(layer, neuron, kind):
                     if e.window not in cache:
                         cache[e.window] = torch_fc1(pre_ln_model, e.tokens)  # [l, s, f]
-                    start = max(0, e.position - BEFORE)
+                    start = max(1, e.position - BEFORE)
                     stop = min(len(e.tokens), e.position + AFTER + 1)
                     assert e.context_index == e.position - start
                     np.testing.assert_array_equal(e.context_tokens, e.tokens[start:stop])
@@ -134,8 +134,8 @@ def test_collecting_on_makes_the_contexts_stale_and_a_new_span_recomputes(collec
     entry = cx.add_contexts(root, before=1, after=0, verbose=False)
     stats = analyses.open_stats(root)
     assert entry["tokens"] == stats.tokens and stats.array(context_name("top")).shape[-1] == 2
-    e = stats.examples(1, 3, "random")[0]
-    np.testing.assert_array_equal(e.context_tokens, e.tokens[e.position - 1:e.position + 1])
+    for e in stats.examples(1, 3, "random"):
+        np.testing.assert_array_equal(e.context_tokens, e.tokens[max(1, e.position - 1):e.position + 1])
 
 
 def test_bad_requests_are_clear_errors(collected, tiny_model, tiny_corpus, tmp_path):
