@@ -281,17 +281,8 @@ def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, aft
     try:
         first = entry["next_batch"]
         for start in range(first, identity["batches"], chunk_size):
-            chunk = []
-            for b in range(start, min(start + chunk_size, identity["batches"])):
-                batch = windows[b * batch_size:(b + 1) * batch_size]  # [<= b]
-                rows = stats.window_rows(batch)  # [r, s]
-                ids = np.full((batch_size, seq_len), pad, np.int32)  # [b, s]
-                mask = np.zeros((batch_size, seq_len), bool)  # [b, s]
-                mask[:len(batch)] = rows >= 0
-                ids[:len(batch)] = np.where(rows >= 0, rows, pad)
-                numbers = np.full(batch_size, -2, np.int32)  # [b]: -2 for padding rows
-                numbers[:len(batch)] = batch
-                chunk.append((jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(numbers), len(batch)))
+            chunk = [_batch(stats, windows[b * batch_size:(b + 1) * batch_size], batch_size, seq_len, pad)
+                     for b in range(start, min(start + chunk_size, identity["batches"]))]
             state = run(outer, chunk, state, places)
             jax.block_until_ready(state)
             entry["next_batch"] = start + len(chunk)
@@ -312,6 +303,19 @@ def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, aft
         run.close()
     progress.update(0, force=True)
     return entry
+
+
+def _batch(stats: Stats, windows: np.ndarray, batch_size: int, seq_len: int, pad: int) -> tuple:
+    """One batch of the store's windows on the device: (ids, mask [b, s], the window indices [b] (-2 in padding
+    rows), how many windows)."""
+    rows = stats.window_rows(windows)  # [r, s]: -1 after each window's end
+    ids = np.full((batch_size, seq_len), pad, np.int32)  # [b, s]
+    mask = np.zeros((batch_size, seq_len), bool)  # [b, s]
+    mask[:len(windows)] = rows >= 0
+    ids[:len(windows)] = np.where(rows >= 0, rows, pad)
+    numbers = np.full(batch_size, -2, np.int32)  # [b]
+    numbers[:len(windows)] = windows
+    return jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(numbers), len(windows)
 
 
 class _Sized:

@@ -126,9 +126,16 @@ def _contexts(examples: nf.Examples, start: int, stop: int, texts: list[str]) ->
     valid = examples.valid[start:stop].tolist()
     fire, window, position = (a[start:stop].tolist() for a in (examples.fire, examples.window, examples.position))
     value = round_significant(examples.value[start:stop]).tolist()
-    return [[{"tokens": [texts[i] for i in ids[b][j] if i >= 0], "fire": fire[b][j], "value": value[b][j],
-              "window": window[b][j], "position": position[b][j]} for j in range(len(valid[b])) if valid[b][j]]
-            for b in range(len(valid))]
+    heat = None if examples.values is None else round_significant(examples.values[start:stop]).tolist()
+
+    def context(b, j):
+        record = {"tokens": [texts[i] for i in ids[b][j] if i >= 0], "fire": fire[b][j], "value": value[b][j],
+                  "window": window[b][j], "position": position[b][j]}
+        if heat is not None:  # fc1 at each token (null where the stored span does not reach)
+            record["values"] = [None if v != v else v for i, v in zip(ids[b][j], heat[b][j]) if i >= 0]
+        return record
+
+    return [[context(b, j) for j in range(len(valid[b])) if valid[b][j]] for b in range(len(valid))]
 
 
 def layer_summary(facts: nf.LayerFacts, source: nf.Source) -> dict:

@@ -162,6 +162,8 @@ class Examples:
     window: np.ndarray
     position: np.ndarray
     valid: np.ndarray
+    values: np.ndarray | None = None  # float32 [n, k, c]: fc1 at each context token (NaN where none); None: no
+    # context activations (scripts/contexts.py)
 
 
 @dataclasses.dataclass
@@ -328,9 +330,26 @@ def _examples(stats, layer: int, before: int, after: int) -> dict:
         inside = valid[..., None] & (at >= start[..., None]) & (at < stop[..., None])  # [n, k, c]
         ids = (rows[row[..., None], np.clip(at, 0, rows.shape[1] - 1)] if len(used)
                else np.zeros(at.shape, np.int32))  # [n, k, c]
+        values = _context_values(stats, layer, kind, s["value"], inside, before, after) if stats.contexts else None
         out[kind] = Examples(np.where(inside, ids, -1), s["position"] - start, s["value"], s["window"],
-                             s["position"], valid)
+                             s["position"], valid, values)
     return out
+
+
+def _context_values(stats, layer: int, kind: str, value, inside, before: int, after: int) -> np.ndarray:
+    """float32 [n, k, c]: the neuron's fc1 output at each context token from the store's context activations
+    (`analyses.collection.contexts`), the firing token's the example's own value; NaN outside the context and
+    where the stored spans (their `before` and `after`) do not reach."""
+    from analyses.collection.store import context_name
+
+    entry = stats.contexts
+    stored = stats.array(context_name(kind))[layer].read().result()  # [n, k, w]
+    slot = np.arange(-before, after + 1) + entry["before"]  # [c]
+    kept = (slot >= 0) & (slot < entry["span"])  # [c]
+    values = np.full(inside.shape, np.nan, np.float32)  # [n, k, c]
+    values[..., kept] = stored[..., slot[kept]]
+    values[..., before] = value  # [n, k]: exact
+    return np.where(inside, values, np.nan)
 
 
 def label(facts: LayerFacts, n: int, source: Source, triggers: int = 3) -> str:
