@@ -39,6 +39,8 @@ flags.DEFINE_bool("ngram_cost", False, "cpu: measure only what exact n-gram coun
                   "at the first --seq_lens value")
 flags.DEFINE_bool("examples_cost", False, "cpu: measure only what the example sets (--examples 16) cost, resident, "
                   "at each --seq_lens value")
+flags.DEFINE_bool("contexts_cost", False, "cpu: measure only what context activations cost (their pass against a "
+                  "collection pass over the same windows, interleaved, and the size they add)")
 flags.DEFINE_bool("ablation_cost", False, "cpu: measure only an ablation pass (base + 300 neurons zeroed: losses and "
                   "KL) against HF + hooks doing the same, at each --seq_lens value")
 flags.DEFINE_string("workdir", None, "cpu: where the temporary checkpoints go (default: the system temp dir)")
@@ -81,6 +83,15 @@ def main(argv):
                              workdir=FLAGS.workdir, **common)
         for row in rows:
             print(json.dumps(row))
+        return 0
+
+    if FLAGS.contexts_cost:
+        from benchmarks.contexts_cost import contexts_cost
+
+        seq_len = int(FLAGS.seq_lens[0])
+        print(json.dumps(contexts_cost(opt_jax.for_size(FLAGS.size), seq_len,
+                                       cpu.batch_size_for(seq_len, FLAGS.tokens_per_batch), workdir=FLAGS.workdir,
+                                       **common)))
         return 0
 
     if FLAGS.ablation_cost:
