@@ -44,8 +44,8 @@ import psutil
 from analyses.collection.plan import RUNTIME_BYTES, Options, working_bytes
 from analyses.collection.runner import Weights
 from analyses.collection.statistics import Plan, embed_step
-from analyses.collection.store import (CHUNK_CELLS, EXAMPLE_KINDS, Example, Stats, StatsStore, context_name,
-                                       example_name, open_stats)
+from analyses.collection.store import (CHUNK_CELLS, EXAMPLE_KINDS, Stats, StatsStore, context_name, example_name,
+                                       open_stats)
 from opt_jax import checkpoint as ckpt
 from opt_jax import lock
 from opt_jax.errors import StatsError
@@ -63,24 +63,6 @@ def context_layouts(num_layers: int, ffn: int, k: int, span: int) -> dict:
     block = max(1, min(ffn, CHUNK_CELLS // (k * span)))
     return {context_name(kind): ((num_layers, ffn, k, span), (1, block, k, span), DTYPE, 0.0)
             for kind in EXAMPLE_KINDS}
-
-
-def span_bounds(position: int, length: int, before: int, after: int) -> tuple[int, int]:
-    """[start, stop) of the span around `position` in a window of `length` tokens: never BOS (position 0), as the
-    atlas's contexts (`analyses.tokens.context_span`)."""
-    return max(1, position - before), min(length, position + after + 1)
-
-
-def with_context(example: Example, stored: np.ndarray, entry: dict) -> Example:
-    """`example` with its context from its stored span (float16 [before + after + 1]) and the manifest's entry."""
-    before, after = entry["before"], entry["after"]
-    start, stop = span_bounds(example.position, len(example.tokens), before, after)
-    first = start - (example.position - before)  # the slot of `start`
-    values = stored[first:first + stop - start].astype(np.float32)  # [stop - start]
-    index = example.position - start
-    values[index] = example.value  # the record's float32 value, exact
-    return dataclasses.replace(example, context_tokens=example.tokens[start:stop], context_values=values,
-                               context_index=index)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -461,6 +461,19 @@ class Example:
         return int(self.tokens[self.position])
 
 
+def _with_context(example: Example, stored: np.ndarray, entry: dict) -> Example:
+    """`example` with its context from its stored span (float16 [before + after + 1], `analyses.collection.contexts`)
+    and the manifest's `contexts` entry: cut to the window, never BOS (as the atlas's contexts); its own value exact."""
+    before, after = entry["before"], entry["after"]
+    start, stop = max(1, example.position - before), min(len(example.tokens), example.position + after + 1)
+    first = start - (example.position - before)  # the slot of `start`
+    values = stored[first:first + stop - start].astype(np.float32)  # [stop - start]
+    index = example.position - start
+    values[index] = example.value  # the record's float32 value
+    return dataclasses.replace(example, context_tokens=example.tokens[start:stop], context_values=values,
+                               context_index=index)
+
+
 @dataclasses.dataclass
 class Stats:
     """A statistics directory opened for reading: the manifest's counts and the arrays, lazily."""
@@ -549,10 +562,18 @@ class Stats:
                     for w, p, v in zip(rows["window"], rows["position"], rows["value"]) if w >= 0]
         if self.contexts is None:
             return examples
-        from analyses.collection.contexts import with_context
-
         spans = self.array(context_name(kind))[int(layer), int(neuron)].read().result()  # [k, span]
-        return [with_context(e, span, self.contexts) for e, span in zip(examples, spans)]
+        return [_with_context(e, span, self.contexts) for e, span in zip(examples, spans)]
+
+    def layer_contexts(self, layer: int) -> dict:
+        """Both sets' context activations of a whole layer in one read: {kind: float16 [ffn, k, span]}, slot j of an
+        example at `position` holding its fc1 output at `position - before + j` (`contexts` gives before and span;
+        `examples` cuts each to its window). A store without current contexts is refused."""
+        self._check_example_layer(layer)
+        if self.contexts is None:
+            raise StatsError(f"{self.root}: holds no complete context activations for its example sets; run "
+                             "scripts/contexts.py")
+        return {kind: self.array(context_name(kind))[int(layer)].read().result() for kind in EXAMPLE_KINDS}
 
     @property
     def contexts(self) -> dict | None:

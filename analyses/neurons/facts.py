@@ -319,6 +319,7 @@ def _examples(stats, layer: int, before: int, after: int) -> dict:
     rows = stats.window_rows(used)  # [u, seq]
     lengths = (rows >= 0).sum(axis=1)  # [u]: windows hold -1 after their end
     offsets = np.arange(-before, after + 1)  # [c]
+    spans = stats.layer_contexts(layer) if stats.contexts else None  # {kind: [n, k, w]}
     out = {}
     for kind, s in sets.items():
         valid = s["window"] >= 0  # [n, k]
@@ -330,20 +331,17 @@ def _examples(stats, layer: int, before: int, after: int) -> dict:
         inside = valid[..., None] & (at >= start[..., None]) & (at < stop[..., None])  # [n, k, c]
         ids = (rows[row[..., None], np.clip(at, 0, rows.shape[1] - 1)] if len(used)
                else np.zeros(at.shape, np.int32))  # [n, k, c]
-        values = _context_values(stats, layer, kind, s["value"], inside, before, after) if stats.contexts else None
+        values = _context_values(stats, spans[kind], s["value"], inside, before, after) if spans else None
         out[kind] = Examples(np.where(inside, ids, -1), s["position"] - start, s["value"], s["window"],
                              s["position"], valid, values)
     return out
 
 
-def _context_values(stats, layer: int, kind: str, value, inside, before: int, after: int) -> np.ndarray:
+def _context_values(stats, stored, value, inside, before: int, after: int) -> np.ndarray:
     """float32 [n, k, c]: the neuron's fc1 output at each context token from the store's context activations
-    (`analyses.collection.contexts`), the firing token's the example's own value; NaN outside the context and
-    where the stored spans (their `before` and `after`) do not reach."""
-    from analyses.collection.store import context_name
-
+    (`stored` [n, k, w], `analyses.collection.contexts`), the firing token's the example's own value; NaN outside
+    the context and where the stored spans (their `before` and `after`) do not reach."""
     entry = stats.contexts
-    stored = stats.array(context_name(kind))[layer].read().result()  # [n, k, w]
     slot = np.arange(-before, after + 1) + entry["before"]  # [c]
     kept = (slot >= 0) & (slot < entry["span"])  # [c]
     values = np.full(inside.shape, np.nan, np.float32)  # [n, k, c]

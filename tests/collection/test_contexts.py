@@ -7,7 +7,6 @@ mid-way leaves the store readable and resumes to the same spans; a store joined 
 The real-dimension check is in test_contexts_real.py.
 """
 
-import os
 import shutil
 
 import numpy as np
