@@ -7,6 +7,7 @@ mid-way leaves the store readable and resumes to the same spans; a store joined 
 The real-dimension check is in test_contexts_real.py.
 """
 
+import os
 import shutil
 
 import numpy as np
@@ -156,10 +157,15 @@ def test_bad_requests_are_clear_errors(collected, tiny_model, tiny_corpus, tmp_p
         cx.add_contexts(root, model=other, verbose=False)
 
 
-def test_the_script_runs_and_refuses_another_config(collected, tmp_path, tiny_model):
+def test_the_script_runs_and_refuses_another_config_or_no_examples(collected, tmp_path, tiny_model, tiny_corpus):
     import hf_models
     import opt_jax
 
+    bare = _collect(tiny_model, tiny_corpus, str(tmp_path / "bare"), examples=0, max_tokens=50)
+    result = run_script("scripts/contexts.py", "--stats", bare)
+    assert result.returncode == 1 and result.stderr.splitlines()[-1] == (
+        f"error: {os.path.abspath(bare)}: holds no example activations (collected with --examples 0); collect again "
+        "with --examples K"), result.stderr
     root = _copy(collected, tmp_path)
     hf = hf_models.random_model(hf_models.hf_config(**hf_models.POST_LN_350M), seed=2)
     other = opt_jax.convert(hf_models.save(hf, str(tmp_path / "hf"), "safetensors"), str(tmp_path / "other"),
