@@ -178,10 +178,12 @@ def windows_with_examples(stats: Stats) -> np.ndarray:
 
 
 def _places(stats: Stats, group: range) -> dict:
-    """The examples of a layer group, both kinds side by side: {window, position, value: [g, n, 2k]}."""
+    """The examples of a layer group on the device, both kinds side by side: {window, position, value: [g, n, 2k]}
+    (read and moved a layer at a time)."""
     def field(f):
-        return np.stack([np.concatenate([stats.array(example_name(kind, f))[layer].read().result()
-                                         for kind in EXAMPLE_KINDS], axis=-1) for layer in group])  # [g, n, 2k]
+        return jnp.stack([jax.device_put(np.concatenate([stats.array(example_name(kind, f))[layer].read().result()
+                                                         for kind in EXAMPLE_KINDS], axis=-1))
+                          for layer in group])  # [g, n, 2k]
     return {f: field(f) for f in ("window", "position", "value")}
 
 
@@ -252,7 +254,7 @@ def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, aft
     weights = Weights.from_checkpoint(model, dtype, layers)
     outer = put_now({"embed": weights.embed})
     shape = lambda g: (len(g), config.ffn_dim, 2 * k, span)  # noqa: E731
-    places = [put_now(_places(stats, g)) for g in groups]
+    places = [_places(stats, g) for g in groups]
     state = [_committed_state(store, g, fresh, shape(g)) for g in groups]
     run = _Streamed(config, groups, weights, before, span) if offload else _Resident(config, weights, before, span)
     pad = config.pad_token_id
