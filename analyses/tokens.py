@@ -36,9 +36,15 @@ class TokenStrings:
         return [next(decoded) if i < self._size else f"<id {int(i)}>" for i in ids]
 
     def join(self, sequences) -> list[str]:
-        """One string per id sequence (e.g. a trigram), decoded together."""
-        return [self._tokenizer.decode([int(i) for i in seq if i < self._size], clean_up_tokenization_spaces=False)
-                for seq in np.asarray(sequences, np.int64)]
+        """One string per id sequence (e.g. a trigram), decoded together; a fast tokenizer's decodes all at once
+        (its backend's `decode_batch`: the same strings, without transformers' per-call overhead)."""
+        sequences = np.asarray(sequences, np.int64)  # [m, c]
+        known = (sequences.tolist() if (sequences < self._size).all() else
+                 [[int(i) for i in seq if i < self._size] for seq in sequences])
+        backend = getattr(self._tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            return backend.decode_batch(known, skip_special_tokens=False)
+        return [self._tokenizer.decode(seq, clean_up_tokenization_spaces=False) for seq in known]
 
 
 def context_span(position, length, before: int, after: int):

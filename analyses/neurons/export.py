@@ -248,12 +248,13 @@ def facts_table(facts: nf.LayerFacts, source: nf.Source, atlas: AtlasModel | Non
         effect = np.array([np.nan if e is None else e for e in summary["effect"]], np.float64)
     promoted = suppressed = [None] * n
     if shown:
-        records = list(atlas.records(facts.layer))
-        if len(records) != n:
-            raise InputError(f"{atlas.root}: layer {facts.layer} has {len(records)} neuron records, the store "
-                             f"{n} neurons")
-        promoted = [[t["token"] for t in r["promoted"]] if r["promoted"] else None for r in records]
-        suppressed = [[t["token"] for t in r["suppressed"]] if r["suppressed"] else None for r in records]
+        promoted, suppressed = [], []
+        for record in atlas.records(facts.layer):  # a block file at a time: only the token ids are kept
+            promoted.append([t["token"] for t in record["promoted"]] or None)
+            suppressed.append([t["token"] for t in record["suppressed"]] or None)
+        if len(promoted) != n or len(label) != n:
+            raise InputError(f"{atlas.root}: layer {facts.layer} has {len(promoted)} neuron records and "
+                             f"{len(label)} labels, the store {n} neurons")
     kind = facts.pos_type  # [n]
     triggers = _lists(facts.trigger_ids, facts.trigger_ids >= 0) if facts.token_layer else pa.nulls(n, TOKENS)
     counts = (_lists(facts.trigger_counts, facts.trigger_ids >= 0, pa.int64()) if facts.token_layer
