@@ -41,6 +41,8 @@ flags.DEFINE_bool("examples_cost", False, "cpu: measure only what the example se
                   "at each --seq_lens value")
 flags.DEFINE_bool("contexts_cost", False, "cpu: measure only what context activations cost (their pass against a "
                   "collection pass over the same windows, interleaved, and the size they add)")
+flags.DEFINE_bool("value_hist_cost", False, "cpu: measure only what the activation-value histogram (value_hist, "
+                  "2 bins per octave) costs, resident with the default example sets, at each --seq_lens value")
 flags.DEFINE_bool("ablation_cost", False, "cpu: measure only an ablation pass (base + 300 neurons zeroed: losses and "
                   "KL) against HF + hooks doing the same, at each --seq_lens value")
 flags.DEFINE_string("workdir", None, "cpu: where the temporary checkpoints go (default: the system temp dir)")
@@ -92,6 +94,15 @@ def main(argv):
         print(json.dumps(contexts_cost(opt_jax.for_size(FLAGS.size), seq_len,
                                        cpu.batch_size_for(seq_len, FLAGS.tokens_per_batch), workdir=FLAGS.workdir,
                                        **common)))
+        return 0
+
+    if FLAGS.value_hist_cost:
+        from benchmarks.value_hist_cost import value_hist_cost
+
+        rows = value_hist_cost(opt_jax.for_size(FLAGS.size), [int(s) for s in FLAGS.seq_lens], FLAGS.tokens_per_batch,
+                               workdir=FLAGS.workdir, **common)
+        for row in rows:
+            print(json.dumps(row))
         return 0
 
     if FLAGS.ablation_cost:

@@ -28,8 +28,9 @@ def run_script(*args, env: dict | None = None, timeout: float = 600) -> subproce
 
 
 def assert_same_stats(a, b, examples: int = 16) -> None:
-    """Two statistics stores (`analyses.open_stats`) hold identical counts, example sets and windows (k =
-    `examples`, some filled) and n-gram tables (non-empty), array by array and bit for bit."""
+    """Two statistics stores (`analyses.open_stats`) hold identical counts (value histograms and their bins too),
+    example sets and windows (k = `examples`, some filled) and n-gram tables (non-empty), array by array and bit
+    for bit."""
     import numpy as np
 
     from analyses.collection.store import ARRAY_NAMES, example_layouts
@@ -38,6 +39,8 @@ def assert_same_stats(a, b, examples: int = 16) -> None:
         np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
     for key in ("tokens", "sequences", "full_length_sequences"):
         assert a.manifest[key] == b.manifest[key], key
+    np.testing.assert_array_equal(np.asarray(a.value_hist), np.asarray(b.value_hist), err_msg="value_hist")
+    np.testing.assert_array_equal(a.value_edges, b.value_edges)
     assert a.examples_per_neuron == b.examples_per_neuron == examples
     for name in example_layouts(1, 1, 1, 2):
         np.testing.assert_array_equal(np.asarray(a.array(name).read().result()),

@@ -133,6 +133,7 @@ def check_pipeline(model, hf_dir: str, tmp, docs, vocab_words, token_layers, bat
     ref = sd.torch_counts(model, windows, token_layers)
     assert ref.near_zero < 1e-5 * ref.cells, f"the bracket must leave almost nothing open ({ref.near_zero} cells)"
     act, pos_act = np.asarray(stats.act), None
+    np.testing.assert_array_equal(np.asarray(stats.value_hist).sum(-1), act)  # torch-checked: test_value_hist.py
     for l in range(config.num_hidden_layers):
         assert (ref.lo[f"act/{l}"] <= act[l]).all() and (act[l] <= ref.hi[f"act/{l}"]).all(), l
         pos_act = stats.pos_act[l]

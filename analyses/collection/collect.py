@@ -25,12 +25,13 @@ import time
 import numpy as np
 
 from analyses.collection import statistics as st
+from analyses.collection import values
 from analyses.collection.background import Behind
 from analyses.collection.candidates import ngram_candidates
 from analyses.collection.plan import IDENTITY, Options, make_plan
 from analyses.collection.runner import Runner
 from analyses.collection.store import (StatsStore, appended_windows, array_layouts, example_layouts, example_merges,
-                                       open_stats, read_manifest, stored_examples)
+                                       open_stats, read_manifest, stored_examples, value_layouts)
 from opt_jax import checkpoint as ckpt
 from opt_jax import lock
 from opt_jax.corpus import Corpus, batches, model_corpus
@@ -61,7 +62,10 @@ def _open_store(out_dir: str, identity: dict, plan: st.Plan, options: Options) -
         raise StatsError(f"{out_dir}: exists, is not empty and is not a statistics directory")
     layouts = array_layouts(plan.num_layers, len(plan.token_layers), plan.seq_len, plan.vocab, plan.ffn)
     layouts |= example_layouts(plan.num_layers, plan.ffn, plan.examples, plan.seq_len)
-    start = identity | {"token_layers": list(plan.token_layers), "layers": plan.num_layers,
+    bins = values.num_bins(plan.value_bins) if plan.value_bins else 0
+    layouts |= value_layouts(plan.num_layers, plan.ffn, bins)
+    value_edges = {"value_edges": values.edges(plan.value_bins).tolist()} if bins else {}
+    start = identity | value_edges | {"token_layers": list(plan.token_layers), "layers": plan.num_layers,
                         "ngram_orders": list(options.ngram_orders), "examples": plan.examples, "tokens": 0,
                         "sequences": 0, "full_length_sequences": 0, "cursor": {"next_batch": 0, "stream_tokens": 0},
                         "complete": False}

@@ -6,16 +6,18 @@ model's statistics come from several runs over the same windows, each with its o
 the first, `--max_layers` ending at its last token layer; `analyses.collection.runs` plans them). The join makes
 them one store that `open_stats`, the report, the atlas and the ablations read as any other:
 
-- a layer's `act`, `pos_act` and example sets come from the part with the most layers that holds them;
+- a layer's `act`, `pos_act`, `value_hist` and example sets come from the part with the most layers that holds them
+  (`value_hist` only when every part has one, with the same bins: else the join has none);
 - a token layer's `tok_act` from a part that counted it, its n-gram tables from one that counted its orders;
 - `pos_tokens`, `token_occ`, `windows`, the n-gram occurrences and the counts from the first part that has them.
 
 Checked before anything is written, with a `StatsError` naming the parts and what differs: every part is a
 complete, single-process store of one format version; the same model config, corpus (fingerprint, text key) and
 window flags (seq_len, batch_size, full_length_only, dtype); the same windows seen (tokens, sequences, cursor,
-`pos_tokens`, `token_occ`); and equal counts wherever two parts hold one layer (`act`, `pos_act`) or one token
-layer (`tok_act`), and equal n-gram occurrences. Parts may differ in token layers, `--max_layers`, n-gram orders
-and candidates, and example sets (0 in some). The joined n-gram orders are those counted for every token layer;
+`pos_tokens`, `token_occ`); and equal counts wherever two parts hold one layer (`act`, `pos_act`, `value_hist`)
+or one token layer (`tok_act`), and equal n-gram occurrences; value histograms, where every part has one, in the
+same bins. Parts may differ in token layers, `--max_layers`, n-gram orders and candidates, and example sets (0 in
+some). The joined n-gram orders are those counted for every token layer;
 example sets must have one K where there are several.
 
 Storage: hard links. The joined store has a generation of its own (`data-000000`: each array's `zarr.json` with
@@ -41,7 +43,8 @@ import os
 
 import numpy as np
 
-from analyses.collection.store import (ARRAY_NAMES, EXAMPLE_FIELDS, EXAMPLE_KINDS, MANIFEST, Stats, StatsStore,
+from analyses.collection.store import (ARRAY_NAMES, EXAMPLE_FIELDS, EXAMPLE_KINDS, MANIFEST, VALUE_HIST, Stats,
+                                       StatsStore,
                                        chunk_blocks, create_array, example_name, generation_dir, open_stats,
                                        read_manifest)
 from opt_jax import arrays
@@ -105,6 +108,12 @@ class Sources:
     orders: list[int]  # the n-gram orders counted for every token layer
     examples: list[Part | None]  # by layer: the part whose example sets are taken (None: no part has them)
     k: int  # examples per neuron and set (0: none)
+    value_hist: bool  # every part has a value histogram (with the same bins): the join has one
+
+    @property
+    def layer_arrays(self) -> tuple[str, ...]:
+        """The layer-indexed arrays taken from `layers`: act, pos_act, and value_hist when joined."""
+        return LAYER_ARRAYS + ((VALUE_HIST,) if self.value_hist else ())
 
     @property
     def token_layers(self) -> list[int]:
@@ -215,6 +224,12 @@ def _check_identity(loaded: list[Part]) -> None:
         raise StatsError("the parts keep example sets of different sizes ("
                          + ", ".join(f"{p.root}: {p.examples}" for p in loaded if p.examples)
                          + "); collect them with one --examples K (or 0 in all but one)")
+    edges = {tuple(p.manifest["value_edges"]) for p in loaded if VALUE_HIST in p.manifest["arrays"]}
+    if len(edges) > 1:
+        raise StatsError("the parts count activation values in different bins ("
+                         + ", ".join(f"{p.root}: {p.manifest['flags'].get('value_bins_per_octave')} per octave"
+                                     for p in loaded if VALUE_HIST in p.manifest["arrays"])
+                         + "); collect them with one --value_bins_per_octave")
 
 
 def _sources(loaded: list[Part]) -> Sources:
@@ -235,7 +250,8 @@ def _sources(loaded: list[Part]) -> Sources:
         tokens=[(holding[l][0], holding[l][0].token_layers.index(l)) for l in token_layers],
         ngrams=ngrams, orders=sorted(orders),
         examples=[next((p for p in with_examples if l < p.layers), None) for l in range(layers)],
-        k=with_examples[0].examples if with_examples else 0)
+        k=with_examples[0].examples if with_examples else 0,
+        value_hist=all(VALUE_HIST in p.manifest["arrays"] for p in loaded))
 
 
 def _check_counts(loaded: list[Part], sources: Sources, verbose: bool) -> None:
@@ -244,7 +260,7 @@ def _check_counts(loaded: list[Part], sources: Sources, verbose: bool) -> None:
     pairs = [(name, first, None, part, None) for part in loaded[1:] for name in ("pos_tokens", "token_occ")]
     for layer, source in enumerate(sources.layers):  # (array, part taken, its index, another part, its index)
         pairs += [(name, source, layer, part, layer) for part in loaded if part is not source and layer < part.layers
-                  for name in LAYER_ARRAYS]
+                  for name in sources.layer_arrays]
     for (source, t), layer in zip(sources.tokens, sources.token_layers):
         pairs += [("tok_act", source, t, part, part.token_layers.index(layer)) for part in loaded
                   if part is not source and layer in part.token_layers]
@@ -355,7 +371,7 @@ def _write(loaded: list[Part], sources: Sources, out_dir: str, verbose: bool) ->
         _create_like(os.path.join(gen_dir, name), shape, list(dict.fromkeys(parts)), source_name or name, version)
         return os.path.join(gen_dir, name, "c")
 
-    for name in LAYER_ARRAYS:
+    for name in sources.layer_arrays:
         target = array(name, (layers, *first.stats.array(name).shape[1:]), sources.layers)
         links += [(part.chunks(name, l), os.path.join(target, str(l))) for l, part in enumerate(sources.layers)]
     for name in ("pos_tokens", "token_occ"):
@@ -470,6 +486,8 @@ def _manifest(loaded: list[Part], sources: Sources, shapes: dict) -> dict:
         "token_layers": token_layers, "max_layers": widest, "ngram_orders": sources.orders, "examples": sources.k,
         "ngram_candidates_from": (candidates[0]["path"] if len({c["path"] for c in candidates}) == 1 else
                                   sorted({c["path"] for c in candidates})) if candidates else None}
+    if not sources.value_hist:
+        flags["value_bins_per_octave"] = 0  # a part counted none: the join has none
     if coverage:
         flags["ngram_max_coverage"] = min(coverage)  # the report's note on unseen trigram detectors: the strictest
     held = set().union(*(p.orders for p in loaded))
@@ -479,7 +497,10 @@ def _manifest(loaded: list[Part], sources: Sources, shapes: dict) -> dict:
                       for p in loaded],
             "dropped_ngram_orders": sorted(held - set(sources.orders)),
             "layers_without_examples": [l for l, p in enumerate(sources.examples) if p is None] if sources.k else []}
-    kept = {k: v for k, v in first.items() if k not in ("format", "version", "generation", "arrays", "chunks")}
+    kept = {k: v for k, v in first.items() if k not in ("format", "version", "generation", "arrays", "chunks",
+                                                         "value_edges")}
+    if sources.value_hist:
+        kept["value_edges"] = first["value_edges"]
     return kept | {
         "format": first["format"], "version": first["version"], "generation": 0, "arrays": shapes,
         "layers": layers, "token_layers": token_layers, "ngram_orders": sources.orders, "examples": sources.k,

@@ -8,6 +8,7 @@ import dataclasses
 import psutil
 
 from analyses.collection import statistics as st
+from analyses.collection import values
 from analyses.collection.examples import block_tokens
 from analyses.collection.store import CHUNK_CELLS, WRITES_IN_FLIGHT
 from opt_jax.errors import StatsError
@@ -35,6 +36,7 @@ class Options:
     ngram_max_coverage: int = 50  # ... at most this many tokens
     ngram_coverage_fraction: float = 0.95  # ... covering this fraction of the neuron's activations
     examples: int = 16  # example activations kept per neuron and set (strongest, uniform sample); 0 for none
+    value_bins_per_octave: int = values.PER_OCTAVE  # bins per octave of value_hist (1, 2, 4 or 8; 0: none)
     flush_every_s: float = 300.0
     flush_every_batches: int | None = None
     background_commits: bool = True  # commits written behind the run when a snapshot of the counters fits
@@ -46,7 +48,8 @@ class Options:
 
 
 IDENTITY = ("seq_len", "batch_size", "full_length_only", "max_layers", "token_layers", "dtype", "text_key",
-            "ngram_orders", "ngram_candidates_from", "ngram_max_coverage", "ngram_coverage_fraction", "examples")
+            "ngram_orders", "ngram_candidates_from", "ngram_max_coverage", "ngram_coverage_fraction", "examples",
+            "value_bins_per_octave")
 
 
 def make_plan(config, options: Options) -> st.Plan:
@@ -65,7 +68,8 @@ def make_plan(config, options: Options) -> st.Plan:
         raise StatsError(f"seq_len must be at least 2 (BOS and one token), got {options.seq_len}")
     if options.examples < 0:
         raise StatsError(f"examples must be 0 (none) or a number of examples per neuron, got {options.examples}")
-    return st.Plan(config, num_layers, token_layers, options.seq_len, options.examples)
+    return st.Plan(config, num_layers, token_layers, options.seq_len, options.examples,
+                   values.check(options.value_bins_per_octave))
 
 
 def working_bytes(plan: st.Plan, options: Options, itemsize: int) -> int:
@@ -76,6 +80,9 @@ def working_bytes(plan: st.Plan, options: Options, itemsize: int) -> int:
     hidden = tokens * config.hidden_size * itemsize * 6  # residual, norms, q/k/v, attention and fc2 outputs
     attention = options.batch_size * config.num_attention_heads * min(plan.seq_len, 256) * plan.seq_len * 4 * 2
     chunk = options.chunk_batches * tokens * config.hidden_size * itemsize if options.offload else 0
+    if plan.value_bins:  # a slice's flat (neuron, bin) indices, int32 (`values.count`), and the [ffn, bins] delta
+        cells = options.batch_size * (plan.seq_len // values.chunks(options.batch_size, plan.seq_len))
+        ffn += cells * plan.ffn * 4 + plan.ffn * values.num_bins(plan.value_bins) * 4
     if plan.examples:  # per set: block maxima [tokens / c, ffn], gathered candidates and keys [ffn, k * c] x 3
         c = block_tokens(plan.seq_len, options.batch_size, plan.examples)
         ffn += 2 * (tokens // c + 3 * plan.examples * c) * plan.ffn * 4

@@ -234,7 +234,7 @@ class Counters:
         self.accs, self.groups, self.plan = accs, groups, plan
 
     def deltas(self) -> dict:
-        """The counters as store deltas: act whole; pos_act and tok_act one block at a time.
+        """The counters as store deltas: act (and value_hist) whole; pos_act and tok_act one block at a time.
 
         A block (the store's chunk: one layer, some positions or token rows, some neurons) is sliced on the
         device and only it crosses to the host, so a flush holds at most a chunk of a [vocab, ffn] layer.
@@ -247,11 +247,15 @@ class Counters:
                 return np.asarray(self.accs[gi][name][(j, *block[1:])], np.int64)[None]  # [1, r, n]
             return read
 
-        return {
+        deltas = {
             "act": np.concatenate([np.asarray(a["act"], np.int64) for a in self.accs]),  # [l, n]
             "pos_act": block_of("pos_act", lambda l: l),
             "tok_act": block_of("tok_act", lambda t: token_layers[t]),
         }
+        if self.plan.value_bins:
+            deltas["value_hist"] = np.concatenate([np.asarray(a["value_hist"], np.int64)
+                                                   for a in self.accs])  # [l, n, bins]
+        return deltas
 
     def example_sets(self, layer: int) -> dict:
         """One layer's running example sets on the host: {kind: {window, position, value: [ffn, k]}}."""

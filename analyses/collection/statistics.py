@@ -4,6 +4,8 @@ Per collected layer l, neuron n, position p, token v (BOS = position 0 of each w
   act[l, n]         activations over real (non-pad) positions, BOS included
   pos_act[l, p, n]  activations at position p over real positions
   tok_act[t, v, n]  activations at real, non-BOS positions holding token v (token layers only)
+  value_hist[l, n, j]  activations over real positions whose fc1 value lies in bin j (`values.py`; with
+                    `Plan.value_bins` bins per octave, 0: none), so that value_hist.sum(-1) == act
 and, with `Plan.examples` = k > 0, the neuron's example activations at real, non-BOS positions:
   examples[kind][field][l, n, :k]  its k strongest and a uniform sample of k (`examples.py`)
 Only these leave the device; the token-only counts (tokens, pos_tokens, token_occ, sequences) come
@@ -20,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analyses.collection import examples as ex
+from analyses.collection import values
 from opt_jax import decoder_layers, embed, pack_masks
 from opt_jax.config import OPTConfig
 from opt_jax.streaming import split_layers
@@ -37,6 +40,7 @@ class Plan:
     token_layers: tuple[int, ...]
     seq_len: int
     examples: int = 0  # k examples per neuron and set (0: none)
+    value_bins: int = 0  # bins per octave of the value histogram (0: none; `values.py`)
 
     @property
     def ffn(self) -> int:
@@ -58,7 +62,8 @@ class Plan:
 
 def zero_accumulators(plan: Plan, group: range, masks_for_batch: int | None = None) -> dict[str, jax.Array]:
     """Device counters of one layer group: act [g, ffn], pos_act [g, seq, ffn], tok_act [g, vocab, ffn],
-    and with examples the running example sets {kind: {field: [g, ffn, k]}}.
+    with value bins value_hist [g, ffn, bins], and with examples the running example sets
+    {kind: {field: [g, ffn, k]}}.
 
     With `masks_for_batch`, token groups also get `masks` [g, batch, seq, ffn / 8]: the packed masks of
     the last batch, which the host needs for n-gram counts.
@@ -66,6 +71,8 @@ def zero_accumulators(plan: Plan, group: range, masks_for_batch: int | None = No
     g = len(group)
     acc = {"act": jnp.zeros((g, plan.ffn), jnp.int32),  # [g, n]
            "pos_act": jnp.zeros((g, plan.seq_len, plan.ffn), jnp.int32)}  # [g, p, n]
+    if plan.value_bins:
+        acc["value_hist"] = jnp.zeros((g, plan.ffn, values.num_bins(plan.value_bins)), jnp.int32)  # [g, n, bins]
     if plan.examples:
         acc["examples"] = ex.zero_sets(g, plan.ffn, plan.examples)  # {kind: {field: [g, n, k]}}
     if plan.has_tokens(group):
@@ -81,7 +88,7 @@ def accumulator_bytes(plan: Plan, groups: list[range], masks_for_batch: int | No
     return sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for s in shapes for leaf in jax.tree.leaves(s))
 
 
-def _probe(input_ids, counted_for_tokens, first_layer, first_window):
+def _probe(input_ids, counted_for_tokens, first_layer, first_window, value_bins):
     """The per-layer reduction: adds layer i's activations into row i of the group's counters, in place,
     and merges its fc1 outputs into the example sets (layer `first_layer + i`, batch row 0 = `first_window`)."""
     flat_ids = input_ids.reshape(-1)  # [b*s]
@@ -92,6 +99,8 @@ def _probe(input_ids, counted_for_tokens, first_layer, first_window):
         if "tok_act" in acc:
             rows = (active & counted_for_tokens[:, :, None]).astype(jnp.int32)  # [b, s, n]
             out["tok_act"] = acc["tok_act"].at[i, flat_ids].add(rows.reshape(-1, rows.shape[-1]))  # [g, v, n]
+        if "value_hist" in acc:
+            out["value_hist"] = acc["value_hist"].at[i].add(values.count(fc1, active, value_bins))  # [g, n, bins]
         if "masks" in acc:
             out["masks"] = acc["masks"].at[i].set(pack_masks(active))  # [g, b, s, n / 8]
         if "examples" in acc:
@@ -112,8 +121,10 @@ def non_bos(token_mask):
 def group_forward(config: OPTConfig, group_params, x, token_mask, input_ids, acc, first_layer, first_window):
     """Run one stacked layer group (model layers first_layer, ...) over hidden states x, adding its
     activations into `acc`; the batch's row 0 is window `first_window` of the run's window stream."""
-    probe = _probe(input_ids, non_bos(token_mask), first_layer, first_window)
-    return decoder_layers(config, group_params, x, token_mask, probe, acc, with_fc1="examples" in acc)
+    value_bins = values.per_octave(acc["value_hist"].shape[-1]) if "value_hist" in acc else 0
+    probe = _probe(input_ids, non_bos(token_mask), first_layer, first_window, value_bins)
+    return decoder_layers(config, group_params, x, token_mask, probe, acc,
+                          with_fc1="examples" in acc or "value_hist" in acc)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=(5,))

@@ -58,6 +58,14 @@ def array_layouts(num_layers: int, num_token_layers: int, seq_len: int, vocab: i
     }
 
 
+VALUE_HIST = "value_hist"  # [layers, ffn, bins]: activations by value bin (`analyses.collection.values`)
+
+
+def value_layouts(num_layers: int, ffn: int, bins: int) -> dict:
+    """name -> (shape, chunk shape) of `value_hist` [layers, ffn, bins], one layer per chunk (none when bins = 0)."""
+    return {VALUE_HIST: ((num_layers, ffn, bins), (1, ffn, bins))} if bins else {}
+
+
 EXAMPLE_KINDS = ("top", "random")
 EXAMPLE_FIELDS = {"window": ("int32", -1), "position": ("int32", -1), "value": ("float32", 0.0)}
 
@@ -543,6 +551,27 @@ class Stats:
         return _checked(self.root, name, os.path.join(gen_dir, name))
 
     @property
+    def value_hist(self) -> LazyArray:
+        """int64 [layers, ffn, bins]: each neuron's activations by the bin of their fc1 value (bins: `value_edges`);
+        `value_hist.sum(-1) == act`. A store collected without it (before it existed, or with
+        --value_bins_per_octave 0) opens as any other; only asking for it is an error."""
+        self._check_value_hist()
+        return LazyArray(self.array(VALUE_HIST))
+
+    @property
+    def value_edges(self) -> np.ndarray:
+        """float32 [bins + 1]: the edges of `value_hist`'s bins, 0 first and inf last (bin j: [edges[j], edges[j + 1]),
+        bin 0 from 0 exclusive)."""
+        self._check_value_hist()
+        return np.concatenate([[0.0], self.manifest["value_edges"], [np.inf]]).astype(np.float32)
+
+    def _check_value_hist(self) -> None:
+        """Refuse a store without `value_hist`."""
+        if VALUE_HIST not in self.manifest["arrays"]:
+            raise StatsError(f"{self.root}: holds no activation-value histogram (collected before value_hist "
+                             "existed, or with --value_bins_per_octave 0); collect again to have one")
+
+    @property
     def examples_per_neuron(self) -> int:
         """k of the example sets (0: the run collected none)."""
         return int(self.manifest.get("examples", 0))
@@ -669,6 +698,8 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
         raise StatsError(f"{out_dir}: already holds statistics; pass overwrite to replace them")
     opened = [open_stats(p) for p in parts]
     layouts = {name: (getattr(opened[0], name).shape, getattr(opened[0], name).chunk_shape) for name in ARRAY_NAMES}
+    if VALUE_HIST in first["arrays"]:
+        layouts |= value_layouts(first["layers"], opened[0].config.ffn_dim, first["arrays"][VALUE_HIST][-1])
     k = opened[0].examples_per_neuron
     if k:
         layouts |= example_layouts(first["layers"], opened[0].config.ffn_dim, k, first["flags"]["seq_len"])
@@ -695,6 +726,7 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
         shapes["windows"] = (max(s.num_windows for s in opened), first["flags"]["seq_len"])
         windows = [s.array("windows") for s in opened]
         values["windows"] = lambda block: np.max([_rows(w, block, -1) for w in windows], axis=0)
-    store.commit({name: summed(name) for name in ARRAY_NAMES}, totals | {"complete": True},
+    counts = ARRAY_NAMES + ((VALUE_HIST,) if VALUE_HIST in first["arrays"] else ())
+    store.commit({name: summed(name) for name in counts}, totals | {"complete": True},
                  replacements=replacements, values=values, shapes=shapes)
     return store.root

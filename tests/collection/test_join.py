@@ -191,6 +191,12 @@ def test_mismatched_parts_are_refused_before_anything_is_written(runs, tiny_mode
                                          "act of layer 1 differs in 1 cells"),
         "other example sets": ([parts[0], _copy_with(parts[1], tmp_path / "k", lambda m: m.update(examples=8))],
                                "example sets of different sizes"),
+        "a shared layer, other value counts": ([parts[0], _recounted(parts[1], tmp_path / "hist", "value_hist",
+                                                                      (1, 3, 5))],
+                                               "value_hist of layer 1 differs in 1 cells"),
+        "other value bins": ([parts[0], _copy_with(parts[1], tmp_path / "bins",
+                                                   lambda m: m.update(value_edges=m["value_edges"][::2]))],
+                             "count activation values in different bins"),
     }
     for case, (given, message) in cases.items():
         out = tmp_path / f"out-{case.replace(' ', '-').replace(',', '')}"
