@@ -49,10 +49,32 @@ def _identity(model_path: str, config, corpus: Corpus, plan: st.Plan, options: O
             "flags": flags, "process": {"index": options.process_index, "count": options.process_count}}
 
 
+# Flags added after stores were written with the default they now have: the value those stores were collected with.
+_BEFORE_FLAG = {"value_bins_per_octave": 0}
+
+
+def _flag_differences(stored: dict, now: dict) -> list[str]:
+    """What differs between a store's flags and a run's, one phrase each."""
+    out = []
+    for key in sorted(set(stored) | set(now)):
+        if key not in stored:
+            out.append(f"--{key} did not exist when it was written")
+        elif stored[key] != now.get(key):
+            older = " (it was written before that flag existed)" if key in _BEFORE_FLAG else ""
+            out.append(f"--{key} {stored[key]!r} there{older}, {now.get(key)!r} now")
+    return out
+
+
 def _open_store(out_dir: str, identity: dict, plan: st.Plan, options: Options) -> StatsStore:
     if os.path.isfile(os.path.join(out_dir, "manifest.json")) and not options.overwrite:
         manifest = read_manifest(out_dir)
+        if isinstance(manifest.get("flags"), dict):  # a store written before a flag existed was collected without it
+            manifest["flags"] = {k: v for k, v in _BEFORE_FLAG.items() if k in identity["flags"]} | manifest["flags"]
         for key in identity:
+            if key == "flags" and manifest.get(key) != identity[key]:
+                raise StatsError(f"{out_dir}: holds statistics collected with other flags ("
+                                 + "; ".join(_flag_differences(manifest.get(key) or {}, identity[key]))
+                                 + "); pass the same flags to continue it, or use another --out or --overwrite")
             if manifest.get(key) != identity[key]:
                 raise StatsError(f"{out_dir}: holds statistics of a different {key} "
                                  f"({manifest.get(key)!r} there, {identity[key]!r} now); "

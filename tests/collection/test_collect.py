@@ -112,7 +112,7 @@ def test_max_layers(tiny_model, tiny_corpus, tmp_path):
 def test_refuses_another_run_in_the_same_directory(tiny_model, tiny_corpus, tmp_path):
     out = str(tmp_path / "s")
     analyses.collect(tiny_model, [tiny_corpus], out, seq_len=SEQ, batch_size=4, verbose=False)
-    with pytest.raises(StatsError, match="different flags"):
+    with pytest.raises(StatsError, match=rf"other flags \(--seq_len {SEQ} there, {SEQ - 1} now\)"):
         analyses.collect(tiny_model, [tiny_corpus], out, seq_len=SEQ - 1, batch_size=4, verbose=False)
     analyses.collect(tiny_model, [tiny_corpus], out, seq_len=SEQ - 1, batch_size=4, verbose=False, overwrite=True)
     assert analyses.open_stats(out).pos_act.shape[1] == SEQ - 1

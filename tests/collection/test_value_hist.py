@@ -128,10 +128,10 @@ def test_bins_per_octave_flag_and_stores_without_a_histogram(resident, tiny_mode
                          verbose=False)
 
 
-def test_a_store_written_before_value_hist_opens_and_resuming_it_is_refused(resident, tiny_model, tiny_corpus,
+def test_a_store_written_before_value_hist_opens_and_continues_only_without_it(resident, tiny_model, tiny_corpus,
                                                                             tmp_path):
-    """An older store: no array, no edges, no flag in its manifest. It opens and reads; collecting on into it
-    names the flags that differ."""
+    """An older store: no array, no edges, no flag in its manifest. It opens and reads; collecting on into it with
+    the default bins is refused naming the flag, with --value_bins_per_octave 0 accepted."""
     import shutil
 
     old = tmp_path / "old"
@@ -149,8 +149,15 @@ def test_a_store_written_before_value_hist_opens_and_resuming_it_is_refused(resi
     np.testing.assert_array_equal(np.asarray(stats.act), np.asarray(resident.act))
     with pytest.raises(StatsError, match="holds no activation-value histogram"):
         stats.value_hist
-    with pytest.raises(StatsError, match="holds statistics of a different flags"):
+    # Collecting on into it: the flag that did not exist then reads as 0 (no histogram), which the message names.
+    with pytest.raises(StatsError, match=r"--value_bins_per_octave 0 there \(it was written before that flag "
+                                         r"existed\), 2 now\)"):
         analyses.collect(tiny_model, [tiny_corpus], str(old), seq_len=SEQ, batch_size=4, examples=0, verbose=False)
+    analyses.collect(tiny_model, [tiny_corpus], str(old), seq_len=SEQ, batch_size=4, examples=0, verbose=False,
+                     value_bins_per_octave=0)  # accepted: the run it continues counted no histogram
+    again = analyses.open_stats(str(old))
+    assert again.tokens == stats.tokens and "value_bins_per_octave" not in again.manifest["flags"]
+    np.testing.assert_array_equal(np.asarray(again.act), np.asarray(resident.act))
 
 
 def test_the_memory_check_counts_the_histogram(tiny_model):
