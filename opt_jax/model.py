@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from opt_jax.bits import pack_masks
 from opt_jax.config import OPTConfig
 from opt_jax.edit import EditFn, apply as apply_edit
+from opt_jax.sharding import constrain, gathered
 
 Params = Any
 _NEG = float(jnp.finfo(jnp.float32).min)
@@ -113,14 +114,17 @@ class Attention(nn.Module):
         h, k, d = c.num_attention_heads, c.head_dim, c.hidden_size
         bias = (h, k) if c.enable_bias else None
 
-        def project(name):
-            return Linear("bsd,hkd->bshk", (h, k, d), bias, self.param_dtype, name=name)(x)
+        def project(name):  # on a mesh (`opt_jax.sharding`): computed by token, then split by head
+            y = Linear("bsd,hkd->bshk", (h, k, d), bias, self.param_dtype, name=name)(x)  # [b, s, h, k]
+            return constrain(constrain(y, "data", "neurons", None, None), "data", None, "neurons", None)
 
         q = project("q_proj") * (k ** -0.5)  # [b, q, h, k]
         context = causal_attention(q, project("k_proj"), project("v_proj"), token_mask, c.attention,
                                    c.query_block)  # [b, q, h, k]
+        context = constrain(context, "data", "neurons", None, None)  # [b, q, h, k]: back to split by token
         out_bias = (d,) if c.enable_bias else None
-        return Linear("bqhk,dhk->bqd", (d, h, k), out_bias, self.param_dtype, name="o_proj")(context)
+        out = Linear("bqhk,dhk->bqd", (d, h, k), out_bias, self.param_dtype, name="o_proj")(context)  # [b, q, d]
+        return constrain(out, "data", "neurons", None)
 
 
 class FFN(nn.Module):
@@ -135,9 +139,11 @@ class FFN(nn.Module):
         c = self.config
         f, d = c.ffn_dim, c.hidden_size
         pre = Linear("bsd,fd->bsf", (f, d), (f,) if c.enable_bias else None, self.param_dtype, name="fc1")(x)
+        pre = constrain(pre, "data", "neurons", None)  # [b, s, f]: on a mesh, computed by token
         hidden = apply_edit(edit, pre, layer)  # [b, s, f]
         out = Linear("bsf,df->bsd", (d, f), (d,) if c.enable_bias else None, self.param_dtype, name="fc2")(hidden)
-        return out, pre  # [b, s, d], [b, s, f]
+        out = constrain(out, "data", "neurons", None)  # [b, s, d]
+        return out, constrain(pre, "data", None, "neurons")  # [b, s, d], [b, s, f] (on a mesh: split by neuron)
 
 
 class DecoderLayer(nn.Module):
@@ -155,6 +161,7 @@ class DecoderLayer(nn.Module):
         attn_norm = layer_norm(c, self.param_dtype, "attn_norm")
         ffn_norm = layer_norm(c, self.param_dtype, "ffn_norm")
 
+        x = constrain(x, "data", "neurons", None)  # [b, s, d]: on a mesh, split by token (`opt_jax.sharding`)
         attn_in = attn_norm(x) if pre_ln else x  # [b, s, d]
         x = x + Attention(c, self.param_dtype, name="attn")(attn_in, token_mask)  # [b, s, d]
         if not pre_ln:
@@ -240,6 +247,7 @@ def decoder_layers(config: OPTConfig, stacked_params: Params, x, token_mask, pro
     def step(carry, layer_inputs):
         h, state = carry
         layer_params, index = layer_inputs
+        layer_params = gathered(layer_params)  # on a mesh: this layer's weights whole on every device
         h, active, *fc1 = decoder_layer(config, layer_params, h, token_mask, with_fc1, edit, first_layer + index)
         return (h, probe(active, index, state, *fc1)), None
 

@@ -26,6 +26,7 @@ from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig
 from opt_jax.errors import InputError
 from opt_jax.model import Params, param_shapes, unflatten
+from opt_jax.sharding import split_axis
 
 
 def split_layers(layers: Sequence[int], group_size: int, boundaries: Sequence[int] = ()) -> list[range]:
@@ -40,12 +41,13 @@ def split_layers(layers: Sequence[int], group_size: int, boundaries: Sequence[in
     return groups
 
 
-def layer_bytes(layers, itemsize: int = 4) -> int:
+def layer_bytes(layers, itemsize: int = 4, neurons: int = 1) -> int:
     """Bytes of one decoder layer: of a stacked parameter tree (host or device arrays; nothing is sliced), or of
-    a model of this `OPTConfig` at `itemsize` bytes per value (the one place layer sizes are computed)."""
+    a model of this `OPTConfig` at `itemsize` bytes per value (the one place layer sizes are computed), then on
+    each device of a neurons axis of size `neurons` (`opt_jax.sharding`)."""
     if isinstance(layers, OPTConfig):
-        return itemsize * sum(int(np.prod(shape[1:])) for path, shape in param_shapes(layers).items()
-                              if path.startswith("layers/"))
+        return itemsize * sum(int(np.prod(shape[1:])) // (1 if split_axis(shape, neurons) is None else neurons)
+                              for path, shape in param_shapes(layers).items() if path.startswith("layers/"))
     return sum(leaf.nbytes // leaf.shape[0] for leaf in jax.tree.leaves(layers))
 
 
@@ -129,6 +131,7 @@ class GroupStream:
     """
 
     def __init__(self, source, groups: Sequence[range], sharding=None, pinned: bool | None = None):
+        """`sharding`: where a group goes (None: the default device), or a tree of them like its params."""
         self.source, self.groups, self.sharding = source, list(groups), sharding
         self.pinned = _pinned_sharding(sharding) if (_accelerator(sharding) if pinned is None else pinned) else None
         self.resident = [put_now(source.read(g), sharding) for g in groups] if len(groups) <= 2 else None
@@ -188,7 +191,9 @@ class GroupStream:
 
 
 def _target(sharding) -> jax.Device:
-    return next(iter(sharding.device_set)) if sharding is not None else jax.local_devices()[0]
+    """A device of the stream's sharding (one, or a tree of them like the group's params)."""
+    leaves = jax.tree.leaves(sharding)
+    return next(iter(leaves[0].device_set)) if leaves else jax.local_devices()[0]
 
 
 def _accelerator(sharding) -> bool:
@@ -201,4 +206,4 @@ def _pinned_sharding(sharding):
     """The stream's sharding, in pinned host memory."""
     if sharding is None:
         return jax.sharding.SingleDeviceSharding(_target(None), memory_kind="pinned_host")
-    return sharding.with_memory_kind("pinned_host")
+    return jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), sharding)

@@ -48,6 +48,9 @@ flags.DEFINE_bool("background_commits", True, "write each commit in a background
 flags.DEFINE_bool("background_ngrams", True, "count each batch's n-grams in a background thread while the next "
                   "batches run (--nobackground_ngrams: the step loop counts them)")
 flags.DEFINE_bool("overwrite", False, "replace statistics of another model, corpus or flags in --out")
+flags.DEFINE_string("mesh", None, "data=A,neurons=B (A x B = the local devices): batches split over A devices, "
+                    "each layer's weights and the neurons and their counters over B, results identical to one "
+                    "device's (docs/collection.md); default: every device on data")
 flags.DEFINE_string("coordinator", None, "jax.distributed coordinator HOST:PORT (multi-host runs)")
 flags.DEFINE_integer("num_processes", 1, "number of processes in a multi-host run")
 flags.DEFINE_integer("process_id", 0, "this process's index in a multi-host run")
@@ -78,7 +81,7 @@ def main(argv):
             value_bins_per_octave=FLAGS.value_bins_per_octave,
             flush_every_s=FLAGS.flush_every_s,
             flush_every_batches=FLAGS.flush_every_batches, background_commits=FLAGS.background_commits,
-            background_ngrams=FLAGS.background_ngrams, overwrite=FLAGS.overwrite,
+            background_ngrams=FLAGS.background_ngrams, overwrite=FLAGS.overwrite, mesh=FLAGS.mesh,
             process_index=FLAGS.process_id, process_count=FLAGS.num_processes, wait_for_lock=FLAGS.wait_for_lock),
         lambda path: f"statistics: {path}", devices=FLAGS.model)
 

@@ -112,6 +112,8 @@ def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
     counting = options.ngram_orders and plan.token_layers
     ngrams = open_stats(store.root).ngram_table(options.ngram_max_pairs) if counting else None
     runner = Runner(model_path, plan, options, ngrams=ngrams, ngram_neurons=tracked if counting else None)
+    _say(options, "devices: " + ", ".join(f"{axis}={size}" for axis, size in runner.mesh.shape.items())
+         + ("" if options.mesh else " (--mesh data=A,neurons=B splits the neurons)"))
     _say(options, _commit_mode(runner))
     commits = Behind("commit")
     try:

@@ -44,6 +44,7 @@ class Options:
     overwrite: bool = False
     process_index: int = 0
     process_count: int = 1
+    mesh: str | None = None  # "data=A,neurons=B" (`opt_jax.sharding`); None: every local device on data
     verbose: bool = True
 
 

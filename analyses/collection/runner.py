@@ -17,6 +17,7 @@ neither has room for a second set; see `check_memory`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -30,7 +31,8 @@ from analyses.collection.plan import Options, check_memory
 from opt_jax import checkpoint as ckpt
 from opt_jax.bits import unpack_masks
 from opt_jax.errors import StatsError
-from opt_jax.model import Params, unflatten
+from opt_jax.model import Params, param_shapes, unflatten
+from opt_jax.sharding import check_divisible, layer_shardings, make_mesh, parse_mesh
 from opt_jax.streaming import CheckpointLayers, GroupStream, StackedLayers, group_size_for, put_now
 
 
@@ -60,14 +62,15 @@ class Resident:
 
     def __init__(self, runner: "Runner"):
         self.runner = runner
-        self.group_params = [put_now(runner.layers.read(g), runner.replicated) for g in runner.groups]
+        self.group_params = [put_now(runner.layers.read(g), runner.layer_sharding) for g in runner.groups]
 
     def run(self, on_device: list, fired: list) -> None:
         """Each batch through the whole model in one step, counting into the runner's counters."""
         r = self.runner
         for bi, (ids, mask, first_window) in enumerate(on_device):
-            r.accs, _ = st.resident_step(r.plan.config, r.embed_params, self.group_params, ids, mask, r.accs,
-                                         first_window)
+            with r.on_mesh():
+                r.accs, _ = st.resident_step(r.plan.config, r.embed_params, self.group_params, ids, mask, r.accs,
+                                             first_window)
             for gi in range(len(r.groups)):
                 r.keep_masks(gi, fired[bi], on_device=r.options.background_ngrams)
 
@@ -80,12 +83,13 @@ class Streamed:
 
     def __init__(self, runner: "Runner"):
         self.runner = runner
-        self.stream = GroupStream(runner.layers, runner.groups, runner.replicated)
+        self.stream = GroupStream(runner.layers, runner.groups, runner.layer_sharding)
 
     def run(self, on_device: list, fired: list) -> None:
         """The whole chunk through group 0, then group 1, ... (layer-major)."""
         r = self.runner
-        hidden = [st.embed_step(r.plan.config, r.embed_params, ids, mask) for ids, mask, _ in on_device]
+        with r.on_mesh():
+            hidden = [st.embed_step(r.plan.config, r.embed_params, ids, mask) for ids, mask, _ in on_device]
         for gi in range(len(r.groups)):
             self._group(gi, on_device, hidden, fired)
 
@@ -97,8 +101,9 @@ class Streamed:
         assert group == r.groups[gi], (group, r.groups[gi])
         first_layer = np.int32(group.start)
         for bi, (ids, mask, first_window) in enumerate(on_device):
-            hidden[bi], r.accs[gi] = st.group_step(r.plan.config, params, hidden[bi], mask, ids, r.accs[gi],
-                                                   first_layer, first_window)
+            with r.on_mesh():
+                hidden[bi], r.accs[gi] = st.group_step(r.plan.config, params, hidden[bi], mask, ids, r.accs[gi],
+                                                       first_layer, first_window)
             r.keep_masks(gi, fired[bi])
         # Group gi is dispatched: while it computes, group gi+1 crosses and gi+2 is read. Waiting for gi-1 first
         # keeps at most two groups on the device and two in host memory however far ahead the host runs.
@@ -122,11 +127,19 @@ class Runner:
         self.plan, self.options = plan, options
         self.ngrams, self.ngram_neurons = ngrams, ngram_neurons
         devices = jax.local_devices()
-        if options.batch_size % len(devices):
-            raise StatsError(f"batch_size {options.batch_size} is not divisible by the {len(devices)} local devices")
-        mesh = Mesh(np.array(devices), ("data",))
+        if options.mesh is None:  # every device on the data axis, the counters and weights replicated
+            mesh = self.mesh = Mesh(np.array(devices), ("data",))
+        else:  # the ("data", "neurons") mesh (`opt_jax.sharding`)
+            mesh = self.mesh = make_mesh(*parse_mesh(options.mesh), devices)
+            check_divisible(plan.config, mesh.shape["neurons"])
+        if options.batch_size % mesh.shape["data"]:
+            raise StatsError(f"batch_size {options.batch_size} is not divisible by the data axis's "
+                             f"{mesh.shape['data']} devices")
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.data = NamedSharding(mesh, PartitionSpec("data"))
+        self.layer_sharding = self.replicated if options.mesh is None else layer_shardings(mesh, unflatten(
+            {p: jax.ShapeDtypeStruct(s, np.float32) for p, s in param_shapes(plan.config).items()
+             if p.startswith("layers/")})["layers"])
         weights = model if isinstance(model, Weights) else \
             Weights.from_checkpoint(model, options.dtype, plan.num_layers)
         if weights.layers.num_layers < plan.num_layers:
@@ -144,12 +157,19 @@ class Runner:
         """The group stream of a streamed run (None when resident)."""
         return self.executor.stream
 
+    def on_mesh(self):
+        """The context the steps are traced and run in: with `--mesh`, its mesh (the model's `constrain` marks
+        then split the work, `opt_jax.sharding`); without, none (the steps as they always were)."""
+        return contextlib.nullcontext() if self.options.mesh is None else jax.set_mesh(self.mesh)
+
     def reset(self) -> None:
         """Empty the device counters (after a commit)."""
         batch = self.options.batch_size if self.options.ngram_orders and self.plan.token_layers else None
         self.accs = []  # the old counters go first, unless a snapshot holds them (`take_counters`)
         for g in self.groups:
-            self.accs.append(jax.device_put(st.zero_accumulators(self.plan, g, batch), self.replicated))
+            acc = st.zero_accumulators(self.plan, g, batch)
+            sharding = self.replicated if self.options.mesh is None else st.counter_shardings(self.mesh, acc)
+            self.accs.append(jax.device_put(acc, sharding))
 
     @property
     def counters(self) -> "Counters":

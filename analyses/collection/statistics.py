@@ -20,11 +20,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
 from analyses.collection import examples as ex
 from analyses.collection import values
 from opt_jax import decoder_layers, embed, pack_masks
 from opt_jax.config import OPTConfig
+from opt_jax.sharding import constrain, spec
 from opt_jax.streaming import split_layers
 
 # Device accumulators are int32 and emptied at every flush; a flush is forced before this many tokens.
@@ -82,6 +84,23 @@ def zero_accumulators(plan: Plan, group: range, masks_for_batch: int | None = No
     return acc
 
 
+# Where each counter's axes lie on a ("data", "neurons") mesh (`opt_jax.sharding`): split by neuron.
+COUNTER_AXES = {"act": (None, "neurons"), "pos_act": (None, None, "neurons"), "tok_act": (None, None, "neurons"),
+                "value_hist": (None, "neurons", None), "masks": (None, "data", None, "neurons"),
+                "examples": (None, "neurons", None)}
+
+
+def counter_shardings(mesh, acc: dict) -> dict:
+    """NamedShardings of a group's counters (arrays or shapes) on `mesh`, by `COUNTER_AXES`."""
+    return {name: jax.tree.map(lambda a: NamedSharding(mesh, spec(mesh, a.shape, COUNTER_AXES[name])), value)
+            for name, value in acc.items()}
+
+
+def split_counters(acc: dict) -> dict:
+    """`acc` laid out by `COUNTER_AXES` on the mesh being traced under (nothing without one)."""
+    return {name: jax.tree.map(lambda a: constrain(a, *COUNTER_AXES[name]), value) for name, value in acc.items()}
+
+
 def accumulator_bytes(plan: Plan, groups: list[range], masks_for_batch: int | None = None) -> int:
     """Device bytes of every group's counters (`zero_accumulators`), computed without allocating them."""
     shapes = [jax.eval_shape(functools.partial(zero_accumulators, plan, g, masks_for_batch)) for g in groups]
@@ -130,7 +149,8 @@ def group_forward(config: OPTConfig, group_params, x, token_mask, input_ids, acc
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=(5,))
 def group_step(config: OPTConfig, group_params, x, token_mask, input_ids, acc, first_layer, first_window):
     """Jitted `group_forward` (streamed mode; first_layer and first_window int32 scalars): (hidden, acc)."""
-    return group_forward(config, group_params, x, token_mask, input_ids, acc, first_layer, first_window)
+    x, acc = group_forward(config, group_params, x, token_mask, input_ids, acc, first_layer, first_window)
+    return x, split_counters(acc)  # [b, s, d], on a mesh split by neuron as they came
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -153,7 +173,7 @@ def resident_step(config: OPTConfig, params, group_params: list, input_ids, toke
     new, first_layer = [], 0
     for layer_params, acc in zip(group_params, accs):
         x, acc = group_forward(config, layer_params, x, token_mask, input_ids, acc, first_layer, first_window)
-        new.append(acc)
+        new.append(split_counters(acc))  # on a mesh split by neuron as they came
         first_layer += acc["act"].shape[0]
     return new, x  # [b, s, d]
 
