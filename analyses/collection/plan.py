@@ -12,6 +12,7 @@ from analyses.collection import values
 from analyses.collection.examples import block_tokens
 from analyses.collection.store import CHUNK_CELLS, WRITES_IN_FLIGHT
 from opt_jax.errors import StatsError
+from opt_jax.sharding import parse_mesh
 from opt_jax import streaming
 
 
@@ -114,6 +115,7 @@ class MemoryUse:
     where: str  # the memory `free` is, in words
     on_host: bool  # the device is the host (the CPU)
     host_available: int
+    split: int = 1  # with --mesh on accelerators, the neurons axis: the counters and weights above are 1/split
 
     def fits(self, budget: int | None = None) -> bool:
         """Whether the run fits: in the free memory, or in `budget` bytes of device memory when given."""
@@ -125,18 +127,27 @@ def memory_use(plan: st.Plan, groups: list[range], layer_bytes: int, options: Op
                host_available: int | None = None) -> MemoryUse:
     """What a run with this plan and these layer groups needs of the device's memory and the host's, against what
     is free (see `check_memory`), computed without allocating anything."""
-    batch = options.batch_size if options.ngram_orders and plan.token_layers else None
-    counters = st.accumulator_bytes(plan, groups, batch)
-    snapshot = st.accumulator_bytes(plan, groups) if options.background_commits else None
-    masks = counters - st.accumulator_bytes(plan, groups) if batch else 0  # one batch's packed masks
-    streamed = options.offload and len(groups) > 2
-    group = layer_bytes * max(len(g) for g in groups)
-    weights = 2 * group if streamed else plan.num_layers * layer_bytes
-    working = working_bytes(plan, options, max(1, layer_bytes // streaming.layer_bytes(plan.config, 1)))
-    if masks and options.background_ngrams and not options.offload:
-        working += 2 * masks  # copies of the batch being counted and of the one just run
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     on_host = not stats or "bytes_limit" not in stats
+    # With --mesh on accelerators, each device's share (`opt_jax.sharding`): 1/B of the counters and of the
+    # weights plus the layers gathered whole, a step's temporaries for 1/A of the batch split B ways. On the CPU
+    # the devices share the host's memory: the whole is counted there, as without --mesh.
+    data, split = (1, 1) if on_host or options.mesh is None else mesh_shape(options)
+    batch = options.batch_size if options.ngram_orders and plan.token_layers else None
+    counters = -(-st.accumulator_bytes(plan, groups, batch) // split)
+    snapshot = -(-st.accumulator_bytes(plan, groups) // split) if options.background_commits else None
+    masks = counters - -(-st.accumulator_bytes(plan, groups) // split) if batch else 0  # one batch's packed masks
+    streamed = options.offload and len(groups) > 2
+    itemsize = max(1, layer_bytes // streaming.layer_bytes(plan.config, 1))
+    device_layer = streaming.layer_bytes(plan.config, itemsize, split) if split > 1 else layer_bytes
+    group = layer_bytes * max(len(g) for g in groups)  # on the host, read ahead: whole
+    gathered = 2 * layer_bytes if split > 1 else 0  # the layer running and the next one, gathered whole
+    device_group = device_layer * max(len(g) for g in groups)
+    weights = (2 * device_group if streamed else plan.num_layers * device_layer) + gathered
+    share = dataclasses.replace(options, batch_size=max(1, options.batch_size // data))
+    working = -(-working_bytes(plan, share, itemsize) // split)
+    if masks and options.background_ngrams and not options.offload:
+        working += 2 * masks  # copies of the batch being counted and of the one just run
     # Groups read ahead: two; on an accelerator two pinned copies (`GroupStream` stages through page-locked
     # memory) and the read being staged.
     ahead = (2 if on_host else 3) * group if streamed else 0
@@ -151,8 +162,19 @@ def memory_use(plan: st.Plan, groups: list[range], layer_bytes: int, options: Op
         free, where = host_available, f"{device} (host memory, shared with the device)"
     else:
         needed, free, where = weights + counters + working, stats["bytes_limit"] - stats.get("bytes_in_use", 0), \
-            str(device)
-    return MemoryUse(counters, snapshot, weights, working, host, group, needed, free, where, on_host, host_available)
+            str(device) + (f" (each of the {split} devices of --mesh's neurons axis)" if split > 1 else "")
+    return MemoryUse(counters, snapshot, weights, working, host, group, needed, free, where, on_host, host_available,
+                     split)
+
+
+def mesh_shape(options: Options) -> tuple[int, int]:
+    """(data, neurons) of `options.mesh` (`opt_jax.sharding`); without one (every local device on data, 1)."""
+    import jax
+
+    if options.mesh is None:
+        return jax.local_device_count(), 1
+    data, neurons = parse_mesh(options.mesh)
+    return data or max(1, jax.local_device_count() // neurons), neurons
 
 
 def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: Options, device,
@@ -181,14 +203,14 @@ def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: 
         return None
     if use.needed + use.snapshot <= use.free:
         return "device"
-    if not use.on_host and use.host + use.snapshot <= use.host_available:
+    if not use.on_host and use.host + use.snapshot * use.split <= use.host_available:  # every device's share
         return "host"
     return None
 
 
 def too_large(use: MemoryUse, plan: st.Plan, available: str | None = None) -> str:
     """What a run needs against what it may use (`available`, in words; default the device's free memory)."""
-    token_layer = plan.vocab * plan.ffn * 4
+    token_layer = plan.vocab * plan.ffn * 4 // use.split
     available = available or f"{use.free / 1e9:.1f} GB are free"
     return (f"{use.where}: the counters ({use.counters / 1e9:.1f} GB, tok_act {len(plan.token_layers)} layers x "
             f"{token_layer / 1e9:.1f} GB of them), the weights on the device ({use.weights / 1e9:.1f} GB) and a "

@@ -17,9 +17,12 @@ import pytest
 import analyses
 import hf_models
 import opt_jax
-from helpers import ROOT, assert_same_stats, devices_env
-from opt_jax.errors import InputError
+from analyses.collection.plan import Options, Run, check_memory, make_plan, memory_use, plan_runs
+from analyses.collection.statistics import accumulator_bytes
+from helpers import FakeDevice, ROOT, assert_same_stats, devices_env
+from opt_jax.errors import InputError, StatsError
 from opt_jax.sharding import check_divisible, parse_mesh
+from opt_jax.streaming import layer_bytes
 
 SEQ, BATCH = 32, 8
 WIDE = dict(num_hidden_layers=3, hidden_size=128, num_attention_heads=4, ffn_dim=256, vocab_size=97,
@@ -69,3 +72,37 @@ def test_mesh_flag_parsing():
     for bad in ("data=2,data=2", "neurons=0", "tensor=2", "data=x"):
         with pytest.raises(InputError, match="--mesh"):
             parse_mesh(bad)
+
+
+GB = 10**9
+
+
+def test_66b_resident_on_eight_80gb_devices_takes_every_token_layer_in_one_run():
+    """The memory check per device: 1/8 of the weights (plus two layers gathered whole) and of the counters."""
+    config, device = opt_jax.for_size("66b"), FakeDevice(80 * GB)
+    options = Options(dtype="float16", mesh="data=1,neurons=8")
+    plan = make_plan(config, options)
+    assert plan.token_layers == tuple(range(32))
+    whole = layer_bytes(config, 2)  # 2.04 GB a layer
+    assert whole / 8 <= layer_bytes(config, 2, 8) <= whole / 8 + 10**6  # the LayerNorms are held whole
+    use = memory_use(plan, plan.groups(), whole, options, device, host_available=2000 * GB)
+    assert use.weights == 64 * layer_bytes(config, 2, 8) + 2 * whole  # 16.3 + 4.1 GB
+    counters = accumulator_bytes(plan, plan.groups())  # 258 GB, 237 of them tok_act
+    assert counters > 32 * config.vocab_size * config.ffn_dim * 4
+    assert use.counters == -(-counters // 8) and use.needed < 60 * GB and use.fits()
+    assert plan_runs(config, options, whole, device, host_available=2000 * GB) == [Run(tuple(range(32)), None, 16)]
+    assert check_memory(plan, plan.groups(), whole, options, device, 2000 * GB) == "host"  # 8 shares of 32 GB
+
+
+def test_what_does_not_fit_per_device_is_refused_with_sizes():
+    config, device = opt_jax.for_size("66b"), FakeDevice(80 * GB)
+    options = Options(dtype="float16", mesh="data=2,neurons=4")
+    plan = make_plan(config, options)
+    use = memory_use(plan, plan.groups(), layer_bytes(config, 2), options, device, host_available=2000 * GB)
+    assert use.counters == -(-accumulator_bytes(plan, plan.groups()) // 4) and not use.fits()
+    with pytest.raises(StatsError, match=r"each of the 4 devices of --mesh's neurons axis\): the counters "
+                                         rf"\({use.counters / GB:.1f} GB, tok_act 32 layers x 1.9 GB .* need "
+                                         rf"{use.needed / GB:.1f} GB; 80.0 GB are free"):
+        check_memory(plan, plan.groups(), layer_bytes(config, 2), options, device, 2000 * GB)
+    runs = plan_runs(config, options, layer_bytes(config, 2), device, host_available=2000 * GB)
+    assert len(runs) == 2 and sorted(sum((r.token_layers for r in runs), ())) == list(range(32))
