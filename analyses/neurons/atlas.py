@@ -105,12 +105,19 @@ def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: in
             record["trigger_scores"] = [{"token": int(i), "text": text(i), "score": significant(v, 4), "rank": int(r)}
                                         for i, v, r in zip(facts.token_items[n], values, ranks)]
         record["related"] = _related(facts, n)
+        record["value_hist"] = None if facts.value_hist is None else _trimmed(facts.value_hist[n])
         record["examples"] = {"top": [], "random": []}
         out.append(record)
     for kind, examples in facts.examples.items():
         for record, contexts in zip(out, _contexts(examples, start, stop, source.texts)):
             record["examples"][kind] = contexts
     return out
+
+
+def _trimmed(counts: np.ndarray) -> list[int]:
+    """A histogram's counts up to its last non-zero bin (the page reads the missing ones as 0)."""
+    nonzero = np.flatnonzero(counts)
+    return counts[:nonzero[-1] + 1].tolist() if len(nonzero) else []
 
 
 def _related(facts: nf.LayerFacts, n: int) -> dict | None:
@@ -333,4 +340,5 @@ def _build_model(source: nf.Source, index: int, built: list[int], work: str, blo
             "ffn": config.ffn_dim, "seq_len": int(stats.pos_act.shape[1]), "vocab": config.vocab_size,
             "tokens": stats.tokens, "token_layers": list(stats.token_layers), "examples": stats.examples_per_neuron,
             "positional_embeddings": bool(config.positional_embeddings), "note": "; ".join(notes), "notes": notes,
-            "counts": counts, "attribution": _attribution_entry(source)}
+            "counts": counts, "attribution": _attribution_entry(source),
+            "value_edges": nf.value_edges(stats)}

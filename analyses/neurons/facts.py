@@ -194,6 +194,7 @@ class LayerFacts:
     examples: dict  # kind -> Examples (empty without examples)
     related: related.Related | None = None  # every neuron's related neurons; None without weights (or depth 0)
     rate_bound: float = 1.0  # a dead neuron's 95% upper bound on its firing rate, from the layer's token count
+    value_hist: np.ndarray | None = None  # int64 [n, bins]: activations by fc1 value bin; None without one
 
     @property
     def neurons(self) -> int:
@@ -254,7 +255,23 @@ def layer_facts(source: Source, layer: int, before: int = BEFORE, after: int = A
     examples = _examples(stats, layer, before, after) if examples and stats.examples_per_neuron else {}
     return LayerFacts(layer, freq, rank.astype(np.int64), act == 0, mi, pos_type, strong, positions, curves,
                       token_layer, trigger_ids, trigger_counts, trigger_rates, totals, token_items, trigram_items,
-                      *scores, examples, _related(source, layer, related_depth), rate_bound(stats.tokens))
+                      *scores, examples, _related(source, layer, related_depth), rate_bound(stats.tokens),
+                      _value_hist(stats, layer))
+
+
+def _value_hist(stats, layer: int) -> np.ndarray | None:
+    """int64 [n, bins]: the layer's activation-value histograms, or None when the store counted none."""
+    if value_edges(stats) is None:
+        return None
+    return np.asarray(stats.value_hist[layer], np.int64)  # [n, bins]
+
+
+def value_edges(stats) -> list[float] | None:
+    """The inner edges of the store's activation-value bins (bin 0 runs from 0, the last to infinity), or None
+    when the store counted no histogram."""
+    if "value_hist" not in stats.manifest["arrays"]:
+        return None
+    return [float(e) for e in stats.value_edges[1:-1]]
 
 
 def _positional(stats, layer: int, th: positional.PositionalThresholds):

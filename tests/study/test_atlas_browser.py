@@ -124,6 +124,44 @@ def test_detector_page_names_its_triggers_frequency_and_an_example(browser, buil
     assert not console_errors(browser)
 
 
+def js_num(x: float, digits: int = 3) -> str:
+    """The page's `num`: x to `digits` significant digits, as JavaScript prints the number."""
+    return f"{float(f'{x:.{digits}g}'):g}"
+
+
+def test_the_histogram_of_activation_values_shows_the_store_counts(browser, built):
+    stats = built["stats"]
+    want = np.asarray(stats.value_hist[0])[DETECTOR]  # [bins]: the store's counts, summing to act
+    edges = stats.value_edges  # [bins + 1]: 0 first, inf last
+    assert want.sum() == np.asarray(stats.act[0])[DETECTOR] > 0
+    open_page(browser, built["atlas"], f"L0N{DETECTOR}")
+    bars = browser.find_elements("css selector", "#value-hist-chart rect.bar")
+    assert [int(b.get_attribute("data-count")) for b in bars] == want.tolist()
+    heights = np.array([float(b.get_attribute("height")) for b in bars])  # [bins]: log counts
+    top = int(np.argmax(want))
+    np.testing.assert_allclose(heights, heights[top] * np.log10(1 + want) / np.log10(1 + want[top]), rtol=1e-6,
+                               atol=1e-6)
+    for j in np.flatnonzero(want):  # each bar's title: its value range and count
+        title = bars[j].find_element("css selector", "title").get_attribute("textContent")
+        assert title.endswith(f": {want[j]:,} activations")
+        if 0 < j < len(want) - 1:
+            assert title.startswith(f"{js_num(edges[j])} to {js_num(edges[j + 1])}")
+    rows = browser.find_elements("css selector", "#value-hist-table tbody tr")  # the screen readers' table
+    assert len(rows) == np.count_nonzero(want)
+    counts = [int(r.find_elements("css selector", "td")[1].get_attribute("textContent").replace(",", "")) for r in rows]
+    assert counts == want[want > 0].tolist()
+    dead = int(np.flatnonzero(np.asarray(stats.act[0]) == 0)[0])
+    open_page(browser, built["atlas"], f"L0N{dead}")
+    assert browser.find_element("id", "no-values").text == "None: the neuron never fired."
+    assert not console_errors(browser)
+
+
+def test_an_atlas_without_value_histograms_has_no_such_section(browser, atlas):
+    open_page(browser, atlas, "L0N0")
+    assert heading(browser) == "Layer 0, neuron 0"
+    assert not browser.find_elements("id", "value-hist") and not console_errors(browser)
+
+
 def test_positional_neurons_show_their_planted_type(browser, built):
     open_page(browser, built["atlas"], "")
     for n, (kind, strength) in planted.POSITIONAL.items():
