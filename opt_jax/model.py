@@ -73,10 +73,13 @@ def causal_attention(q, key, value, token_mask, kind: str = "auto",
     """Softmax attention of each query over the real keys at or before it: [batch, seq, heads, head_dim].
 
     `kind` (static, `OPTConfig.attention`): "fused" is `jax.nn.dot_product_attention`, which an
-    accelerator's fused kernels implement; "blocked" runs one slice of (batch x head) rows at a time, its
-    queries in blocks of `query_block` positions, each block against only the keys up to its end: about
-    half the work of the full causal matrix, in pieces that stay in cache (BENCHMARKS.md); "auto" is
-    blocked on the CPU, fused elsewhere.
+    accelerator's fused kernels implement; "blocked" runs one (batch x head) row at a time, its queries
+    in blocks of `query_block` positions, each block against only the keys up to its end: about half
+    the work of the full causal matrix (BENCHMARKS.md); "auto" is blocked on the CPU, fused elsewhere.
+
+    The blocked kind masks padded keys inside the score product: each query gains a coordinate 1 and
+    each key one of 0 (real) or the dtype's most negative value (padding, the value HF's additive mask
+    adds), so a real key's score is q.k + 0 and only the block on the diagonal needs a causal mask.
     """
     if kind == "auto":
         kind = "blocked" if jax.default_backend() == "cpu" else "fused"
@@ -84,23 +87,37 @@ def causal_attention(q, key, value, token_mask, kind: str = "auto",
         return jax.nn.dot_product_attention(q, key, value, mask=token_mask[:, None, None, :], scale=1.0,
                                             is_causal=True)
     b, s, h, k = q.shape
-    rows = [jnp.transpose(t, (0, 2, 1, 3)).reshape(b * h, s, k) for t in (q, key, value)]  # [b*h, s, k]
-    key_mask = jnp.repeat(token_mask, h, axis=0)  # [b*h, t]
-    out = jax.lax.map(functools.partial(_blocked_row, query_block=query_block), (*rows, key_mask),
-                      batch_size=max(1, 4096 // s))  # [b*h, s, k]
+    padding = jnp.where(token_mask, 0, jnp.finfo(key.dtype).min).astype(key.dtype)  # [b, t]
+    q = jnp.concatenate([q, jnp.ones((b, s, h, 1), q.dtype)], axis=-1)  # [b, q, h, k + 1]
+    key = jnp.concatenate([key, jnp.broadcast_to(padding[:, :, None, None], (b, s, h, 1))],
+                          axis=-1)  # [b, t, h, k + 1]
+    rows = [jnp.transpose(t, (0, 2, 1, 3)).reshape(b * h, s, -1) for t in (q, key, value)]  # [b*h, s, ...]
+    out = jax.lax.map(functools.partial(_blocked_row, query_block=query_block), rows)  # [b*h, s, k]
     return jnp.transpose(out.reshape(b, h, s, k), (0, 2, 1, 3))  # [b, s, h, k]
 
 
 def _blocked_row(inputs, query_block: int):
-    """Causal attention of one (batch, head) row, query block by query block: [seq, head_dim]."""
-    q, key, value, key_mask = inputs  # [s, k], [t, k], [t, k], [t]
+    """Causal attention of one (batch, head) row, query block by query block: [seq, head_dim].
+
+    A block's scores against the keys before its first query need no mask (padding is in them already);
+    those against its own positions are masked causally. One softmax spans both parts, normalised last."""
+    q, key, value = inputs  # [s, k + 1], [t, k + 1], [t, k]
+    f32 = jnp.float32
     outputs = []
     for start in range(0, q.shape[0], query_block):
         stop = min(start + query_block, q.shape[0])
-        scores = jnp.einsum("qk,tk->qt", q[start:stop], key[:stop], preferred_element_type=jnp.float32)  # [q, t]
-        causal = jnp.arange(stop)[None, :] <= jnp.arange(start, stop)[:, None]  # [q, t]
-        probs = jax.nn.softmax(jnp.where(causal & key_mask[None, :stop], scores, _NEG), axis=-1)  # [q, t]
-        outputs.append(jnp.einsum("qt,tk->qk", probs.astype(q.dtype), value[:stop]))  # [q, k]
+        block = q[start:stop]  # [q, k + 1]
+        earlier = jnp.einsum("qk,tk->qt", block, key[:start], preferred_element_type=f32)  # [q, start]
+        causal = jnp.arange(start, stop)[None, :] <= jnp.arange(start, stop)[:, None]  # [q, q]
+        own = jnp.where(causal, jnp.einsum("qk,tk->qt", block, key[start:stop], preferred_element_type=f32),
+                        _NEG)  # [q, q]
+        peak = jnp.maximum(earlier.max(-1, keepdims=True, initial=_NEG), own.max(-1, keepdims=True))  # [q, 1]
+        earlier, own = jnp.exp(earlier - peak), jnp.exp(own - peak)  # [q, start], [q, q]
+        total = earlier.sum(-1, keepdims=True) + own.sum(-1, keepdims=True)  # [q, 1]
+        mixed = (jnp.einsum("qt,tk->qk", earlier.astype(value.dtype), value[:start], preferred_element_type=f32)
+                 + jnp.einsum("qt,tk->qk", own.astype(value.dtype), value[start:stop],
+                              preferred_element_type=f32))  # [q, k]
+        outputs.append((mixed / total).astype(value.dtype))  # [q, k]
     return jnp.concatenate(outputs, axis=0)  # [s, k]
 
 
