@@ -111,7 +111,9 @@ class Products(_Part):
 
 class Attention(_Part):
     """Every layer's causal attention over one batch (random q, k, v [batch, seq, heads, head_dim], no
-    padding; q taken as scaled already, as ours takes it): torch's fused `scaled_dot_product_attention`, or ours."""
+    padding; q taken as scaled already, as ours takes it): torch's fused `scaled_dot_product_attention` once per
+    layer, as HF calls it, or ours in one jitted scan over the layers, as our step runs it. The layers are
+    chained, each one's output the next one's queries, so that neither can skip or reorder one."""
 
     def __init__(self, kernel: str, num_layers: int, batch: int, seq_len: int, heads: int, head_dim: int,
                  seed: int = 0):
@@ -128,17 +130,29 @@ class Attention(_Part):
         else:
             self.qkv = [jnp.asarray(a) for a in (q, k, v)]  # [b, s, h, k] each
             mask = jnp.ones((batch, seq_len), bool)  # [b, s]
-            self.attend = jax.jit(lambda q, k, v: causal_attention(q, k, v, mask))  # [b, s, h, k]
+
+            def layers(q, k, v):  # [l, b, s, h, k]
+                def layer(x, _):
+                    y = causal_attention(x, k, v, mask)  # [b, s, h, k]
+                    return y, y
+
+                return jax.lax.scan(layer, q, None, length=num_layers)[1]
+
+            self.attend = jax.jit(layers)
 
     def run(self) -> list:
-        """Every layer's attention once: the outputs ([b, h, s, k] torch, [b, s, h, k] ours)."""
+        """Every layer's attention once: each layer's output ([b, h, s, k] torch, [b, s, h, k] ours)."""
         if self.kernel == "xla":
-            return jax.block_until_ready([self.attend(*self.qkv) for _ in range(self.num_layers)])
+            return list(jax.block_until_ready(self.attend(*self.qkv)))
         import torch
 
+        q, k, v = self.qkv
+        outputs = []
         with torch.inference_mode():
-            return [torch.nn.functional.scaled_dot_product_attention(*self.qkv, is_causal=True, scale=1.0)
-                    for _ in range(self.num_layers)]
+            for _ in range(self.num_layers):
+                q = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)  # [b, h, s, k]
+                outputs.append(q)
+        return outputs
 
     def close(self) -> None:
         self.qkv = None

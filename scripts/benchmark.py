@@ -43,6 +43,8 @@ flags.DEFINE_bool("contexts_cost", False, "cpu: measure only what context activa
                   "collection pass over the same windows, interleaved, and the size they add)")
 flags.DEFINE_bool("value_hist_cost", False, "cpu: measure only what the activation-value histogram (value_hist, "
                   "2 bins per octave) costs, resident with the default example sets, at each --seq_lens value")
+flags.DEFINE_bool("attention_cost", False, "cpu: measure only causal attention (every layer, one batch) against "
+                  "torch's fused SDPA, interleaved, at each --seq_lens value")
 flags.DEFINE_bool("ablation_cost", False, "cpu: measure only an ablation pass (base + 300 neurons zeroed: losses and "
                   "KL) against HF + hooks doing the same, at each --seq_lens value")
 flags.DEFINE_string("workdir", None, "cpu: where the temporary checkpoints go (default: the system temp dir)")
@@ -102,6 +104,14 @@ def main(argv):
         rows = value_hist_cost(opt_jax.for_size(FLAGS.size), [int(s) for s in FLAGS.seq_lens], FLAGS.tokens_per_batch,
                                workdir=FLAGS.workdir, **common)
         for row in rows:
+            print(json.dumps(row))
+        return 0
+
+    if FLAGS.attention_cost:
+        from benchmarks.attention_cost import attention_cost
+
+        for row in attention_cost(opt_jax.for_size(FLAGS.size), [int(s) for s in FLAGS.seq_lens],
+                                  FLAGS.tokens_per_batch, **common):
             print(json.dumps(row))
         return 0
 

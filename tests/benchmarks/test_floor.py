@@ -47,11 +47,13 @@ def test_attention_kernels_agree_and_are_causal():
     for a, b in zip(t_out, x_out):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     q, k, v = (np.asarray(a, np.float64) for a in ours.qkv)  # [b, s, h, d]
-    scores = np.einsum("bqhd,bthd->bhqt", q, k)  # [b, h, q, t]
-    scores[:, :, np.triu(np.ones((SEQ, SEQ), bool), 1)] = -np.inf
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    np.testing.assert_allclose(x_out[0], np.einsum("bhqt,bthd->bqhd", probs, v), rtol=1e-4, atol=1e-5)
+    for layer in range(2):  # chained: each layer's output is the next layer's queries
+        scores = np.einsum("bqhd,bthd->bhqt", q, k)  # [b, h, q, t]
+        scores[:, :, np.triu(np.ones((SEQ, SEQ), bool), 1)] = -np.inf
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        q = np.einsum("bhqt,bthd->bqhd", probs, v)  # [b, s, h, d]
+        np.testing.assert_allclose(x_out[layer], q, rtol=1e-4, atol=1e-5)
 
 
 def test_floor_is_the_fastest_products_plus_the_fastest_attention():
@@ -61,3 +63,14 @@ def test_floor_is_the_fastest_products_plus_the_fastest_attention():
                                             "floor_attention": "torch"}
     with pytest.raises(ValueError, match="unknown kernel"):
         floor.Products("mkl", [], 1)
+
+
+def test_attention_cost_times_both_kernels_round_by_round():
+    from benchmarks.attention_cost import attention_cost
+
+    rows = attention_cost(TINY, seq_lens=(SEQ,), tokens_per_batch=2 * SEQ, batches=3, warmup=1, log=lambda m: None)
+    assert [(r["seq_len"], r["batch_size"], r["layers"], r["heads"], r["head_dim"], r["rounds"]) for r in rows] == [
+        (SEQ, 2, TINY.num_hidden_layers, TINY.num_attention_heads, TINY.head_dim, 3)]
+    row = rows[0]
+    assert 0 < row["sdpa_fastest_s"] <= row["sdpa_s"] and 0 < row["ours_fastest_s"] <= row["ours_s"]
+    assert row["ours_over_sdpa"] > 0
