@@ -71,7 +71,7 @@ def stored_bytes(spans: np.ndarray, k: int, directory: str) -> int:
 
     layers, ffn, _, span = spans.shape
     total = 0
-    for i, (name, (shape, chunk, dtype, fill)) in enumerate(context_layouts(layers, ffn, k, span).items()):
+    for i, (name, (shape, chunk, dtype, fill)) in enumerate(context_layouts(layers, ffn, {"top": k, "random": k}, span).items()):
         path = os.path.join(directory, name)
         create_array(path, shape, chunk, dtype, fill).write(spans[:, :, i * k:(i + 1) * k]).result()
         total += disk.used_bytes(path)

@@ -43,6 +43,8 @@ flags.DEFINE_bool("contexts_cost", False, "cpu: measure only what context activa
                   "collection pass over the same windows, interleaved, and the size they add)")
 flags.DEFINE_bool("value_hist_cost", False, "cpu: measure only what the activation-value histogram (value_hist, "
                   "2 bins per octave) costs, resident with the default example sets, at each --seq_lens value")
+flags.DEFINE_bool("quantile_cost", False, "cpu: measure only what the quantile examples (--quantile_examples 4) "
+                  "cost, resident with the default example sets and value histogram, at each --seq_lens value")
 flags.DEFINE_bool("attention_cost", False, "cpu: measure only causal attention (every layer, one batch) against "
                   "torch's fused SDPA, interleaved, at each --seq_lens value")
 flags.DEFINE_bool("ablation_cost", False, "cpu: measure only an ablation pass (base + 300 neurons zeroed: losses and "
@@ -103,6 +105,15 @@ def main(argv):
 
         rows = value_hist_cost(opt_jax.for_size(FLAGS.size), [int(s) for s in FLAGS.seq_lens], FLAGS.tokens_per_batch,
                                workdir=FLAGS.workdir, **common)
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+
+    if FLAGS.quantile_cost:
+        from benchmarks.quantile_cost import quantile_cost
+
+        rows = quantile_cost(opt_jax.for_size(FLAGS.size), [int(s) for s in FLAGS.seq_lens], FLAGS.tokens_per_batch,
+                             workdir=FLAGS.workdir, **common)
         for row in rows:
             print(json.dumps(row))
         return 0

@@ -38,6 +38,10 @@ flags.DEFINE_integer("ngram_max_coverage", 50, "most tokens covering a candidate
 flags.DEFINE_float("ngram_coverage_fraction", 0.95, "the share of its activations those tokens must cover")
 flags.DEFINE_integer("examples", 16, "example activations kept per neuron and set: its strongest and a uniform "
                      "sample (0: none)", lower_bound=0)
+flags.DEFINE_integer("quantile_examples", 0, "K activations per neuron and value bin, a uniform sample of each bin's "
+                     "(read as Stats.examples(layer, neuron, 'quantile'), grouped into bands near the deciles); "
+                     "bins x K slots per neuron (4 GB at OPT-66b with K 4 and 36 bins; fewer with "
+                     "--value_bins_per_octave 1); 0: none")
 flags.DEFINE_integer("value_bins_per_octave", 2, "bins per octave of value_hist, each neuron's activations by the "
                      "bin of their fc1 value (1, 2, 4 or 8; edges from 2^-10 to 2^7; 0: none)", lower_bound=0)
 flags.DEFINE_float("flush_every_s", 300.0, "commit statistics at least this often (seconds)")
@@ -78,7 +82,7 @@ def main(argv):
             ngram_orders=tuple(int(k) for k in FLAGS.ngram_orders), ngram_max_pairs=FLAGS.ngram_max_pairs,
             ngram_candidates_from=FLAGS.ngram_candidates_from, ngram_max_coverage=FLAGS.ngram_max_coverage,
             ngram_coverage_fraction=FLAGS.ngram_coverage_fraction, examples=FLAGS.examples,
-            value_bins_per_octave=FLAGS.value_bins_per_octave,
+            value_bins_per_octave=FLAGS.value_bins_per_octave, quantile_examples=FLAGS.quantile_examples,
             flush_every_s=FLAGS.flush_every_s,
             flush_every_batches=FLAGS.flush_every_batches, background_commits=FLAGS.background_commits,
             background_ngrams=FLAGS.background_ngrams, overwrite=FLAGS.overwrite, mesh=FLAGS.mesh,

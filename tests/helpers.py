@@ -29,11 +29,11 @@ def run_script(*args, env: dict | None = None, timeout: float = 600) -> subproce
 
 def assert_same_stats(a, b, examples: int = 16) -> None:
     """Two statistics stores (`analyses.open_stats`) hold identical counts (value histograms and their bins too),
-    example sets and windows (k = `examples`, some filled) and n-gram tables (non-empty), array by array and bit
-    for bit."""
+    example sets (the quantile set too when they hold one) and windows (k = `examples`, some filled) and n-gram
+    tables (non-empty), array by array and bit for bit."""
     import numpy as np
 
-    from analyses.collection.store import ARRAY_NAMES, example_layouts
+    from analyses.collection.store import ARRAY_NAMES, QUANTILE, example_layouts, example_slots
 
     for name in ARRAY_NAMES:
         np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
@@ -42,7 +42,8 @@ def assert_same_stats(a, b, examples: int = 16) -> None:
     np.testing.assert_array_equal(np.asarray(a.value_hist), np.asarray(b.value_hist), err_msg="value_hist")
     np.testing.assert_array_equal(a.value_edges, b.value_edges)
     assert a.examples_per_neuron == b.examples_per_neuron == examples
-    for name in example_layouts(1, 1, 1, 2):
+    assert a.manifest.get("quantile_examples", 0) == b.manifest.get("quantile_examples", 0)
+    for name in example_layouts(1, 1, 1, 2, example_slots(a.manifest).get(QUANTILE, 0)):
         np.testing.assert_array_equal(np.asarray(a.array(name).read().result()),
                                       np.asarray(b.array(name).read().result()), err_msg=name)
     assert (np.asarray(a.array("examples_random_window").read().result()) >= 0).any()

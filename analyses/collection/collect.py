@@ -50,7 +50,7 @@ def _identity(model_path: str, config, corpus: Corpus, plan: st.Plan, options: O
 
 
 # Flags added after stores were written with the default they now have: the value those stores were collected with.
-_BEFORE_FLAG = {"value_bins_per_octave": 0}
+_BEFORE_FLAG = {"value_bins_per_octave": 0, "quantile_examples": 0}
 
 
 def _flag_differences(stored: dict, now: dict) -> list[str]:
@@ -83,12 +83,13 @@ def _open_store(out_dir: str, identity: dict, plan: st.Plan, options: Options) -
     if os.path.isdir(out_dir) and lock.entries(out_dir) and not options.overwrite:
         raise StatsError(f"{out_dir}: exists, is not empty and is not a statistics directory")
     layouts = array_layouts(plan.num_layers, len(plan.token_layers), plan.seq_len, plan.vocab, plan.ffn)
-    layouts |= example_layouts(plan.num_layers, plan.ffn, plan.examples, plan.seq_len)
     bins = values.num_bins(plan.value_bins) if plan.value_bins else 0
+    layouts |= example_layouts(plan.num_layers, plan.ffn, plan.examples, plan.seq_len, plan.quantile * bins)
     layouts |= value_layouts(plan.num_layers, plan.ffn, bins)
     value_edges = {"value_edges": values.edges(plan.value_bins).tolist()} if bins else {}
     start = identity | value_edges | {"token_layers": list(plan.token_layers), "layers": plan.num_layers,
-                        "ngram_orders": list(options.ngram_orders), "examples": plan.examples, "tokens": 0,
+                        "ngram_orders": list(options.ngram_orders), "examples": plan.examples,
+                        "quantile_examples": plan.quantile, "tokens": 0,
                         "sequences": 0, "full_length_sequences": 0, "cursor": {"next_batch": 0, "stream_tokens": 0},
                         "complete": False}
     return StatsStore.create(out_dir, start, layouts)
@@ -258,7 +259,7 @@ def _commit(store: StatsStore, counters, host: dict, cursor: dict, complete: boo
     deltas = counters.deltas() | {"pos_tokens": host["pos_tokens"], "token_occ": host["token_occ"]}
     values, shapes = {}, {}
     if counters.plan.examples:
-        values = example_merges([stored_examples(store), counters.example_sets])
+        values = example_merges([stored_examples(store), counters.example_sets], store.manifest)
         values["windows"], shapes["windows"] = appended_windows(store.array("windows"), host["windows"])
     m = store.manifest
     store.commit(deltas, {

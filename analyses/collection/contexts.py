@@ -8,16 +8,18 @@ runs the model once more over the windows that hold an example, each window once
 inside the window, BOS excepted). The store then reads each example with its context (`Stats.examples`:
 `context_tokens`, `context_values`, `context_index`).
 
-Stored: `context_{kind}_value` float16 [layers, ffn, k, before + after + 1], slot j of an example at `position`
-holding position `position - before + j` (0 outside the window, where the reader cuts the span); the manifest's
-`contexts` entry says the span, what was run and `tokens`, the store's token count the sets were computed for
+Stored: `context_{kind}_value` float16 [layers, ffn, k, before + after + 1] for each example set of the store (top
+and random, k slots, and with quantile examples `quantile`, bins x K slots: `store.example_slots`), slot j of an
+example at `position` holding position `position - before + j` (0 outside the window, where the reader cuts the
+span); the manifest's `contexts` entry says the span, what was run and `tokens`, the store's token count the sets were computed for
 (collecting on into the store changes the sets: the contexts are then not read until run again). float16 rounds to
 nearest: a relative error of at most 2^-11 (4.9e-4), 2^-25 absolute below 6.1e-5, +-inf beyond +-65504; the
 example's own value is read from its record, exact.
 
-On the device, per layer of the scan: which examples' windows are in the batch ([ffn, 2k] against the batch's
-window indices), then one gather of fc1 at [ffn, 2k, span] places; every layer's spans stay on the device for the
-whole run (float16, [layers, ffn, 2k, span]: 6.2 GB at 66b) with the examples' places. The model runs resident
+On the device, per layer of the scan: which examples' windows are in the batch ([ffn, c] against the batch's
+window indices, c the slots of every set: 2k, plus bins x K with quantile examples), then one gather of fc1 at
+[ffn, c, span] places; every layer's spans stay on the device for the whole run (float16, [layers, ffn, c, span]:
+6.2 GB at 66b with c = 2k = 32) with the examples' places. The model runs resident
 (one jitted step per batch) or streamed (`offload`: layer groups read from the checkpoint two groups ahead, moved
 one group ahead, each running a chunk of batches, layer-major, as collection streams). The center of each span is
 checked against the example's stored value: a model that does not reproduce them (other weights of the same
@@ -44,7 +46,7 @@ import psutil
 from analyses.collection.plan import RUNTIME_BYTES, Options, working_bytes
 from analyses.collection.runner import Weights
 from analyses.collection.statistics import Plan, embed_step
-from analyses.collection.store import (CHUNK_CELLS, EXAMPLE_KINDS, Stats, StatsStore, context_name, example_name,
+from analyses.collection.store import (CHUNK_CELLS, Stats, StatsStore, context_name, example_name, example_slots,
                                        open_stats)
 from opt_jax import checkpoint as ckpt
 from opt_jax import lock
@@ -57,12 +59,13 @@ DTYPE = "float16"
 CENTER_TOLERANCE = 0.05  # |span center - stored value| / max(|value|, 1) above this: the model is another one
 
 
-def context_layouts(num_layers: int, ffn: int, k: int, span: int) -> dict:
-    """name -> (shape, chunk shape, dtype, fill value) of the context arrays: [layers, ffn, k, span] float16, chunks
-    of one layer and a block of neurons."""
-    block = max(1, min(ffn, CHUNK_CELLS // (k * span)))
-    return {context_name(kind): ((num_layers, ffn, k, span), (1, block, k, span), DTYPE, 0.0)
-            for kind in EXAMPLE_KINDS}
+def context_layouts(num_layers: int, ffn: int, slots: dict, span: int) -> dict:
+    """name -> (shape, chunk shape, dtype, fill value) of the context arrays: [layers, ffn, k, span] float16 for each
+    kind of `slots` ({kind: k}, `store.example_slots`), chunks of one layer and a block of neurons."""
+    def layout(k):
+        block = max(1, min(ffn, CHUNK_CELLS // (k * span)))
+        return (num_layers, ffn, k, span), (1, block, k, span), DTYPE, 0.0
+    return {context_name(kind): layout(k) for kind, k in slots.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,24 +82,23 @@ class MemoryUse:
     where: str
 
 
-def memory_use(config, layers: int, k: int, span: int, batch_size: int, seq_len: int, itemsize: int,
+def memory_use(config, layers: int, slots: int, span: int, batch_size: int, seq_len: int, itemsize: int,
                offload: bool, group: int, chunk_batches: int, device, host_available: int | None = None) -> MemoryUse:
     """What a run needs, computed without allocating: the spans and places on the device, the weights (all layers,
     or two groups streamed, and the embeddings), a step's temporaries (collection's `working_bytes` plus the
     gather), and on the host
     the groups read ahead, the windows' index and a commit's block."""
-    slots = layers * config.ffn_dim * 2 * k
-    spans = slots * (span * 2 + 12)  # float16 spans; window, position and value of each example
+    spans = layers * config.ffn_dim * slots * (span * 2 + 12)  # float16 spans; each example's window, position, value
     layer = layer_bytes(config, itemsize)
     streamed = offload and -(-layers // group) > 2
     outer = (config.vocab_size * config.word_embed_proj_dim + (config.max_position_embeddings + 2)
              * config.hidden_size) * itemsize  # the embeddings
     weights = (2 * group if streamed else layers) * layer + outer
     options = Options(seq_len=seq_len, batch_size=batch_size, offload=offload, chunk_batches=chunk_batches)
-    gather = config.ffn_dim * 2 * k * (span * 4 * 4 + batch_size)  # indices and values [n, 2k, span], matches
+    gather = config.ffn_dim * slots * (span * 4 * 4 + batch_size)  # indices and values [n, 2k, span], matches
     working = working_bytes(Plan(config, layers, (), seq_len), options, itemsize) + gather
     block = CHUNK_CELLS * 4 * 3  # a commit's block, as float32 and float16 copies
-    host = ((3 if streamed else 0) * group * layer + block + 2 * config.ffn_dim * 2 * k * 12
+    host = ((3 if streamed else 0) * group * layer + block + 2 * config.ffn_dim * slots * 12
             + 8 * batch_size * seq_len * 4)
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     available = psutil.virtual_memory().available if host_available is None else host_available
@@ -171,19 +173,21 @@ def windows_with_examples(stats: Stats) -> np.ndarray:
     """The sorted indices of the windows holding an example of some neuron, layer and kind (read a layer at a time)."""
     found = np.zeros(0, np.int64)
     for layer in range(stats.manifest["layers"]):
-        for kind in EXAMPLE_KINDS:
+        for kind in example_slots(stats.manifest):
             w = stats.array(example_name(kind, "window"))[layer].read().result()  # [n, k]
             found = np.union1d(found, np.unique(w[w >= 0]))
     return found
 
 
 def _places(stats: Stats, group: range) -> dict:
-    """The examples of a layer group on the device, both kinds side by side: {window, position, value: [g, n, 2k]}
-    (read and moved a layer at a time)."""
+    """The examples of a layer group on the device, every kind side by side (`store.example_slots`' order):
+    {window, position, value: [g, n, slots]} (read and moved a layer at a time)."""
+    kinds = example_slots(stats.manifest)
+
     def field(f):
         return jnp.stack([jax.device_put(np.concatenate([stats.array(example_name(kind, f))[layer].read().result()
-                                                         for kind in EXAMPLE_KINDS], axis=-1))
-                          for layer in group])  # [g, n, 2k]
+                                                         for kind in kinds], axis=-1))
+                          for layer in group])  # [g, n, slots]
     return {f: field(f) for f in ("window", "position", "value")}
 
 
@@ -193,7 +197,7 @@ def _committed_state(store: StatsStore, group: range, fresh: bool, shape: tuple)
     if fresh:
         spans = jnp.zeros(shape, jnp.float16)  # [g, n, c, w]
     else:
-        arrays = [store.array(context_name(kind)) for kind in EXAMPLE_KINDS]
+        arrays = [store.array(context_name(kind)) for kind in example_slots(store.manifest)]
         spans = jnp.stack([jax.device_put(np.concatenate([a[layer].read().result() for a in arrays], axis=1))
                            for layer in group])  # [g, n, c, w]
     return {"spans": spans, "deviation": jnp.zeros((g,), jnp.float32)}
@@ -223,7 +227,8 @@ def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, aft
         raise StatsError(f"{stats.root}: its example sets are empty (no neuron fired on a real token); there are no "
                          "contexts to add")
     flags = stats.manifest["flags"]
-    k, layers, seq_len, span = stats.examples_per_neuron, stats.manifest["layers"], flags["seq_len"], before + after + 1
+    slots, layers, seq_len, span = example_slots(stats.manifest), stats.manifest["layers"], flags["seq_len"], \
+        before + after + 1
     batch_size = batch_size or flags["batch_size"]
     if batch_size < 1:
         raise StatsError(f"batch_size must be >= 1, got {batch_size}")
@@ -233,7 +238,7 @@ def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, aft
     layer = layer_bytes(config, itemsize)
     groups = split_layers(range(layers), (group_size or group_size_for(_Sized(layers, layer), device))
                           if offload else layers)
-    check_memory(memory_use(config, layers, k, span, batch_size, seq_len, itemsize, offload,
+    check_memory(memory_use(config, layers, sum(slots.values()), span, batch_size, seq_len, itemsize, offload,
                             max(len(g) for g in groups), chunk_batches, device, host_available), host_available)
 
     store = StatsStore.open(stats.root)
@@ -253,7 +258,7 @@ def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, aft
 
     weights = Weights.from_checkpoint(model, dtype, layers)
     outer = put_now({"embed": weights.embed})
-    shape = lambda g: (len(g), config.ffn_dim, 2 * k, span)  # noqa: E731
+    shape = lambda g: (len(g), config.ffn_dim, sum(slots.values()), span)  # noqa: E731
     places = [_places(stats, g) for g in groups]
     state = [_committed_state(store, g, fresh, shape(g)) for g in groups]
     run = _Streamed(config, groups, weights, before, span) if offload else _Resident(config, weights, before, span)
@@ -280,7 +285,7 @@ def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, aft
             done = entry["next_batch"] >= identity["batches"]
             if done or time.monotonic() - last_commit >= flush_every_s:
                 entry["complete"] = done
-                _commit(store, entry, state, groups, k, fresh)
+                _commit(store, entry, state, groups, slots, fresh)
                 fresh, last_commit = False, time.monotonic()
                 stats = open_stats(store.root)  # the windows read from the new generation
     finally:
@@ -351,24 +356,26 @@ class _Streamed:
         self.stream.close()
 
 
-def _commit(store: StatsStore, entry: dict, state: list, groups: list[range], k: int, fresh: bool) -> None:
+def _commit(store: StatsStore, entry: dict, state: list, groups: list[range], slots: dict, fresh: bool) -> None:
     """Write the spans as the store's next generation with `entry` (every other array linked as it is); a block of
     one layer crosses from the device at a time."""
     _, ffn, _, span = state[0]["spans"].shape
-    layouts = context_layouts(groups[-1].stop, ffn, k, span)
+    layouts = context_layouts(groups[-1].stop, ffn, slots, span)
+    starts = dict(zip(slots, np.cumsum([0, *slots.values()])))  # kind -> its first slot in the state
 
     def place(layer):
         gi = next(gi for gi, g in enumerate(groups) if layer in g)
         return gi, layer - groups[gi].start
 
-    def block_of(ki):
+    def block_of(kind):
         def read(block):  # (layer, neurons, slots, span) slices, one layer
             gi, j = place(block[0].start)
-            return np.asarray(state[gi]["spans"][j, block[1], ki * k:(ki + 1) * k])[None]  # [1, n, k, w]
+            first = starts[kind]
+            return np.asarray(state[gi]["spans"][j, block[1], first:first + slots[kind]])[None]  # [1, n, k, w]
         return read
 
     values = {name: (lambda block: None) for name in store.manifest["arrays"]}
-    values |= {context_name(kind): block_of(ki) for ki, kind in enumerate(EXAMPLE_KINDS)}
+    values |= {context_name(kind): block_of(kind) for kind in slots}
     store.commit({}, {"contexts": dict(entry)}, values=values, new=layouts if fresh else None)
 
 

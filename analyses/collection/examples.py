@@ -11,13 +11,23 @@ output in float32.
   uniform sample without replacement of the neuron's activations, whatever the batch, flush or
   process that saw them; ties (1 in 2^30) go to the earlier token.
 
-Both are "the k best of a total order", so the set over a union is the k best of the sets of its
-parts: the device merges each batch into its running sets (`update`, inside the jitted scan), and a
+- `quantile` (with `--quantile_examples K`, kept beside them): for each value bin j of `values.py`, the K
+  activations in bin j with the smallest rank, in slots j K .. j K + K - 1 ([n, bins * K]): a uniform sample of
+  the bin's activations, from which the reader (`Stats.examples(..., "quantile")`) draws each quantile band's K
+  (a band is a run of whole bins, so its K smallest ranks are among its bins' samples).
+
+All are "the k best of a total order" (the quantile set bin by bin), so the set over a union is the k best of the
+sets of its parts: the device merges each batch into its running sets (`update`, inside the jitted scan), and a
 commit or `merge_stats` merges stored sets with new ones on the host (`merge_sets`) by the same order.
 A neuron with fewer than k activations keeps all of them; the empty slots hold window and position
 `EMPTY` and value 0, after the examples.
 
-On the device a batch's best k per neuron are found without a top-k over every token: the tokens are
+The quantile set is found on the device per slot (`_batch_bin_minima`): slot m of every (neuron, bin) is the
+smallest rank after slot m - 1 in (rank, token) order, by a scatter-minimum over the cells, then the earliest token
+of that rank, by another; 2 K scatters over a slice of the positions at a time, then a top-k of the running and the
+batch's K per bin.
+
+For `top` and `random`, a batch's best k per neuron are found without a top-k over every token: the tokens are
 cut into blocks of `c` consecutive ones, the k blocks with the largest maxima hold the k best tokens
 (a block outside them has k blocks, each with a token ahead of all of its own), so only those k * c
 tokens are ranked. The ranking keys are float32, for which `lax.top_k` is fast on every backend: the
@@ -32,7 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-KINDS = ("top", "random")
+from analyses.collection import values
+
+KINDS = ("top", "random")  # the sets every run with examples keeps; `QUANTILE` is kept when asked for
+QUANTILE = "quantile"
+RANDOM = "random"
 FIELDS = ("window", "position", "value")
 EMPTY = -1  # window and position of an empty slot
 _KEY_BITS = 0x40800000  # bits of 4.0: 0x40800000 - rank for rank < 2^30 is a positive normal float32
@@ -69,13 +83,15 @@ def sample_rank(xp, token_h, neuron_h):
 
 # The device side: running sets in the scan carry, one batch merged in per layer.
 
-def zero_sets(layers: int, ffn: int, k: int) -> dict:
-    """Empty running sets of a layer group: {kind: {window, position, value: [g, n, k]}}."""
-    def empty(dtype, fill):  # a buffer of its own per field: the step donates each
-        return jnp.full((layers, ffn, k), fill, dtype)  # [g, n, k]
+def zero_sets(layers: int, ffn: int, k: int, quantile_slots: int = 0) -> dict:
+    """Empty running sets of a layer group: {kind: {window, position, value: [g, n, k]}}, and with `quantile_slots`
+    (bins x K) the quantile set {window, position, value: [g, n, bins * K]}."""
+    def empty(slots, dtype, fill):  # a buffer of its own per field: the step donates each
+        return jnp.full((layers, ffn, slots), fill, dtype)  # [g, n, slots]
 
-    return {kind: {"window": empty(jnp.int32, EMPTY), "position": empty(jnp.int32, EMPTY),
-                   "value": empty(jnp.float32, 0.0)} for kind in KINDS}
+    sizes = {kind: k for kind in KINDS} | ({QUANTILE: quantile_slots} if quantile_slots else {})
+    return {kind: {"window": empty(c, jnp.int32, EMPTY), "position": empty(c, jnp.int32, EMPTY),
+                   "value": empty(c, jnp.float32, 0.0)} for kind, c in sizes.items()}
 
 
 def block_tokens(seq_len: int, batch: int, k: int) -> int:
@@ -141,7 +157,7 @@ def update(sets: dict, i, layer, fc1, counted, first_window, k: int) -> dict:
     token_h = token_hash(jnp, window, position)  # [t]
     neuron_h = neuron_hash(jnp, layer, jnp.arange(n))  # [n]
     out = {}
-    for kind in KINDS:
+    for kind in KINDS:  # the quantile set, when kept, is merged by `update_quantile`
         running = {f: sets[kind][f][i] for f in FIELDS}  # [n, k] each
         keys, tokens = batch_candidates(kind, flat, counted.reshape(-1), token_h, neuron_h, k, s)  # [n, kb] x 2
         fired = keys > -jnp.inf  # [n, kb]
@@ -156,10 +172,101 @@ def update(sets: dict, i, layer, fc1, counted, first_window, k: int) -> dict:
     return out
 
 
+# The quantile set: the `random` order restricted to each bin of the value histogram (`values.py`).
+
+_NONE = 2**31 - 1  # int32 maximum: "no token" in the per-bin minima
+
+
+def _batch_bin_minima(fc1, counted, token_h, neuron_h, per_octave: int, k: int):
+    """The k smallest (rank, token index) pairs of each neuron and value bin in a batch: (rank, token), int32
+    [n, bins, k] each, `_NONE` in both where the bin holds fewer than k activations.
+
+    fc1 [b, s, n], counted bool [b, s] (real, non-BOS), token_h uint32 [b, s], neuron_h uint32 [n]. Slot m is found
+    by two scatter-minima over the cells, a slice of the positions at a time (`values.chunks`): the smallest rank
+    among the cells after slot m - 1 in (rank, token) order, then the smallest token of that rank, so that equal
+    ranks (1 in 2^30) go to the earlier token, as in the other sets' total order."""
+    b, s, n = fc1.shape
+    bins = values.num_bins(per_octave)
+    slices = values.chunks(b, s)
+    width = s // slices
+    cell_base = jnp.arange(n, dtype=jnp.int32) * bins  # [n]
+
+    def cells(i):  # one slice's (flat (neuron, bin) index or past the end, rank, token index), [b, w, n] each
+        x = lax.dynamic_slice_in_dim(fc1, i * width, width, axis=1)  # [b, w, n]
+        fired = lax.dynamic_slice_in_dim(counted, i * width, width, axis=1)[..., None] & (x > 0)  # [b, w, n]
+        th = lax.dynamic_slice_in_dim(token_h, i * width, width, axis=1)  # [b, w]
+        rank = sample_rank(jnp, th[..., None], neuron_h)  # [b, w, n]
+        token = (jnp.arange(b, dtype=jnp.int32)[:, None] * s + i * width
+                 + jnp.arange(width, dtype=jnp.int32)[None, :])  # [b, w]
+        flat = jnp.where(fired, cell_base + values.bin_index(x, per_octave), n * bins)  # [b, w, n]
+        return flat, rank, jnp.broadcast_to(token[..., None], rank.shape)
+
+    def scatter_min(pick):  # pick(flat, rank, token) -> (where, what) [b, w, n]: the minimum of `what` per cell
+        def add(i, table):  # [n * bins]
+            flat, rank, token = cells(i)
+            where, what = pick(flat, rank, token)
+            return table.at[jnp.where(where, flat, n * bins).reshape(-1)].min(what.reshape(-1), mode="drop")
+        return lax.fori_loop(0, slices, add, jnp.full(n * bins, _NONE, jnp.int32))  # [n * bins]
+
+    prev_rank = jnp.full(n * bins, -1, jnp.int32)  # [n * bins]: slot m - 1's pair; (-1, -1) before slot 0
+    prev_token = jnp.full(n * bins, -1, jnp.int32)  # [n * bins]
+    ranks, tokens = [], []
+    for _ in range(k):
+        def after(flat, rank, token, pr=prev_rank, pt=prev_token):  # [b, w, n]: after slot m - 1 in (rank, token)
+            at = jnp.minimum(flat, n * bins - 1)  # [b, w, n]
+            return (rank > pr[at]) | ((rank == pr[at]) & (token > pt[at]))
+        best_rank = scatter_min(lambda f, r, t: (after(f, r, t), r))  # [n * bins]
+        best_token = scatter_min(lambda f, r, t: (after(f, r, t) & (r == best_rank[jnp.minimum(f, n * bins - 1)]),
+                                                  t))  # [n * bins]
+        ranks.append(best_rank)
+        tokens.append(best_token)
+        prev_rank, prev_token = best_rank, best_token
+    shape = (n, bins, k)
+    return jnp.stack(ranks, -1).reshape(shape), jnp.stack(tokens, -1).reshape(shape)  # [n, bins, k] x 2
+
+
+def update_quantile(sets: dict, i, layer, fc1, counted, first_window, per_octave: int) -> dict:
+    """Merge one layer's batch into row i of the group's quantile set ({window, position, value: [g, n, bins * K]}):
+    for each neuron and value bin (slots j * K ... j * K + K - 1 for bin j), the K activations of that bin with the
+    smallest `random` rank, ties to the earlier token. Arguments as `update`'s."""
+    b, s, n = fc1.shape
+    bins = values.num_bins(per_octave)
+    k = sets["window"].shape[-1] // bins
+    token_h = token_hash(jnp, first_window + jnp.arange(b, dtype=jnp.int32)[:, None],
+                         jnp.arange(s, dtype=jnp.int32)[None, :])  # [b, s]
+    neuron_h = neuron_hash(jnp, layer, jnp.arange(n))  # [n]
+    _, token = _batch_bin_minima(fc1, counted, token_h, neuron_h, per_octave, k)  # [n, bins, k]
+    fired = token != _NONE  # [n, bins, k]
+    at = jnp.where(fired, token, 0)  # [n, bins, k]
+    new = {"window": jnp.where(fired, first_window + at // s, EMPTY),
+           "position": jnp.where(fired, at % s, EMPTY),
+           "value": jnp.where(fired, fc1.reshape(b * s, n)[at, jnp.arange(n)[:, None, None]].astype(jnp.float32),
+                              0.0)}  # [n, bins, k]
+    running = {f: sets[f][i].reshape(n, bins, k) for f in FIELDS}  # [n, bins, k]
+    both = {f: jnp.concatenate([running[f], new[f]], axis=-1) for f in FIELDS}  # [n, bins, 2k]
+    nh = neuron_h[:, None, None]  # [n, 1, 1]
+    keys = _keys("random", both["value"], both["window"] != EMPTY,
+                 token_hash(jnp, both["window"], both["position"]), nh)  # [n, bins, 2k]
+    _, pick = lax.top_k(keys, k)  # [n, bins, k]: the running set first on equal keys (earlier tokens)
+    return {f: sets[f].at[i].set(jnp.take_along_axis(both[f], pick, axis=-1).reshape(n, bins * k)) for f in FIELDS}
+
+
 # The host side: sets of [n, k] numpy arrays, merged by the same total order.
 
-def merge_sets(kind: str, layer: int, *parts: dict) -> dict:
-    """The k best examples of several sets of one layer ({window, position, value: [n, k]} each), stored order."""
+def merge_sets(kind: str, layer: int, *parts: dict, groups: int = 1) -> dict:
+    """The k best examples of several sets of one layer ({window, position, value: [n, k]} each), stored order.
+
+    The quantile set ([n, bins * K]) passes `groups` = bins: each bin's K slots are merged by the `random` order."""
+    if kind == QUANTILE:
+        n = parts[0]["window"].shape[0]
+        rows = [{f: p[f].reshape(n * groups, -1) for f in FIELDS} for p in parts]  # [n * bins, K] each
+        merged = _merge(RANDOM, layer, np.arange(n * groups, dtype=np.uint32) // groups, rows)
+        return {f: merged[f].reshape(n, -1) for f in FIELDS}  # [n, bins * K]
+    return _merge(kind, layer, np.arange(parts[0]["window"].shape[0], dtype=np.uint32), parts)
+
+
+def _merge(kind: str, layer: int, neuron_of_row: np.ndarray, parts) -> dict:
+    """`merge_sets` of rows [r, k] by `kind`'s order, row i of neuron `neuron_of_row[i]`."""
     k = parts[0]["window"].shape[1]
     both = {f: np.concatenate([p[f] for p in parts], axis=1) for f in FIELDS}  # [n, m]
     window, position, value = both["window"], both["position"], both["value"]
@@ -167,7 +274,7 @@ def merge_sets(kind: str, layer: int, *parts: dict) -> dict:
     if kind == "top":
         primary = -value.astype(np.float64)  # [n, m]
     else:
-        neurons = np.arange(window.shape[0], dtype=np.uint32)[:, None]  # [n, 1]
+        neurons = neuron_of_row[:, None]  # [r, 1]
         primary = sample_rank(np, token_hash(np, window, position), neuron_hash(np, np.uint32(layer), neurons))
     order = np.lexsort((position, window, primary, empty), axis=1)[:, :k]  # [n, k]: last key sorts first
     out = {f: np.take_along_axis(both[f], order, axis=1) for f in FIELDS}

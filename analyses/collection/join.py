@@ -43,10 +43,10 @@ import os
 
 import numpy as np
 
-from analyses.collection.store import (ARRAY_NAMES, EXAMPLE_FIELDS, EXAMPLE_KINDS, MANIFEST, VALUE_HIST, Stats,
+from analyses.collection.store import (ARRAY_NAMES, EXAMPLE_FIELDS, MANIFEST, VALUE_HIST, Stats,
                                        StatsStore,
-                                       chunk_blocks, create_array, example_name, generation_dir, open_stats,
-                                       read_manifest)
+                                       chunk_blocks, create_array, example_name, example_slots, generation_dir,
+                                       open_stats, read_manifest)
 from opt_jax import arrays
 from opt_jax import atomic
 from opt_jax import lock
@@ -109,6 +109,7 @@ class Sources:
     examples: list[Part | None]  # by layer: the part whose example sets are taken (None: no part has them)
     k: int  # examples per neuron and set (0: none)
     value_hist: bool  # every part has a value histogram (with the same bins): the join has one
+    quantile: int = 0  # quantile examples per neuron and value bin (0: none, or a part without value_hist)
 
     @property
     def layer_arrays(self) -> tuple[str, ...]:
@@ -224,6 +225,12 @@ def _check_identity(loaded: list[Part]) -> None:
         raise StatsError("the parts keep example sets of different sizes ("
                          + ", ".join(f"{p.root}: {p.examples}" for p in loaded if p.examples)
                          + "); collect them with one --examples K (or 0 in all but one)")
+    quantiles = {p.manifest.get("quantile_examples", 0) for p in loaded if p.examples}
+    if len(quantiles) > 1:
+        raise StatsError("the parts keep quantile examples of different sizes ("
+                         + ", ".join(f"{p.root}: {p.manifest.get('quantile_examples', 0)}" for p in loaded
+                                     if p.examples)
+                         + "); collect them with one --quantile_examples K")
     edges = {tuple(p.manifest["value_edges"]) for p in loaded if VALUE_HIST in p.manifest["arrays"]}
     if len(edges) > 1:
         raise StatsError("the parts count activation values in different bins ("
@@ -251,7 +258,9 @@ def _sources(loaded: list[Part]) -> Sources:
         ngrams=ngrams, orders=sorted(orders),
         examples=[next((p for p in with_examples if l < p.layers), None) for l in range(layers)],
         k=with_examples[0].examples if with_examples else 0,
-        value_hist=all(VALUE_HIST in p.manifest["arrays"] for p in loaded))
+        value_hist=all(VALUE_HIST in p.manifest["arrays"] for p in loaded),
+        quantile=with_examples[0].manifest.get("quantile_examples", 0)
+        if with_examples and all(VALUE_HIST in p.manifest["arrays"] for p in loaded) else 0)
 
 
 def _check_counts(loaded: list[Part], sources: Sources, verbose: bool) -> None:
@@ -382,10 +391,12 @@ def _write(loaded: list[Part], sources: Sources, out_dir: str, verbose: bool) ->
     tracked = _ngram_arrays(loaded, sources, array, links)
     if sources.k:
         examples = [p for p in sources.examples if p is not None]
-        for kind in EXAMPLE_KINDS:
+        kept = {"examples": sources.k, "quantile_examples": sources.quantile,
+                "value_edges": first.manifest.get("value_edges")}
+        for kind, slots in example_slots(kept).items():  # top, random, and the quantile set when kept
             for field in EXAMPLE_FIELDS:
                 name = example_name(kind, field)
-                target = array(name, (layers, ffn, sources.k), examples)
+                target = array(name, (layers, ffn, slots), examples)
                 links += [(part.chunks(name, l), os.path.join(target, str(l)))
                           for l, part in enumerate(sources.examples) if part is not None]
         windows = examples[0].stats.array("windows").shape
@@ -486,6 +497,7 @@ def _manifest(loaded: list[Part], sources: Sources, shapes: dict) -> dict:
         "token_layers": token_layers, "max_layers": widest, "ngram_orders": sources.orders, "examples": sources.k,
         "ngram_candidates_from": (candidates[0]["path"] if len({c["path"] for c in candidates}) == 1 else
                                   sorted({c["path"] for c in candidates})) if candidates else None}
+    flags["quantile_examples"] = sources.quantile  # 0 when a part has no value_hist (it bins the quantile set)
     if not sources.value_hist:
         flags["value_bins_per_octave"] = 0  # a part counted none: the join has none
     if coverage:
@@ -504,4 +516,4 @@ def _manifest(loaded: list[Part], sources: Sources, shapes: dict) -> dict:
     return kept | {
         "format": first["format"], "version": first["version"], "generation": 0, "arrays": shapes,
         "layers": layers, "token_layers": token_layers, "ngram_orders": sources.orders, "examples": sources.k,
-        "ngram_candidates_source": source, "flags": flags, "join": join}
+        "quantile_examples": sources.quantile, "ngram_candidates_source": source, "flags": flags, "join": join}

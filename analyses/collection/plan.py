@@ -38,6 +38,7 @@ class Options:
     ngram_coverage_fraction: float = 0.95  # ... covering this fraction of the neuron's activations
     examples: int = 16  # example activations kept per neuron and set (strongest, uniform sample); 0 for none
     value_bins_per_octave: int = values.PER_OCTAVE  # bins per octave of value_hist (1, 2, 4 or 8; 0: none)
+    quantile_examples: int = 0  # K examples per neuron and value bin, uniform in each (0: none; bins x K slots)
     flush_every_s: float = 300.0
     flush_every_batches: int | None = None
     background_commits: bool = True  # commits written behind the run when a snapshot of the counters fits
@@ -51,7 +52,7 @@ class Options:
 
 IDENTITY = ("seq_len", "batch_size", "full_length_only", "max_layers", "token_layers", "dtype", "text_key",
             "ngram_orders", "ngram_candidates_from", "ngram_max_coverage", "ngram_coverage_fraction", "examples",
-            "value_bins_per_octave")
+            "value_bins_per_octave", "quantile_examples")
 
 
 def make_plan(config, options: Options) -> st.Plan:
@@ -70,8 +71,15 @@ def make_plan(config, options: Options) -> st.Plan:
         raise StatsError(f"seq_len must be at least 2 (BOS and one token), got {options.seq_len}")
     if options.examples < 0:
         raise StatsError(f"examples must be 0 (none) or a number of examples per neuron, got {options.examples}")
+    if options.quantile_examples < 0:
+        raise StatsError(f"quantile_examples must be 0 (none) or a number of examples per neuron and value bin, got "
+                         f"{options.quantile_examples}")
+    if options.quantile_examples and not (options.examples and options.value_bins_per_octave):
+        raise StatsError("quantile_examples samples each bin of the value histogram and keeps its windows with the "
+                         "other examples: it needs --examples > 0 and --value_bins_per_octave > 0, got "
+                         f"--examples {options.examples} and --value_bins_per_octave {options.value_bins_per_octave}")
     return st.Plan(config, num_layers, token_layers, options.seq_len, options.examples,
-                   values.check(options.value_bins_per_octave))
+                   values.check(options.value_bins_per_octave), options.quantile_examples)
 
 
 def working_bytes(plan: st.Plan, options: Options, itemsize: int) -> int:
@@ -88,6 +96,10 @@ def working_bytes(plan: st.Plan, options: Options, itemsize: int) -> int:
     if plan.examples:  # per set: block maxima [tokens / c, ffn], gathered candidates and keys [ffn, k * c] x 3
         c = block_tokens(plan.seq_len, options.batch_size, plan.examples)
         ffn += 2 * (tokens // c + 3 * plan.examples * c) * plan.ffn * 4
+    if plan.quantile:  # `examples.update_quantile`: a slice's (bin, rank, token) int32 [cells, ffn] x 3, the minima
+        cells = options.batch_size * (plan.seq_len // values.chunks(options.batch_size, plan.seq_len))
+        slots = plan.ffn * values.num_bins(plan.value_bins) * plan.quantile  # [ffn, bins, K]
+        ffn += 3 * cells * plan.ffn * 4 + 10 * slots * 4  # rank and token [.., K], the merge's [.., 2K] x 4
     return ffn + hidden + attention + chunk
 
 

@@ -8,6 +8,8 @@ Per collected layer l, neuron n, position p, token v (BOS = position 0 of each w
                     `Plan.value_bins` bins per octave, 0: none), so that value_hist.sum(-1) == act
 and, with `Plan.examples` = k > 0, the neuron's example activations at real, non-BOS positions:
   examples[kind][field][l, n, :k]  its k strongest and a uniform sample of k (`examples.py`)
+and with `Plan.quantile` = K > 0 (and value bins), a uniform sample of K of each value bin's activations:
+  examples["quantile"][field][l, n, :bins * K]  (`examples.update_quantile`)
 Only these leave the device; the token-only counts (tokens, pos_tokens, token_occ, sequences) come
 from the ids on the host.
 """
@@ -43,6 +45,7 @@ class Plan:
     seq_len: int
     examples: int = 0  # k examples per neuron and set (0: none)
     value_bins: int = 0  # bins per octave of the value histogram (0: none; `values.py`)
+    quantile: int = 0  # K quantile examples per neuron and value bin (0: none; needs examples and value_bins)
 
     @property
     def ffn(self) -> int:
@@ -76,7 +79,8 @@ def zero_accumulators(plan: Plan, group: range, masks_for_batch: int | None = No
     if plan.value_bins:
         acc["value_hist"] = jnp.zeros((g, plan.ffn, values.num_bins(plan.value_bins)), jnp.int32)  # [g, n, bins]
     if plan.examples:
-        acc["examples"] = ex.zero_sets(g, plan.ffn, plan.examples)  # {kind: {field: [g, n, k]}}
+        slots = plan.quantile * values.num_bins(plan.value_bins) if plan.quantile else 0
+        acc["examples"] = ex.zero_sets(g, plan.ffn, plan.examples, slots)  # {kind: {field: [g, n, k or bins * K]}}
     if plan.has_tokens(group):
         acc["tok_act"] = jnp.zeros((g, plan.vocab, plan.ffn), jnp.int32)  # [g, v, n]
         if masks_for_batch:
@@ -126,6 +130,10 @@ def _probe(input_ids, counted_for_tokens, first_layer, first_window, value_bins)
             k = acc["examples"]["top"]["window"].shape[-1]
             out["examples"] = ex.update(acc["examples"], i, first_layer + i, fc1, counted_for_tokens,
                                         first_window, k)  # {kind: {field: [g, n, k]}}
+            if ex.QUANTILE in acc["examples"]:
+                out["examples"][ex.QUANTILE] = ex.update_quantile(
+                    acc["examples"][ex.QUANTILE], i, first_layer + i, fc1, counted_for_tokens, first_window,
+                    value_bins)  # {field: [g, n, bins * K]}
         return out
 
     return probe

@@ -66,7 +66,8 @@ def value_layouts(num_layers: int, ffn: int, bins: int) -> dict:
     return {VALUE_HIST: ((num_layers, ffn, bins), (1, ffn, bins))} if bins else {}
 
 
-EXAMPLE_KINDS = ("top", "random")
+EXAMPLE_KINDS = ("top", "random")  # the sets of every store with examples, k slots each
+QUANTILE = "quantile"  # the quantile set, with --quantile_examples K: K slots per value bin (bins x K)
 EXAMPLE_FIELDS = {"window": ("int32", -1), "position": ("int32", -1), "value": ("float32", 0.0)}
 
 
@@ -80,17 +81,34 @@ def context_name(kind: str) -> str:
     return f"context_{kind}_value"
 
 
-def example_layouts(num_layers: int, ffn: int, k: int, seq_len: int) -> dict:
+def example_slots(manifest: dict) -> dict:
+    """kind -> slots per neuron of a store's example sets: k for top and random, and with quantile examples
+    bins x K for `quantile` (slots j K .. j K + K - 1 hold value bin j's); {} for a store without examples."""
+    k = int(manifest.get("examples", 0))
+    if not k:
+        return {}
+    quantile = int(manifest.get("quantile_examples", 0))
+    return {kind: k for kind in EXAMPLE_KINDS} | ({QUANTILE: quantile * value_bins(manifest)} if quantile else {})
+
+
+def value_bins(manifest: dict) -> int:
+    """Bins of a store's `value_hist` (its manifest's inner `value_edges` plus one; 0 without the histogram)."""
+    return len(manifest["value_edges"]) + 1 if manifest.get("value_edges") else 0
+
+
+def example_layouts(num_layers: int, ffn: int, k: int, seq_len: int, quantile_slots: int = 0) -> dict:
     """name -> (shape, chunk shape, dtype, fill value) of the example arrays and `windows` (none when k = 0).
 
     `examples_{top,random}_{window,position,value}` [layers, ffn, k], one layer per chunk (window and
-    position -1, value 0 in empty slots); `windows` [windows, seq_len] int32, the token ids of every window
+    position -1, value 0 in empty slots), with `quantile_slots` (bins x K) `examples_quantile_*` [layers, ffn,
+    bins x K] alike; `windows` [windows, seq_len] int32, the token ids of every window
     of the run's stream (-1 after the window's end), growing with each commit, whole rows per chunk.
     """
     if not k:
         return {}
-    out = {example_name(kind, field): ((num_layers, ffn, k), (1, ffn, k), dtype, fill)
-           for kind in EXAMPLE_KINDS for field, (dtype, fill) in EXAMPLE_FIELDS.items()}
+    slots = {kind: k for kind in EXAMPLE_KINDS} | ({QUANTILE: quantile_slots} if quantile_slots else {})
+    out = {example_name(kind, field): ((num_layers, ffn, c), (1, ffn, c), dtype, fill)
+           for kind, c in slots.items() for field, (dtype, fill) in EXAMPLE_FIELDS.items()}
     out["windows"] = ((0, seq_len), (max(1, CHUNK_CELLS // seq_len), seq_len), "int32", -1)
     return out
 
@@ -399,30 +417,34 @@ def _rows(array: ts.TensorStore, block: tuple, fill) -> np.ndarray:
     return out
 
 
-def example_merges(sources: list) -> dict:
-    """`StatsStore.commit` values for the example arrays: each layer's sets merged over `sources`, functions of
-    a layer giving {kind: {window, position, value: [ffn, k]}} (`analyses.collection.examples.merge_sets`)."""
+def example_merges(sources: list, manifest: dict) -> dict:
+    """`StatsStore.commit` values for the example arrays of a store with this manifest: each layer's sets merged
+    over `sources`, functions of a layer giving {kind: {window, position, value: [ffn, slots]}}
+    (`analyses.collection.examples.merge_sets`; the quantile set bin by bin)."""
     from analyses.collection.examples import merge_sets
 
+    kinds, bins = tuple(example_slots(manifest)), value_bins(manifest)
     last = {}
 
     def merged(layer):
         if layer not in last:  # blocks come layer by layer: each layer is merged once, one is held
             last.clear()
             parts = [source(layer) for source in sources]
-            last[layer] = {kind: merge_sets(kind, layer, *(p[kind] for p in parts)) for kind in EXAMPLE_KINDS}
+            last[layer] = {kind: merge_sets(kind, layer, *(p[kind] for p in parts), groups=bins) for kind in kinds}
         return last[layer]
 
     def value(kind, field):
-        return lambda block: merged(block[0].start)[kind][field][None]  # [1, ffn, k]
+        return lambda block: merged(block[0].start)[kind][field][None]  # [1, ffn, slots]
 
-    return {example_name(kind, field): value(kind, field) for kind in EXAMPLE_KINDS for field in EXAMPLE_FIELDS}
+    return {example_name(kind, field): value(kind, field) for kind in kinds for field in EXAMPLE_FIELDS}
 
 
-def stored_examples(store) -> callable:
-    """A source for `example_merges`: one layer's committed sets of a `StatsStore` or `Stats`."""
+def stored_examples(store, kinds: tuple | None = None) -> callable:
+    """A source for `example_merges`: one layer's committed sets of a `StatsStore` or `Stats` (every set it holds,
+    or those of `kinds` it holds)."""
+    kinds = tuple(kind for kind in example_slots(store.manifest) if kinds is None or kind in kinds)
     return lambda layer: {kind: {field: store.array(example_name(kind, field))[layer].read().result()
-                                 for field in EXAMPLE_FIELDS} for kind in EXAMPLE_KINDS}
+                                 for field in EXAMPLE_FIELDS} for kind in kinds}
 
 
 def appended_windows(old: ts.TensorStore, new: list) -> tuple:
@@ -446,6 +468,44 @@ def appended_windows(old: ts.TensorStore, new: list) -> tuple:
 
 
 @dataclasses.dataclass(frozen=True)
+class Band:
+    """A quantile band of one neuron's activation values (`Stats.quantile_bands`): the value-histogram bins
+    `bins[0] <= j < bins[1]`, from the first to the last that holds an activation, whose values lie in
+    [low, high) (the bins' edges), holding `count` activations (`value_hist`'s, BOS included); band `index` of
+    the neuron's bands, lowest values first."""
+
+    index: int
+    bins: tuple[int, int]
+    low: float
+    high: float
+    count: int
+
+
+def quantile_bands(counts: np.ndarray, edges: np.ndarray, bands: int) -> list[Band]:
+    """The bands of a neuron's value histogram `counts` [bins] (edges [bins + 1], 0 first and inf last): each of
+    the bands - 1 cuts between bins placed where the counts below it come nearest to q / bands of the total
+    (q = 1 .. bands - 1; a tie to the lower bin), bands without activations dropped, each trimmed to its first and
+    last bin holding one. Whole bins, so not exact quantiles: a band holds about 1 / bands of the activations
+    when the histogram's bins are finer than that, and one bin holding more is a band of its own (so fewer bands)."""
+    counts = np.asarray(counts, np.int64)  # [bins]
+    below = np.concatenate([[0], np.cumsum(counts)])  # [bins + 1]: activations below each boundary
+    total = int(below[-1])
+    if not total:
+        return []
+    inner = below[1:-1]  # [bins - 1]: the cuts between bins
+    cuts = {1 + int(np.argmin(np.abs(inner * bands - q * total))) for q in range(1, bands)} if len(inner) else set()
+    bounds = sorted({0, len(counts)} | cuts)
+    out = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        held = np.flatnonzero(counts[start:stop]) + start
+        if len(held):
+            first, last = int(held[0]), int(held[-1]) + 1
+            out.append(Band(len(out), (first, last), float(edges[first]), float(edges[last]),
+                            int(counts[first:last].sum())))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
 class Example:
     """One example activation of a neuron: its fc1 output `value` (> 0) at `position` (0 = BOS) of window
     `window` (its index in the run's window stream), whose token ids are `tokens` (without padding).
@@ -462,6 +522,7 @@ class Example:
     context_tokens: np.ndarray | None = None
     context_values: np.ndarray | None = None
     context_index: int | None = None
+    band: Band | None = None  # the quantile band it samples (kind "quantile" only)
 
     @property
     def token(self) -> int:
@@ -576,33 +637,76 @@ class Stats:
         """k of the example sets (0: the run collected none)."""
         return int(self.manifest.get("examples", 0))
 
-    def examples(self, layer: int, neuron: int, kind: str = "random") -> list[Example]:
-        """The example activations of one neuron: `kind` "top" (its strongest, largest value first) or "random"
-        (a uniform sample, in the order that chose it); at most k, fewer when the neuron fired fewer times."""
-        if kind not in EXAMPLE_KINDS:
-            raise StatsError(f"unknown example kind {kind!r}; expected one of {', '.join(EXAMPLE_KINDS)}")
+    def examples(self, layer: int, neuron: int, kind: str = "random", bands: int = 10) -> list[Example]:
+        """The example activations of one neuron: `kind` "top" (its strongest, largest value first), "random"
+        (a uniform sample, in the order that chose it); at most k, fewer when the neuron fired fewer times.
+
+        "quantile" (a store collected with --quantile_examples K): K examples of each of the neuron's `bands`
+        quantile bands (`quantile_bands`), lowest band first, each record's `band` saying which (its bins, value
+        range and count). A band is a run of whole value-histogram bins cut nearest to the deciles (at bands=10),
+        not the exact deciles; its examples are a uniform sample of the band's activations at non-BOS positions
+        (the K of its bins' samples with the smallest `random` rank: each bin keeps its K smallest), fewer when
+        the band holds fewer."""
+        slots = example_slots(self.manifest)
+        if kind not in (*EXAMPLE_KINDS, QUANTILE):
+            raise StatsError(f"unknown example kind {kind!r}; expected one of "
+                             f"{', '.join((*EXAMPLE_KINDS, QUANTILE))}")
         self._check_example_layer(layer)
+        if kind not in slots:
+            raise StatsError(f"{self.root}: holds no quantile examples (collected with --quantile_examples 0); "
+                             "collect again with --quantile_examples K")
         ffn = self.config.ffn_dim
         if not isinstance(neuron, (int, np.integer)) or not 0 <= neuron < ffn:
             raise StatsError(f"{self.root}: neuron {neuron!r} is out of range; layers have neurons 0..{ffn - 1}")
         rows = {f: self.array(example_name(kind, f))[int(layer), int(neuron)].read().result()
-                for f in EXAMPLE_FIELDS}  # [k] each
-        examples = [Example(int(w), int(p), float(v), self.window(int(w)))
-                    for w, p, v in zip(rows["window"], rows["position"], rows["value"]) if w >= 0]
-        if self.contexts is None:
-            return examples
-        spans = self.array(context_name(kind))[int(layer), int(neuron)].read().result()  # [k, span]
-        return [_with_context(e, span, self.contexts) for e, span in zip(examples, spans)]
+                for f in EXAMPLE_FIELDS}  # [slots] each
+        picked = [(None, np.flatnonzero(rows["window"] >= 0))] if kind != QUANTILE else \
+            self._band_slots(int(layer), int(neuron), rows, bands)
+        spans = self.array(context_name(kind))[int(layer), int(neuron)].read().result() \
+            if self.contexts is not None else None  # [slots, span]
+        out = []
+        for band, at in picked:
+            for j in at:
+                e = Example(int(rows["window"][j]), int(rows["position"][j]), float(rows["value"][j]),
+                            self.window(int(rows["window"][j])), band=band)
+                out.append(e if spans is None else _with_context(e, spans[j], self.contexts))
+        return out
 
-    def layer_contexts(self, layer: int) -> dict:
+    def quantile_bands(self, layer: int, neuron: int, bands: int = 10) -> list[Band]:
+        """One neuron's quantile bands from its value histogram (module function `quantile_bands`): at most
+        `bands`, each a run of whole bins nearest to the q / bands quantiles, lowest values first; [] when it never
+        fired."""
+        if not isinstance(bands, (int, np.integer)) or bands < 1:
+            raise StatsError(f"bands must be a number of bands >= 1, got {bands!r}")
+        counts = self.value_hist[int(layer), int(neuron)]  # [bins]
+        return quantile_bands(counts, self.value_edges, int(bands))
+
+    def _band_slots(self, layer: int, neuron: int, rows: dict, bands: int) -> list[tuple[Band, np.ndarray]]:
+        """(band, the slots of its examples in the `random` order) for each quantile band of a neuron."""
+        from analyses.collection.examples import neuron_hash, sample_rank, token_hash
+
+        k = int(self.manifest["quantile_examples"])
+        window, position = rows["window"], rows["position"]  # [bins * K]
+        rank = sample_rank(np, token_hash(np, window, position), neuron_hash(np, np.uint32(layer), np.uint32(neuron)))
+        out = []
+        for band in self.quantile_bands(layer, neuron, bands):
+            held = np.arange(band.bins[0] * k, band.bins[1] * k)  # the slots of its bins
+            held = held[window[held] >= 0]
+            order = np.lexsort((position[held], window[held], rank[held]))[:k]  # rank first, ties to earlier
+            out.append((band, held[order]))
+        return out
+
+    def layer_contexts(self, layer: int, kinds: tuple = EXAMPLE_KINDS) -> dict:
         """Both sets' context activations of a whole layer in one read: {kind: float16 [ffn, k, span]}, slot j of an
         example at `position` holding its fc1 output at `position - before + j` (`contexts` gives before and span;
-        `examples` cuts each to its window). A store without current contexts is refused."""
+        `examples` cuts each to its window). A store without current contexts is refused. `kinds`: the sets read
+        (QUANTILE too, when the store holds it: [ffn, bins x K, span])."""
         self._check_example_layer(layer)
         if self.contexts is None:
             raise StatsError(f"{self.root}: holds no complete context activations for its example sets; run "
                              "scripts/contexts.py")
-        return {kind: self.array(context_name(kind))[int(layer)].read().result() for kind in EXAMPLE_KINDS}
+        return {kind: self.array(context_name(kind))[int(layer)].read().result()
+                for kind in example_slots(self.manifest) if kind in kinds}
 
     @property
     def contexts(self) -> dict | None:
@@ -612,11 +716,12 @@ class Stats:
         current = entry and entry.get("complete") and entry.get("tokens") == self.manifest["tokens"]
         return entry if current else None
 
-    def layer_examples(self, layer: int) -> dict:
+    def layer_examples(self, layer: int, kinds: tuple = EXAMPLE_KINDS) -> dict:
         """Both example sets of a whole layer in one read: {kind: {window, position, value: [ffn, k]}} (window and
-        position -1, value 0 in empty slots; the rows of `examples`, for every neuron at once)."""
+        position -1, value 0 in empty slots; the rows of `examples`, for every neuron at once). `kinds`: the sets
+        read (QUANTILE too, when the store holds it: [ffn, bins x K], value bin j's in slots j K .. j K + K - 1)."""
         self._check_example_layer(layer)
-        return stored_examples(self)(int(layer))
+        return stored_examples(self, kinds)(int(layer))
 
     def _check_example_layer(self, layer) -> None:
         """Refuse a store without example sets, or a layer it does not hold."""
@@ -702,7 +807,8 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
         layouts |= value_layouts(first["layers"], opened[0].config.ffn_dim, first["arrays"][VALUE_HIST][-1])
     k = opened[0].examples_per_neuron
     if k:
-        layouts |= example_layouts(first["layers"], opened[0].config.ffn_dim, k, first["flags"]["seq_len"])
+        layouts |= example_layouts(first["layers"], opened[0].config.ffn_dim, k, first["flags"]["seq_len"],
+                                   example_slots(first).get(QUANTILE, 0))
     base = {k: v for k, v in first.items() if k not in ("format", "version", "generation", "arrays", "chunks")}
     unmerged = {"process": {"index": 0, "count": 1, "merged_from": count}, "complete": False,
                 "tokens": 0, "sequences": 0, "full_length_sequences": 0}
@@ -721,7 +827,7 @@ def merge_stats(parts, out_dir: str, overwrite: bool = False) -> str:
         replacements["tracked_neurons"] = np.flatnonzero(opened[0].tracked_neurons())
     values, shapes = {}, {}
     if k:
-        values = example_merges([stored_examples(s) for s in opened])
+        values = example_merges([stored_examples(s) for s in opened], first)
         # Each part holds its own batches' windows and -1 in the rows of the others: the maximum picks the owner's.
         shapes["windows"] = (max(s.num_windows for s in opened), first["flags"]["seq_len"])
         windows = [s.array("windows") for s in opened]

@@ -20,11 +20,13 @@ from analyses.collection.store import StatsError
 from helpers import ROOT, assert_same_stats, devices_env as _env, small_disk
 
 SEQ = 12
+QUANTILE = 2  # quantile examples per neuron and value bin: compared with the other sets by `assert_same_stats`
 
 
 def _collect_cmd(model, corpus, out, *extra):
     return [sys.executable, "scripts/collect.py", "--model", model, "--corpus", corpus, "--out", out,
-            "--seq_len", str(SEQ), "--batch_size", "4", "--ngram_orders", "2,3", *extra]
+            "--seq_len", str(SEQ), "--batch_size", "4", "--ngram_orders", "2,3", "--quantile_examples", str(QUANTILE),
+            *extra]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def single(tiny_model, tiny_corpus, tmp_path_factory):
     """The reference: one device, one process, in this process."""
     out = str(tmp_path_factory.mktemp("single") / "stats")
     return analyses.open_stats(analyses.collect(tiny_model, [tiny_corpus], out, seq_len=SEQ, batch_size=4,
-                                                ngram_orders=(2, 3), verbose=False))
+                                                ngram_orders=(2, 3), quantile_examples=QUANTILE, verbose=False))
 
 
 def test_four_simulated_devices_equal_one(tiny_model, tiny_corpus, tmp_path, single):
@@ -91,7 +93,7 @@ def long_corpus(tmp_path_factory):
 def long_run(tiny_model, long_corpus, tmp_path_factory):
     """The long corpus and its uninterrupted run (in this process): (corpus path, stats)."""
     clean = analyses.collect(tiny_model, [long_corpus], str(tmp_path_factory.mktemp("clean") / "s"), seq_len=SEQ,
-                             batch_size=4, ngram_orders=(2, 3), verbose=False)
+                             batch_size=4, ngram_orders=(2, 3), quantile_examples=QUANTILE, verbose=False)
     return long_corpus, analyses.open_stats(clean)
 
 
@@ -102,7 +104,8 @@ SHORT = 12 * 4 * SEQ  # tokens of the runs killed during a background commit: 12
 def short_run(tiny_model, long_corpus, tmp_path_factory):
     """The long corpus's first 12 batches, uninterrupted: (corpus path, stats)."""
     clean = analyses.collect(tiny_model, [long_corpus], str(tmp_path_factory.mktemp("short") / "s"), seq_len=SEQ,
-                             batch_size=4, ngram_orders=(2, 3), max_tokens=SHORT, verbose=False)
+                             batch_size=4, ngram_orders=(2, 3), quantile_examples=QUANTILE, max_tokens=SHORT,
+                             verbose=False)
     return long_corpus, analyses.open_stats(clean)
 
 

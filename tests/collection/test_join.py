@@ -23,7 +23,7 @@ from helpers import assert_same_stats, run_script
 from opt_jax.errors import MissingError, StatsError
 
 FLAGS = dict(seq_len=12, batch_size=4, ngram_orders=(2, 3), verbose=False)
-RUNS = [dict(token_layers=(0,)), dict(token_layers=(1,), max_layers=2, examples=0),
+RUNS = [dict(token_layers=(0,), quantile_examples=2), dict(token_layers=(1,), max_layers=2, examples=0),
         dict(token_layers=(2,), max_layers=3, examples=0)]
 
 
@@ -31,7 +31,8 @@ RUNS = [dict(token_layers=(0,)), dict(token_layers=(1,), max_layers=2, examples=
 def runs(tiny_model, tiny_corpus, tmp_path_factory):
     """(the run with every token layer, the three runs split by token layers)."""
     root = tmp_path_factory.mktemp("runs")
-    full = analyses.collect(tiny_model, [tiny_corpus], str(root / "full"), token_layers=(0, 1, 2), **FLAGS)
+    full = analyses.collect(tiny_model, [tiny_corpus], str(root / "full"), token_layers=(0, 1, 2),
+                            quantile_examples=2, **FLAGS)
     parts = [analyses.collect(tiny_model, [tiny_corpus], str(root / f"part-{i}"), **(FLAGS | run))
              for i, run in enumerate(RUNS)]
     return full, parts
@@ -191,6 +192,9 @@ def test_mismatched_parts_are_refused_before_anything_is_written(runs, tiny_mode
                                          "act of layer 1 differs in 1 cells"),
         "other example sets": ([parts[0], _copy_with(parts[1], tmp_path / "k", lambda m: m.update(examples=8))],
                                "example sets of different sizes"),
+        "other quantile examples": ([parts[0], _copy_with(parts[1], tmp_path / "q",
+                                                          lambda m: m.update(examples=16, quantile_examples=3))],
+                                    "quantile examples of different sizes"),
         "a shared layer, other value counts": ([parts[0], _recounted(parts[1], tmp_path / "hist", "value_hist",
                                                                       (1, 3, 5))],
                                                "value_hist of layer 1 differs in 1 cells"),
