@@ -3,8 +3,9 @@
 `--mesh data=A,neurons=B` (`parse_mesh`, `make_mesh`): batches are split over `data`, and over `neurons`
 every layer's weights at rest (each device holds 1/B of each), the FFN neurons' activations and counters
 (each device counts 1/B of the neurons) and the attention heads. The layout is chosen so that the results are
-bit-identical to one device's: every matrix product runs whole on one device for some of the tokens, never
-for some of its outputs or some of its sum.
+those of data parallelism over the same number of tokens per device, bit for bit: every matrix product runs whole
+on one device for some of the tokens, never for some of its outputs or some of its sum (docs/collection.md,
+"Several devices", says where XLA:CPU's rounding depends on the token count).
 
 - Weights: stored split (`layer_specs`: each stacked parameter on its largest axis that B divides; fc1 by
   row, fc2 by column), gathered one layer at a time inside the layer scan (`gathered`): a device holds 1/B

@@ -26,7 +26,7 @@ from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig
 from opt_jax.errors import InputError
 from opt_jax.model import Params, param_shapes, unflatten
-from opt_jax.sharding import split_axis
+from opt_jax.sharding import layer_shardings, split_axis
 
 
 def split_layers(layers: Sequence[int], group_size: int, boundaries: Sequence[int] = ()) -> list[range]:
@@ -49,6 +49,13 @@ def layer_bytes(layers, itemsize: int = 4, neurons: int = 1) -> int:
         return itemsize * sum(int(np.prod(shape[1:])) // (1 if split_axis(shape, neurons) is None else neurons)
                               for path, shape in param_shapes(layers).items() if path.startswith("layers/"))
     return sum(leaf.nbytes // leaf.shape[0] for leaf in jax.tree.leaves(layers))
+
+
+def layer_shardings_for(config: OPTConfig, mesh) -> Params:
+    """Where each stacked layer parameter of a model of this config lies on a ("data", "neurons") mesh
+    (`opt_jax.sharding.layer_specs`), as a tree like the stacked layers, from the shapes alone."""
+    shapes = {p: jax.ShapeDtypeStruct(s, np.float32) for p, s in param_shapes(config).items() if p.startswith("layers/")}
+    return layer_shardings(mesh, unflatten(shapes)["layers"])
 
 
 def slice_layers(stacked: Params, group: range) -> Params:

@@ -25,6 +25,8 @@ flags.DEFINE_bool("full_length_only", False, "keep only windows of exactly seq_l
 flags.DEFINE_integer("batch_size", 8, "windows per batch (divisible by the local device count)")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "compute dtype (default: stored)")
 flags.DEFINE_bool("offload", False, "stream the weights a layer group at a time (66b on one GPU)")
+flags.DEFINE_string("mesh", None, "data=A,neurons=B (A x B = the local devices): batches over A devices, each "
+                    "layer's weights and neurons over B (docs/collection.md, 'Several devices'); default: all on data")
 flags.DEFINE_integer("group_size", None, "layers per streamed group (default: from device memory)")
 flags.DEFINE_integer("seed", 0, "seed of random and matched sets and of the bootstrap")
 flags.DEFINE_string("stats", None, "statistics whose alive neurons random:/match: sets draw from (default: the "
@@ -44,7 +46,7 @@ def main(argv):
         batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, offload=FLAGS.offload, seed=FLAGS.seed, edit=FLAGS.edit,
         skip_windows=FLAGS.skip_windows, alive_from=FLAGS.stats, text_key=FLAGS.text_key,
         full_length_only=FLAGS.full_length_only,
-        group_size=FLAGS.group_size, wait_for_lock=FLAGS.wait_for_lock), lambda r: _summary(r, FLAGS.out),
+        group_size=FLAGS.group_size, mesh=FLAGS.mesh, wait_for_lock=FLAGS.wait_for_lock), lambda r: _summary(r, FLAGS.out),
         devices=FLAGS.model)
 
 

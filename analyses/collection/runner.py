@@ -31,9 +31,10 @@ from analyses.collection.plan import Options, check_memory
 from opt_jax import checkpoint as ckpt
 from opt_jax.bits import unpack_masks
 from opt_jax.errors import StatsError
-from opt_jax.model import Params, param_shapes, unflatten
-from opt_jax.sharding import check_divisible, layer_shardings, make_mesh, parse_mesh
-from opt_jax.streaming import CheckpointLayers, GroupStream, StackedLayers, group_size_for, put_now
+from opt_jax.model import Params, unflatten
+from opt_jax.sharding import check_divisible, make_mesh, parse_mesh
+from opt_jax.streaming import (CheckpointLayers, GroupStream, StackedLayers, group_size_for, layer_shardings_for,
+                               put_now)
 
 
 @dataclasses.dataclass
@@ -133,13 +134,11 @@ class Runner:
             mesh = self.mesh = make_mesh(*parse_mesh(options.mesh), devices)
             check_divisible(plan.config, mesh.shape["neurons"])
         if options.batch_size % mesh.shape["data"]:
-            raise StatsError(f"batch_size {options.batch_size} is not divisible by the data axis's "
-                             f"{mesh.shape['data']} devices")
+            axis = "local devices" if options.mesh is None else "devices of --mesh's data axis"
+            raise StatsError(f"batch_size {options.batch_size} is not divisible by the {mesh.shape['data']} {axis}")
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.data = NamedSharding(mesh, PartitionSpec("data"))
-        self.layer_sharding = self.replicated if options.mesh is None else layer_shardings(mesh, unflatten(
-            {p: jax.ShapeDtypeStruct(s, np.float32) for p, s in param_shapes(plan.config).items()
-             if p.startswith("layers/")})["layers"])
+        self.layer_sharding = self.replicated if options.mesh is None else layer_shardings_for(plan.config, mesh)
         weights = model if isinstance(model, Weights) else \
             Weights.from_checkpoint(model, options.dtype, plan.num_layers)
         if weights.layers.num_layers < plan.num_layers:

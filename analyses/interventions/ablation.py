@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 
 from analyses.interventions import spec as specs
-from analyses.interventions.passes import Model, Pass
+from analyses.interventions.passes import Model, Pass, pass_mesh
 from opt_jax import atomic
 from opt_jax import lock
 from opt_jax import checkpoint as ckpt
@@ -71,7 +71,7 @@ def ablate(model_dir: str, corpus_paths, neurons, out_dir: str, seq_len: int = 2
            batch_size: int = 8, dtype: str | None = None, offload: bool = False, seed: int = 0,
            edit: str = "zero", skip_windows: int = 0, alive_from: str | None = None, text_key: str = "text",
            full_length_only: bool = False, group_size: int | None = None, chunk_batches: int = 4,
-           figure: bool = True, verbose: bool = True) -> dict:
+           figure: bool = True, verbose: bool = True, mesh: str | None = None) -> dict:
     """Base and edited next-token losses over the corpus's windows for each neuron set (`neurons`: specs, or
     one); writes OUT/ablation.json (+ CSVs and a figure) and returns its content. Nothing is written when a
     set, the corpus or the memory check fails."""
@@ -86,8 +86,10 @@ def ablate(model_dir: str, corpus_paths, neurons, out_dir: str, seq_len: int = 2
     detectors = _detectors(sets)
     gather = np.unique(np.concatenate([t for _, t in detectors])) if detectors else np.zeros(1, np.int64)
     check_memory(config, len(sets), batch_size, seq_len, len(gather), dtype, offload)
-    model = Model.load(model_dir, dtype, offload, group_size)
-    runner = Pass(model, [operation.edit(config, s.mask) for s in sets], gather, batch_size, chunk_batches)
+    devices = pass_mesh(config, batch_size, mesh)  # `mesh`: "data=A,neurons=B" (`opt_jax.sharding`)
+    model = Model.load(model_dir, dtype, offload, group_size, mesh=devices if mesh else None)
+    runner = Pass(model, [operation.edit(config, s.mask) for s in sets], gather, batch_size, chunk_batches,
+                  devices if mesh else None)
     tally = Tally(len(sets), seq_len, gather, detectors, _controls([s.spec for s in sets]))
     progress = Progress("ablate", max_tokens, " tokens", enabled=verbose)
     try:

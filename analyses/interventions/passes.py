@@ -14,6 +14,7 @@ Position t predicts the token at t + 1; a prediction counts when both are real t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -27,7 +28,9 @@ from opt_jax.config import OPTConfig
 from opt_jax.edit import Edit
 from opt_jax.errors import InputError
 from opt_jax.model import decoder_layers, embed, head, unflatten
-from opt_jax.streaming import CheckpointLayers, GroupStream, group_size_for, put_now, split_layers
+from opt_jax.sharding import check_divisible, make_mesh, parse_mesh
+from opt_jax.streaming import (CheckpointLayers, GroupStream, group_size_for, layer_shardings_for, put_now,
+                               split_layers)
 
 POSITION_BLOCK = 256  # positions whose logits exist at once in the head
 
@@ -106,6 +109,21 @@ def predictions(config: OPTConfig, params, base, edited, ids, mask, gather):
             "nll": join(nll, 2), "kl": join(kl, 2), "gathered": join(gathered, 2)}
 
 
+def pass_mesh(config: OPTConfig, batch_size: int, mesh: str | None = None) -> Mesh:
+    """The devices a pass runs on: every local device on ("data",), or with `mesh` ("data=A,neurons=B") the
+    ("data", "neurons") mesh of `opt_jax.sharding` (FFN widths B does not divide are refused)."""
+    devices = jax.local_devices()
+    if mesh is None:
+        out = Mesh(np.array(devices), ("data",))
+    else:
+        out = make_mesh(*parse_mesh(mesh), devices)
+        check_divisible(config, out.shape["neurons"])
+    if batch_size % out.shape["data"]:
+        axis = "local devices" if mesh is None else "devices of --mesh's data axis"
+        raise InputError(f"batch_size {batch_size} is not divisible by the {out.shape['data']} {axis}")
+    return out
+
+
 def stack(edits: list[Edit]) -> Edit:
     """Edits stacked on a leading axis (the form every step takes)."""
     return jax.tree.map(lambda *a: np.stack(a), *edits)
@@ -124,12 +142,14 @@ class Model:
 
     @classmethod
     def load(cls, path: str, dtype: str | None = None, offload: bool = False, group_size: int | None = None,
-             sharding=None) -> "Model":
+             sharding=None, mesh: Mesh | None = None) -> "Model":
+        """With a ("data", "neurons") `mesh` (`pass_mesh`), resident layers are stored split over it."""
         config = ckpt.read_config(path)
         if not offload:
             params = unflatten(ckpt.read_params(path, dtype))
+            layers = sharding if mesh is None else layer_shardings_for(config, mesh)
             return cls(config, put_now({"embed": params["embed"], "head": params["head"]}, sharding),
-                       put_now(params["layers"], sharding), False)
+                       put_now(params["layers"], layers), False)
         outer = unflatten(ckpt.read_params(path, dtype, layers=slice(0, 0)))
         return cls(config, put_now({"embed": outer["embed"], "head": outer["head"]}, sharding),
                    CheckpointLayers(path, dtype), True, group_size)
@@ -139,11 +159,11 @@ class Pass:
     """Runs batches of (ids, mask) through a `Model`, base and each edit, and returns per-prediction arrays."""
 
     def __init__(self, model: Model, edits: list[Edit], gather: np.ndarray, batch_size: int,
-                 chunk_batches: int = 4):
-        devices = jax.local_devices()
-        if batch_size % len(devices):
-            raise InputError(f"batch_size {batch_size} is not divisible by the {len(devices)} local devices")
-        mesh = Mesh(np.array(devices), ("data",))
+                 chunk_batches: int = 4, mesh: Mesh | None = None):
+        """`mesh`: a ("data", "neurons") mesh (`pass_mesh`; the model loaded with it); None: every local device
+        on data."""
+        self.mesh = mesh
+        mesh = mesh or pass_mesh(model.config, batch_size)
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.data = NamedSharding(mesh, PartitionSpec("data"))
         self.model = model
@@ -154,19 +174,21 @@ class Pass:
         if model.streamed:
             size = model.group_size or group_size_for(model.layers)
             self.groups = split_layers(range(model.config.num_hidden_layers), size)
-            self.stream = GroupStream(model.layers, self.groups, self.replicated)
+            where = self.replicated if self.mesh is None else layer_shardings_for(model.config, mesh)
+            self.stream = GroupStream(model.layers, self.groups, where)
 
     def run(self, chunk: list[tuple[np.ndarray, np.ndarray]]) -> list[dict]:
         """Per batch of the chunk, the host arrays of `predictions`."""
         m, c = self.model, self.model.config
         on_device = [(jax.device_put(ids, self.data), jax.device_put(mask, self.data)) for ids, mask in chunk]
-        if not m.streamed:
-            hidden = [resident_hidden(c, {"embed": m.outer["embed"], "layers": m.layers}, ids, mask, self.edits)
-                      for ids, mask in on_device]
-        else:
-            hidden = self._streamed(on_device)
-        outs = [predictions(c, m.outer, base, edited, ids, mask, self.gather)
-                for (base, edited), (ids, mask) in zip(hidden, on_device)]
+        with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):  # `opt_jax.sharding`
+            if not m.streamed:
+                hidden = [resident_hidden(c, {"embed": m.outer["embed"], "layers": m.layers}, ids, mask,
+                                          self.edits) for ids, mask in on_device]
+            else:
+                hidden = self._streamed(on_device)
+            outs = [predictions(c, m.outer, base, edited, ids, mask, self.gather)
+                    for (base, edited), (ids, mask) in zip(hidden, on_device)]
         return [jax.device_get(o) for o in outs]
 
     def _streamed(self, on_device: list) -> list:
