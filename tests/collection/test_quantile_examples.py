@@ -291,3 +291,47 @@ def test_opt_125m_widths_sets_equal_numpy():
     for f in ("window", "position", "value"):
         np.testing.assert_array_equal(got[f], want[f], err_msg=f)
     assert (got["window"] >= 0).mean() > 0.3
+
+
+MESH_RUN = """
+import sys
+import analyses
+model, corpus, out = sys.argv[1], sys.argv[2], sys.argv[3]
+analyses.collect(model, [corpus], out, mesh="data=2,neurons=2", seq_len=32, batch_size=8, quantile_examples=2,
+                 verbose=False)
+"""
+
+
+@pytest.mark.real
+def test_neurons_split_over_a_mesh_equal_one_device(tiny_corpus, tmp_path):
+    """--mesh data=2,neurons=2 on 4 simulated devices (the quantile set split by neuron, `COUNTER_AXES`): the three
+    example sets, value_hist and act equal to one device's, bit for bit. The model is 128 wide, as in
+    test_mesh.py (narrower ones round LayerNorm differently for another number of rows)."""
+    import subprocess
+    import sys
+
+    import hf_models
+    import opt_jax
+    from helpers import ROOT, devices_env
+
+    wide = dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, ffn_dim=256, vocab_size=97,
+                max_position_embeddings=40)
+    directory = str(tmp_path / "hf")
+    hf_models.save(hf_models.random_model(hf_models.hf_config(**wide), seed=3), directory, "safetensors")
+    hf_models.save_tokenizer(directory, wide["vocab_size"])
+    model = opt_jax.convert(directory, str(tmp_path / "m"), verbose=False)
+    single = analyses.open_stats(analyses.collect(model, [tiny_corpus], str(tmp_path / "single"), seq_len=32,
+                                                  batch_size=8, quantile_examples=2, verbose=False))
+    out = str(tmp_path / "mesh")
+    result = subprocess.run([sys.executable, "-c", MESH_RUN, model, tiny_corpus, out], cwd=ROOT, env=devices_env(4),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    meshed = analyses.open_stats(out)
+    assert (np.asarray(meshed.array("examples_quantile_window").read().result()) >= 0).sum() > 100
+    for kind in ("quantile", "top", "random"):
+        for f in ("window", "position", "value"):
+            np.testing.assert_array_equal(np.asarray(meshed.array(f"examples_{kind}_{f}").read().result()),
+                                          np.asarray(single.array(f"examples_{kind}_{f}").read().result()),
+                                          err_msg=f"{kind} {f}")
+    np.testing.assert_array_equal(np.asarray(meshed.value_hist), np.asarray(single.value_hist))
+    np.testing.assert_array_equal(np.asarray(meshed.act), np.asarray(single.act))
