@@ -174,6 +174,7 @@ H200_HOST = 128 * 10**9  # the host memory of the GPU machine
 
 
 def test_66b_runs_that_cannot_fit_on_the_device_are_refused_before_allocating():
+    from analyses.collection import values
     from analyses.collection.plan import Options, check_memory, make_plan
     from analyses.collection.statistics import accumulator_bytes
 
@@ -185,7 +186,10 @@ def test_66b_runs_that_cannot_fit_on_the_device_are_refused_before_allocating():
     groups = plan.groups(4)
     pos_act, tok_act = 64 * 2048 * 36864 * 4, 50272 * 36864 * 4
     examples = 64 * 36864 * 16 * 2 * (4 + 4 + 4)  # k = 16, two sets of (window, position, value): 0.91 GB
-    assert accumulator_bytes(plan, groups) == pos_act + 32 * tok_act + 64 * 36864 * 4 + examples  # 19.3 + 237.2 GB
+    assert values.num_bins(values.PER_OCTAVE) == 36
+    value_hist = 64 * 36864 * 36 * 4  # int32 [layers, ffn, bins]: 0.34 GB
+    assert accumulator_bytes(plan, groups) == (pos_act + 32 * tok_act + 64 * 36864 * 4 + examples
+                                               + value_hist)  # 19.3 + 237.2 + 0.9 + 0.3 GB
     with pytest.raises(analyses.StatsError, match=r"fake H200: the counters .*tok_act 32 layers x 7.4 GB"):
         check_memory(plan, groups, layer, every, h200, H200_HOST)
     subset = Options(offload=True, group_size=4, token_layers=tuple(range(11)))  # one of three passes
