@@ -541,3 +541,25 @@ def markdown_table(rows: list[dict]) -> str:
             f"Peak RSS of the whole invocation: {max(r['peak_rss_bytes'] for r in rows) / 1e9:.2f} GB.",
         ]
     return "\n".join(lines)
+
+
+def flag_cost(config: OPTConfig, without: dict, with_: dict, label: str, seq_lens=(512, 2048),
+              tokens_per_batch: int = 4096, batches: int = 3, warmup: int = 1, workdir: str | None = None,
+              seed: int = 0, log: Callable = _default_log) -> list[tuple[int, int, dict]]:
+    """Resident collection (`Ours`) with the flags `without` and with `with_`, interleaved on the same batches, per
+    seq_len: [(seq_len, batch_size, `time_interleaved`'s result for "without" and "with")]."""
+    out = []
+    with tempfile.TemporaryDirectory(dir=workdir) as directory:
+        models = build_models(config, directory, seed)
+        for seq_len in seq_lens:
+            batch_size = batch_size_for(seq_len, tokens_per_batch)
+            data = make_batches(config, seq_len, batch_size, warmup + batches, seed)
+            shape = (batch_size, seq_len)
+            variants = {"without": Ours(models.converted_dir, config, shape, **without),
+                        "with": Ours(models.converted_dir, config, shape, **with_)}
+            log(f"{label}: seq {seq_len} x batch {batch_size}, {batches} timed batches")
+            result = time_interleaved(variants, data, warmup, log=log)
+            for v in variants.values():
+                v.close()
+            out.append((seq_len, batch_size, result))
+    return out

@@ -5,11 +5,10 @@ times one layer's selection of each set alone."""
 
 from __future__ import annotations
 
-import tempfile
 from typing import Callable
 
 from analyses.collection import values
-from benchmarks.cpu import Ours, _default_log, batch_size_for, build_models, make_batches, time_interleaved
+from benchmarks.cpu import _default_log, flag_cost
 from opt_jax.config import OPTConfig
 
 
@@ -17,27 +16,19 @@ def quantile_cost(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int
                   warmup: int = 1, quantile: int = 4, per_octave: int = values.PER_OCTAVE, examples: int = 16,
                   workdir: str | None = None, seed: int = 0, log: Callable = _default_log) -> list[dict]:
     """Per seq_len: tokens/s of resident collection without and with the quantile set, and each batch's seconds."""
+    bins = values.num_bins(per_octave)
+    common = dict(examples=examples, value_bins_per_octave=per_octave)
+    label = f"quantile cost ({quantile} per bin of {bins}, examples {examples})"
     rows = []
-    with tempfile.TemporaryDirectory(dir=workdir) as directory:
-        models = build_models(config, directory, seed)
-        for seq_len in seq_lens:
-            batch_size = batch_size_for(seq_len, tokens_per_batch)
-            data = make_batches(config, seq_len, batch_size, warmup + batches, seed)
-            shape = (batch_size, seq_len)
-            common = dict(examples=examples, value_bins_per_octave=per_octave)
-            variants = {"without": Ours(models.converted_dir, config, shape, quantile_examples=0, **common),
-                        "with": Ours(models.converted_dir, config, shape, quantile_examples=quantile, **common)}
-            log(f"quantile cost: seq {seq_len} x batch {batch_size}, {batches} timed batches, {quantile} per bin of "
-                f"{values.num_bins(per_octave)}, examples {examples}")
-            result = time_interleaved(variants, data, warmup, log=log)
-            for v in variants.values():
-                v.close()
-            without, with_ = result["without"]["tokens_per_s"], result["with"]["tokens_per_s"]
-            rows.append({"seq_len": seq_len, "batch_size": batch_size, "bins": values.num_bins(per_octave),
-                         "quantile": quantile, "examples": examples, "timed_batches": batches,
-                         "without_tok_s": without, "with_tok_s": with_, "cost": without / with_ - 1,
-                         "step_seconds_without": result["without"]["step_seconds"],
-                         "step_seconds_with": result["with"]["step_seconds"]})
+    for seq_len, batch_size, result in flag_cost(
+            config, dict(quantile_examples=0, **common), dict(quantile_examples=quantile, **common), label, seq_lens,
+            tokens_per_batch, batches, warmup, workdir, seed, log):
+        without, with_ = result["without"]["tokens_per_s"], result["with"]["tokens_per_s"]
+        rows.append({"seq_len": seq_len, "batch_size": batch_size, "bins": bins,
+                     "quantile": quantile, "examples": examples, "timed_batches": batches,
+                     "without_tok_s": without, "with_tok_s": with_, "cost": without / with_ - 1,
+                     "step_seconds_without": result["without"]["step_seconds"],
+                     "step_seconds_with": result["with"]["step_seconds"]})
     return rows
 
 

@@ -4,11 +4,10 @@ Both keep the default example sets, so the fc1 output is kept in either and only
 
 from __future__ import annotations
 
-import tempfile
 from typing import Callable
 
 from analyses.collection import values
-from benchmarks.cpu import Ours, _default_log, batch_size_for, build_models, make_batches, time_interleaved
+from benchmarks.cpu import _default_log, flag_cost
 from opt_jax.config import OPTConfig
 
 
@@ -16,26 +15,17 @@ def value_hist_cost(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: i
                     warmup: int = 1, per_octave: int = values.PER_OCTAVE, examples: int = 16,
                     workdir: str | None = None, seed: int = 0, log: Callable = _default_log) -> list[dict]:
     """Per seq_len: tokens/s of resident collection without and with the value histogram, and each batch's seconds."""
+    bins = values.num_bins(per_octave)
+    label = f"value_hist cost ({per_octave} bins per octave, {bins} bins, examples {examples})"
     rows = []
-    with tempfile.TemporaryDirectory(dir=workdir) as directory:
-        models = build_models(config, directory, seed)
-        for seq_len in seq_lens:
-            batch_size = batch_size_for(seq_len, tokens_per_batch)
-            data = make_batches(config, seq_len, batch_size, warmup + batches, seed)
-            shape = (batch_size, seq_len)
-            variants = {"without": Ours(models.converted_dir, config, shape, examples=examples,
-                                        value_bins_per_octave=0),
-                        "with": Ours(models.converted_dir, config, shape, examples=examples,
-                                     value_bins_per_octave=per_octave)}
-            log(f"value_hist cost: seq {seq_len} x batch {batch_size}, {batches} timed batches, {per_octave} bins "
-                f"per octave ({values.num_bins(per_octave)} bins), examples {examples}")
-            result = time_interleaved(variants, data, warmup, log=log)
-            for v in variants.values():
-                v.close()
-            without, with_ = result["without"]["tokens_per_s"], result["with"]["tokens_per_s"]
-            rows.append({"seq_len": seq_len, "batch_size": batch_size, "bins": values.num_bins(per_octave),
-                         "examples": examples, "timed_batches": batches, "without_tok_s": without,
-                         "with_tok_s": with_, "cost": without / with_ - 1,
-                         "step_seconds_without": result["without"]["step_seconds"],
-                         "step_seconds_with": result["with"]["step_seconds"]})
+    for seq_len, batch_size, result in flag_cost(
+            config, dict(examples=examples, value_bins_per_octave=0),
+            dict(examples=examples, value_bins_per_octave=per_octave), label, seq_lens, tokens_per_batch, batches,
+            warmup, workdir, seed, log):
+        without, with_ = result["without"]["tokens_per_s"], result["with"]["tokens_per_s"]
+        rows.append({"seq_len": seq_len, "batch_size": batch_size, "bins": bins,
+                     "examples": examples, "timed_batches": batches, "without_tok_s": without,
+                     "with_tok_s": with_, "cost": without / with_ - 1,
+                     "step_seconds_without": result["without"]["step_seconds"],
+                     "step_seconds_with": result["with"]["step_seconds"]})
     return rows
