@@ -79,6 +79,16 @@ def write_json(path: str, data) -> str:
     return write_file(path, lambda f: json.dump(data, f, indent=2))
 
 
+def read_json(path: str):
+    """What `write_json` left at path, or None where there is none or it does not parse (a resumable build's state:
+    absent or foreign means start afresh)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def write_csv(path: str, rows: list[dict], columns: list[str]) -> str:
     """Write rows (dicts) as CSV with a header of `columns`, atomically."""
     import csv

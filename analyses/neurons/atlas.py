@@ -211,7 +211,7 @@ def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: in
     with disk.writing(os.path.dirname(out_dir), AnalysisError, "building the atlas", then):
         identity = _identity(sources, chosen, block, thresholds, before, after, curve_points, related_depth)
         state_path = os.path.join(work, PARTS, "state.json")
-        if _read_json(state_path) != identity:  # a fresh build (or other inputs): nothing of it is reused
+        if atomic.read_json(state_path) != identity:  # a fresh build (or other inputs): nothing of it is reused
             atomic.remove(work)
             atomic.write_json(state_path, identity)
         models = []
@@ -283,20 +283,8 @@ def _digest(values: np.ndarray) -> str:
 def _builder_hash() -> str:
     """A digest of the code that writes the data (this module, the facts, the data files' formats and the token
     index): a changed builder rebuilds."""
-    digest = hashlib.sha256()
-    for path in (__file__, nf.__file__, data_files.__file__, token_index.__file__, related.__file__,
-                 nf.products.__file__):
-        with open(path, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()[:16]
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return data_files.code_digest(__file__, nf.__file__, data_files.__file__, token_index.__file__, related.__file__,
+                                  nf.products.__file__)
 
 
 def _build_model(source: nf.Source, index: int, built: list[int], work: str, block: int, before: int,

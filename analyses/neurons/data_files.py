@@ -3,6 +3,7 @@ from `file://` loads it with a `<script>` element; and the number formats they u
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -59,3 +60,13 @@ def round_significant(values: np.ndarray, digits: int = 4) -> np.ndarray:
     magnitude = np.floor(np.log10(np.where(values != 0, np.abs(values), 1.0)))  # [...]
     scale = 10.0 ** (digits - 1 - magnitude)
     return np.round(values * scale) / scale
+
+
+def code_digest(*paths: str) -> str:
+    """A digest of the source files that write a folder (16 hex digits): a resumable build keeps it in its state,
+    so that a changed writer rewrites everything instead of mixing its output with the old writer's."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]

@@ -24,7 +24,6 @@ its finished layers when the inputs are the same.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -35,7 +34,7 @@ import pyarrow.parquet as pq
 
 from analyses import positional
 from analyses.neurons import facts as nf
-from analyses.neurons.data_files import read_js
+from analyses.neurons.data_files import code_digest, read_js
 from analyses.report import Thresholds
 from analyses.tokens import context_span
 from opt_jax import atomic
@@ -140,7 +139,7 @@ def export(stats_dir: str, out_dir: str, fmt: str = "parquet", atlas: str | None
     then = "the layers written so far are kept: make room and run the same command again to resume"
     with disk.writing(os.path.dirname(out_dir), AnalysisError, "exporting", then):
         state = os.path.join(work, "state.json")
-        if _read_json(state) != identity:  # a fresh export (or other inputs): nothing of it is reused
+        if atomic.read_json(state) != identity:  # a fresh export (or other inputs): nothing of it is reused
             atomic.remove(work)
             atomic.write_json(state, identity)
         progress = Progress("export", len(chosen), " layers", enabled=verbose, every=0.0)
@@ -411,17 +410,5 @@ def _finite(row: dict) -> dict:
 
 def _writer_hash() -> str:
     """A digest of the code that writes the tables: a changed writer rewrites every layer."""
-    digest = hashlib.sha256()
-    for path in (__file__, nf.__file__):
-        with open(path, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()[:16]
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return code_digest(__file__, nf.__file__)
 
