@@ -116,7 +116,8 @@ def _rate(batches: list, seconds: list[float]) -> dict:
 
 def _ours_runner(model, config: OPTConfig, batch_shape: tuple[int, int], offload: bool, group_size: int | None,
                  chunk_batches: int, ngram_orders: tuple[int, ...] = (), token_layers: tuple[int, ...] | None = None,
-                 examples: int = 16, value_bins_per_octave: int = 2, quantile_examples: int = 0):
+                 examples: int = 16, value_bins_per_octave: int = 2, quantile_examples: int = 0,
+                 mesh: str | None = None):
     from analyses.collection import Options, Runner, make_plan
     from analyses.collection.ngrams import NgramTable
 
@@ -124,7 +125,7 @@ def _ours_runner(model, config: OPTConfig, batch_shape: tuple[int, int], offload
     options = Options(seq_len=seq_len, batch_size=batch_size, offload=offload, ngram_orders=tuple(ngram_orders),
                       group_size=group_size if offload else None, chunk_batches=chunk_batches,
                       token_layers=token_layers, examples=examples, value_bins_per_octave=value_bins_per_octave,
-                      quantile_examples=quantile_examples, verbose=False)
+                      quantile_examples=quantile_examples, mesh=mesh, verbose=False)
     plan = make_plan(config, options)
     ngrams = NgramTable(ngram_orders, len(plan.token_layers), config.ffn_dim, config.vocab_size,
                         max_pairs=2**62) if ngram_orders else None
@@ -140,9 +141,9 @@ class Ours:
     def __init__(self, model, config: OPTConfig, batch_shape: tuple[int, int], offload: bool = False,
                  group_size: int | None = 4, chunk_batches: int = 2, ngram_orders: tuple[int, ...] = (),
                  token_layers: tuple[int, ...] | None = None, examples: int = 16, value_bins_per_octave: int = 2,
-                 quantile_examples: int = 0):
+                 quantile_examples: int = 0, mesh: str | None = None):
         self.runner = _ours_runner(model, config, batch_shape, offload, group_size, chunk_batches, ngram_orders,
-                                   token_layers, examples, value_bins_per_octave, quantile_examples)
+                                   token_layers, examples, value_bins_per_octave, quantile_examples, mesh)
         self.chunk = chunk_batches if offload else 1
         self.info = {"offload": offload, "chunk_batches": self.chunk,
                      "groups": [[g.start, g.stop] for g in self.runner.groups]}
