@@ -24,6 +24,12 @@ import pytest  # noqa: E402
 import hf_models  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `heaviest` first: the memory they need is free before other tests have grown this process
+    (compiled programs, models, arrays the collector keeps), whatever files a selection such as `-m real` takes."""
+    items.sort(key=lambda item: item.get_closest_marker("heaviest") is None)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def pre_ln_model():
     """A random pre-LN OPTForCausalLM (4 heads)."""
