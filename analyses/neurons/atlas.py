@@ -109,9 +109,19 @@ def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: in
         record["examples"] = {"top": [], "random": []}
         out.append(record)
     for kind, examples in facts.examples.items():
-        for record, contexts in zip(out, _contexts(examples, start, stop, source.texts)):
-            record["examples"][kind] = contexts
+        for n, record, contexts in zip(range(start, stop), out, _contexts(examples, start, stop, source.texts)):
+            if kind == nf.QUANTILE:
+                record["quantile"] = _quantile(facts.bands[n], examples.band[n][examples.valid[n]], contexts)
+            else:
+                record["examples"][kind] = contexts
     return out
+
+
+def _quantile(bands: list, band: np.ndarray, contexts: list[dict]) -> list[dict]:
+    """A neuron's quantile bands (`store.Band`s), each with its value-histogram bins [first, last), value range
+    (`high` None: no upper edge), activation count and example contexts (`band` [e]: each context's band)."""
+    return [{"bins": list(b.bins), "low": significant(b.low), "high": significant(b.high), "count": b.count,
+             "examples": [c for c, i in zip(contexts, band.tolist()) if i == b.index]} for b in bands]
 
 
 def _trimmed(counts: np.ndarray) -> list[int]:
@@ -329,4 +339,12 @@ def _build_model(source: nf.Source, index: int, built: list[int], work: str, blo
             "tokens": stats.tokens, "token_layers": list(stats.token_layers), "examples": stats.examples_per_neuron,
             "positional_embeddings": bool(config.positional_embeddings), "note": "; ".join(notes), "notes": notes,
             "counts": counts, "attribution": _attribution_entry(source),
-            "value_edges": nf.value_edges(stats)}
+            "value_edges": nf.value_edges(stats)} | _quantile_entry(stats)
+
+
+def _quantile_entry(stats) -> dict:
+    """A model's `quantile` entry when its store holds quantile examples ({} otherwise: the manifest is unchanged):
+    the bands per neuron (at most) and the examples per band (at most)."""
+    if nf.QUANTILE not in nf.example_slots(stats.manifest):
+        return {}
+    return {"quantile": {"bands": nf.QUANTILE_BANDS, "per_band": int(stats.manifest["quantile_examples"])}}

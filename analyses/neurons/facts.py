@@ -17,7 +17,10 @@
 - with the model's weights, too: the related neurons through the weights (`analyses.neurons.related`: the
   neurons of the next / previous `related_depth` layers whose fc1 rows each neuron's update most excites and
   inhibits, and whose updates most excite and inhibit its fc1 row, as cosines);
-- with example activations: both sets as contexts (token ids around the firing position, `context_span`);
+- with example activations: each set as contexts (token ids around the firing position, `context_span`); with
+  quantile examples (`--quantile_examples K`) each neuron's QUANTILE_BANDS quantile bands of its value histogram
+  (`analyses.collection.store.quantile_bands`) and the K examples of each that `Stats.examples(layer, neuron,
+  "quantile")` gives (the band's smallest `random` ranks), chosen for every neuron of the layer at once;
 - with an attribution (`analyses.interventions.attribution`): each neuron's estimated zero-ablation effect
   (`Source.effect`).
 
@@ -26,7 +29,7 @@ of rows at a time (`ItemCounts`), the layer's fc2 as stored, the update scores S
 (float32 [block, vocab] on the device beside E; [block, top_k] come back, whole rows only for token detectors),
 the related neurons' fc1 / fc2 of up to 2 x depth neighbouring layers on the device (float32 on the CPU: 1.36 GB
 each at 66b) with [block, ffn] cosines at a time, and the layer's example arrays once (int32 / float32 [ffn, k] per
-field) with the windows they name.
+field, [ffn, bins x K] for the quantile set) with the windows they name.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ import numpy as np
 
 from analyses import coverage, detectors, positional, suppression
 from analyses.collection import decode_ngrams, open_stats
+from analyses.collection import examples as sampling
+from analyses.collection.store import QUANTILE, example_slots, quantile_bands
 from analyses.dead import rate_bound
 from analyses.interventions.attribution import read_attribution
 from analyses.neurons import products, related
@@ -51,6 +56,7 @@ ALWAYS = 0.95  # a trigger is `always` when the neuron fires on at least this sh
 SCORE_BLOCK = products.BLOCK  # neurons whose update scores are computed at once: float32 [block, vocab]
 CURVE_BLOCK = positional.NEURON_BLOCK  # neurons whose curves are computed at once (float64 [positions, block])
 BEFORE, AFTER = 12, 4  # tokens of context shown before and after a firing token
+QUANTILE_BANDS = 10  # quantile bands per neuron (deciles, in whole value-histogram bins: `Stats.quantile_bands`)
 
 
 @dataclasses.dataclass
@@ -164,6 +170,8 @@ class Examples:
     valid: np.ndarray
     values: np.ndarray | None = None  # float32 [n, k, c]: fc1 at each context token (NaN where none); None: no
     # context activations (scripts/contexts.py)
+    band: np.ndarray | None = None  # int64 [n, k], the quantile set only: each example's band (an index into
+    # LayerFacts.bands[neuron]); its slots are ordered band by band, each band's in the `random` order
 
 
 @dataclasses.dataclass
@@ -195,6 +203,8 @@ class LayerFacts:
     related: related.Related | None = None  # every neuron's related neurons; None without weights (or depth 0)
     rate_bound: float = 1.0  # a dead neuron's 95% upper bound on its firing rate, from the layer's token count
     value_hist: np.ndarray | None = None  # int64 [n, bins]: activations by fc1 value bin; None without one
+    bands: list | None = None  # per neuron its quantile bands (`store.Band`s, lowest values first); None without
+    # quantile examples
 
     @property
     def neurons(self) -> int:
@@ -252,11 +262,13 @@ def layer_facts(source: Source, layer: int, before: int = BEFORE, after: int = A
     trigger_rates = (trigger_counts / np.maximum(occurrences[np.maximum(trigger_ids, 0)], 1)
                      if token_layer else np.zeros((n, TOP_TRIGGERS)))  # [n, T]
     scores = _update_scores(source, layer, ~(act > 0), token_items)
-    examples = _examples(stats, layer, before, after) if examples and stats.examples_per_neuron else {}
+    value_hist = _value_hist(stats, layer)
+    bands = _bands(stats, value_hist) if QUANTILE in example_slots(stats.manifest) else None
+    examples = _examples(stats, layer, before, after, bands) if examples and stats.examples_per_neuron else {}
     return LayerFacts(layer, freq, rank.astype(np.int64), act == 0, mi, pos_type, strong, positions, curves,
                       token_layer, trigger_ids, trigger_counts, trigger_rates, totals, token_items, trigram_items,
                       *scores, examples, _related(source, layer, related_depth), rate_bound(stats.tokens),
-                      _value_hist(stats, layer))
+                      value_hist, bands)
 
 
 def _value_hist(stats, layer: int) -> np.ndarray | None:
@@ -329,14 +341,51 @@ def _related(source: Source, layer: int, depth: int) -> related.Related | None:
     return related.related(weights, layer, depth=depth, block=SCORE_BLOCK)
 
 
-def _examples(stats, layer: int, before: int, after: int) -> dict:
-    """Both example sets of a layer as contexts (`Examples`), reading the example arrays and their windows once."""
-    sets = stats.layer_examples(layer)  # {kind: {field: [n, k]}}
+def _bands(stats, value_hist: np.ndarray) -> list[list]:
+    """Every neuron's quantile bands (QUANTILE_BANDS at most, `store.quantile_bands` of its value histogram)."""
+    edges = stats.value_edges  # [bins + 1]
+    return [quantile_bands(counts, edges, QUANTILE_BANDS) for counts in value_hist]
+
+
+def band_order(stats, layer: int, sets: dict, bands: list[list]) -> tuple[np.ndarray, np.ndarray]:
+    """(order, band), int64 [n, slots] each: the quantile set's slots ordered band by band, each band's K of
+    smallest `random` rank first (ties to the earlier token), as `Stats.examples(layer, neuron, "quantile")` reads
+    one neuron; `band` is each ordered slot's band index, -1 for the slots left out (empty, or past a band's K)."""
+    window, position = sets["window"], sets["position"]  # [n, slots]: slots j K .. j K + K - 1 hold bin j's
+    n, slots = window.shape
+    k = int(stats.manifest["quantile_examples"])
+    bins = slots // k
+    of_bin = np.full((n, bins), QUANTILE_BANDS, np.int64)  # [n, bins]: each bin's band (QUANTILE_BANDS: none)
+    for neuron, found in enumerate(bands):
+        for b in found:
+            of_bin[neuron, b.bins[0]:b.bins[1]] = b.index
+    band = np.where(window >= 0, np.repeat(of_bin, k, axis=1), QUANTILE_BANDS)  # [n, slots]
+    neuron_h = sampling.neuron_hash(np, np.uint32(layer), np.arange(n, dtype=np.uint32))[:, None]  # [n, 1]
+    rank = sampling.sample_rank(np, sampling.token_hash(np, window, position), neuron_h)  # [n, slots]
+    order = np.lexsort((position, window, rank, band), axis=-1)  # [n, slots]
+    band = np.take_along_axis(band, order, axis=1)  # [n, slots]: ascending in each row
+    first = np.argmax(band[:, :, None] == np.arange(QUANTILE_BANDS + 1), axis=1)  # [n, bands + 1]: where each starts
+    place = np.arange(slots) - np.take_along_axis(first, band, axis=1)  # [n, slots]: the slot's place in its band
+    return order, np.where((band < QUANTILE_BANDS) & (place < k), band, -1)
+
+
+def _examples(stats, layer: int, before: int, after: int, bands: list[list] | None = None) -> dict:
+    """Every example set of a layer as contexts (`Examples`), reading the example arrays and their windows once;
+    the quantile set (with `bands`, `LayerFacts.bands`) ordered and cut as `band_order` says."""
+    kinds = tuple(example_slots(stats.manifest))
+    sets = stats.layer_examples(layer, kinds)  # {kind: {field: [n, k]}}
+    spans = stats.layer_contexts(layer, kinds) if stats.contexts else None  # {kind: [n, k, w]}
+    if QUANTILE in sets:
+        order, band = band_order(stats, layer, sets[QUANTILE], bands)  # [n, slots] each
+        picked = {f: np.take_along_axis(a, order, axis=1) for f, a in sets[QUANTILE].items()}  # [n, slots] each
+        picked["window"] = np.where(band >= 0, picked["window"], -1)
+        sets[QUANTILE] = picked
+        if spans:
+            spans[QUANTILE] = np.take_along_axis(spans[QUANTILE], order[..., None], axis=1)  # [n, slots, w]
     used = np.unique(np.concatenate([s["window"][s["window"] >= 0] for s in sets.values()]))  # [u]
     rows = stats.window_rows(used)  # [u, seq]
     lengths = (rows >= 0).sum(axis=1)  # [u]: windows hold -1 after their end
     offsets = np.arange(-before, after + 1)  # [c]
-    spans = stats.layer_contexts(layer) if stats.contexts else None  # {kind: [n, k, w]}
     out = {}
     for kind, s in sets.items():
         valid = s["window"] >= 0  # [n, k]
@@ -350,7 +399,7 @@ def _examples(stats, layer: int, before: int, after: int) -> dict:
                else np.zeros(at.shape, np.int32))  # [n, k, c]
         values = _context_values(stats, spans[kind], s["value"], inside, before, after) if spans else None
         out[kind] = Examples(np.where(inside, ids, -1), s["position"] - start, s["value"], s["window"],
-                             s["position"], valid, values)
+                             s["position"], valid, values, band if kind == QUANTILE else None)
     return out
 
 

@@ -6,6 +6,7 @@ the same statistics without them: an example's every token is colored by the sto
 text for screen readers; an atlas of statistics without contexts shows the plain strip.
 """
 
+import os
 import shutil
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 import analyses
 from analyses.collection.contexts import add_contexts
+from analyses.neurons.data_files import read_js
 from benchmarks.browser import chromium, page_url, wait_ready
 
 DETECTOR = 1  # planted layer-0 detector of two words
@@ -87,3 +89,13 @@ def test_statistics_without_contexts_show_the_plain_strip(browser, built):
     assert browser.find_elements("css selector", "#examples-top li .strip")
     assert not browser.find_elements("css selector", ".heat, .strip .sr, #heat-legend")
     assert browser.find_element("css selector", "#examples-top mark.fire .val").text
+
+
+def test_statistics_without_quantile_examples_have_no_band_section(browser, built):
+    """The planted statistics hold no quantile examples: no `quantile` in the data files, no section on the page."""
+    manifest = read_js(os.path.join(built["atlas"], "data", "atlas.js"))[1]
+    assert all("quantile" not in m for m in manifest["models"])
+    block = read_js(os.path.join(built["atlas"], "data", "m0", "L0", "B0.js"))[1]
+    assert block["neurons"] and all("quantile" not in r for r in block["neurons"])
+    open_page(browser, built["atlas"], f"L0N{DETECTOR}")
+    assert browser.find_elements("css selector", "#examples-top li") and not browser.find_elements("id", "quantile")
