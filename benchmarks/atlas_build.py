@@ -4,8 +4,9 @@
     python -m benchmarks.atlas_build --scores 66b          # E @ fc2 of one block of neurons at 66b's dims
 
 Two passes over the same statistics, each in a fresh process (peak RSS is per process), alternated:
-- read (the baseline): every built layer's `act`, `pos_act`, `tok_act` (a block of rows at a time) and its
-  example arrays with the windows they name, read once, nothing computed;
+- read (the baseline): every built layer's `act`, `pos_act`, `tok_act` (a block of rows at a time), `value_hist`,
+  its example sets (the quantile set too) with the windows they name and their context activations, read once,
+  nothing computed;
 - atlas: `build_atlas` of the stores into OUT (the facts, the data files and the token index).
 `--scores SIZE` times the update scores of SCORE_BLOCK neurons (E @ fc2[:, block] and the top / bottom k) at that
 size's dimensions with random weights: the part of a build that needs the weights, which a statistics store of a
@@ -16,6 +17,7 @@ device, and `benchmarks.weight_products` compares the two.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -34,6 +36,7 @@ def read_pass(stats_dirs: list[str], layers=None) -> dict:
     """The baseline: read what the atlas reads, computing nothing."""
     from analyses.collection import open_stats
     from analyses.collection.candidates import BLOCK_CELLS
+    from analyses.collection.store import example_slots
 
     for root in stats_dirs:
         stats = open_stats(root)
@@ -45,18 +48,42 @@ def read_pass(stats_dirs: list[str], layers=None) -> dict:
                 step = max(1, BLOCK_CELLS // view.shape[1])
                 for start in range(0, view.shape[0], step):
                     view[start:start + step]
+            if "value_hist" in stats.manifest["arrays"]:
+                stats.value_hist[layer]
             if stats.examples_per_neuron:
-                sets = stats.layer_examples(layer)
+                kinds = tuple(example_slots(stats.manifest))
+                sets = stats.layer_examples(layer, kinds)
                 stats.window_rows(np.unique(np.concatenate([s["window"][s["window"] >= 0] for s in sets.values()])))
+                if stats.contexts:
+                    stats.layer_contexts(layer, kinds)
     return {}
 
 
 def atlas_pass(stats_dirs: list[str], out: str, layers=None) -> dict:
-    """The atlas of the stores into out; its size on disk and file count."""
+    """The atlas of the stores into out."""
     from analyses.neurons.atlas import build_atlas
 
     build_atlas(stats_dirs, out, layers=layers, verbose=False)
-    return {"mb": disk_mb(out), "files": sum(len(files) for _, _, files in os.walk(out))}
+    return {}
+
+
+def record_parts(out: str) -> dict[str, float]:
+    """MB of the neuron blocks' JSON by part of the records: each example set (`examples.top`, ..., the
+    `quantile` bands with theirs), the curve, the related neurons, and the rest of the records."""
+    from analyses.neurons.data_files import read_js
+
+    def size(x) -> int:
+        return len(json.dumps(x, separators=(",", ":"), ensure_ascii=False).encode())
+
+    parts: dict[str, int] = {}
+    for path in glob.glob(os.path.join(out, "data", "m*", "L*", "B*.js")):
+        for record in read_js(path)[1]["neurons"]:
+            shares = {f"examples.{k}": size(v) for k, v in record["examples"].items()}
+            shares |= {k: size(record[k]) for k in ("quantile", "curve", "related") if k in record}
+            shares["rest"] = size(record) - sum(shares.values())
+            for k, v in shares.items():
+                parts[k] = parts.get(k, 0) + v
+    return {k: v / 1e6 for k, v in parts.items()}
 
 
 def disk_mb(root: str) -> float:
@@ -65,10 +92,14 @@ def disk_mb(root: str) -> float:
 
 
 def run_phase(phase: str, out: str, stats_dirs: list[str], layers=None) -> dict:
-    """One pass here: its seconds, peak RSS (bytes) and findings."""
+    """One pass here: its seconds, peak RSS (bytes) and, for the atlas, its size (`record_parts` too)."""
     start = time.perf_counter()
     found = read_pass(stats_dirs, layers) if phase == "read" else atlas_pass(stats_dirs, out, layers)
-    return {"phase": phase, "seconds": time.perf_counter() - start, "peak_rss": peak_rss()} | found
+    seconds, rss = time.perf_counter() - start, peak_rss()
+    if phase == "atlas":  # after the clock and the memory: the atlas's size on disk, file count and parts
+        found = {"mb": disk_mb(out), "files": sum(len(files) for _, _, files in os.walk(out)),
+                 "parts": record_parts(out)}
+    return {"phase": phase, "seconds": seconds, "peak_rss": rss} | found
 
 
 def measure(out: str, stats_dirs: list[str], layers=None, repeats: int = 1) -> dict[str, list[dict]]:
@@ -93,6 +124,9 @@ def table(results: dict[str, list[dict]]) -> str:
         lines.append(f"| {phase} | {seconds:.1f} | {seconds / read:.2f} | {rss:,.0f} |")
     last = results["atlas"][-1]
     lines.append(f"\natlas on disk: {last['mb']:,.1f} MB in {last['files']:,} files")
+    blocks = sum(last["parts"].values())
+    lines.append(f"neuron blocks' records: {blocks:,.1f} MB, of which " + ", ".join(
+        f"{k} {v:,.1f} MB ({v / blocks:.0%})" for k, v in sorted(last["parts"].items(), key=lambda kv: -kv[1])))
     return "\n".join(lines)
 
 

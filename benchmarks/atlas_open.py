@@ -14,13 +14,16 @@ content rendered. The steps, run for each atlas in turn within each repeat (inte
   the matches sorted by MI and shown ("first rows": to the first matches shown, while it goes on).
 Medians are printed, with each atlas's ratio to the first one's (the baseline: a small atlas shows what a
 large one costs on top). Size on disk and file counts too. The neurons are the middle layer's, in the
-first and the last block the atlas holds (a synthetic atlas may hold only a few blocks per layer).
+first and the last block the atlas holds (a synthetic atlas may hold only a few blocks per layer): the first
+neuron of each block, or with `--richest` the neuron of each block with the largest record (the most example
+contexts and quantile bands to draw: a dead first neuron shows little of what a page can hold).
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import re
 import statistics
@@ -42,8 +45,9 @@ def size_on_disk(atlas_dir: str) -> tuple[int, int]:
     return total, files
 
 
-def targets(atlas_dir: str) -> dict:
-    """What to open in an atlas: two neurons of the middle layer in different blocks, a token to search."""
+def targets(atlas_dir: str, richest: bool = False) -> dict:
+    """What to open in an atlas: two neurons of the middle layer in different blocks (each block's first, or with
+    `richest` its neuron with the longest record), a token to search."""
     manifest = read_data(atlas_dir, "atlas")
     model = manifest["models"][0]
     layer = model["counts"][len(model["counts"]) // 2]["layer"]
@@ -52,6 +56,8 @@ def targets(atlas_dir: str) -> dict:
     if not blocks:
         raise SystemExit(f"{atlas_dir}: no neuron block of layer {layer} under data/m0/L{layer}/")
     first, last = blocks[0] * manifest["block"], blocks[-1] * manifest["block"] + 1
+    if richest:
+        first, last = (richest_neuron(atlas_dir, f"m0/L{layer}/B{b}") for b in (blocks[0], blocks[-1]))
     token = None
     for h in range(manifest["token_buckets"]):
         bucket = read_data(atlas_dir, f"m0/tokens/{h}")
@@ -59,6 +65,12 @@ def targets(atlas_dir: str) -> dict:
         if token:
             break
     return {"layer": layer, "neurons": (first, last), "token": token, "shape": (len(model["counts"]), model["ffn"])}
+
+
+def richest_neuron(atlas_dir: str, key: str) -> int:
+    """The neuron of a block file whose record is the longest as JSON."""
+    neurons = read_data(atlas_dir, key)["neurons"]
+    return max(neurons, key=lambda r: len(json.dumps(r)))["n"]
 
 
 def fresh(driver, atlas_dir: str, fragment: str, timeout: float = 600) -> dict:
@@ -89,8 +101,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("atlases", nargs="+", help="atlas folders (the first is the baseline of the ratios)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--richest", action="store_true", help="open each block's neuron with the largest record")
     args = parser.parse_args(argv)
-    found = {a: targets(a) for a in args.atlases}
+    found = {a: targets(a, args.richest) for a in args.atlases}
     times = {a: {s: [] for s in STEPS} for a in args.atlases}
     driver = chromium()
     try:
