@@ -30,6 +30,7 @@ width to divide by B: other widths are refused (`check_divisible`).
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import jax
@@ -62,6 +63,28 @@ def make_mesh(data: int, neurons: int, devices=None) -> Mesh:
         raise InputError(f"--mesh data={data},neurons={neurons} needs {data * neurons} devices; there are "
                          f"{len(devices)} local devices")
     return Mesh(np.array(devices).reshape(data, neurons), AXES, axis_types=(AxisType.Auto,) * 2)
+
+
+def run_mesh(config: OPTConfig, batch_size: int, mesh: str | None = None) -> Mesh:
+    """The devices a run's batches go through: every local device on ("data",), or with `mesh`
+    ("data=A,neurons=B") the ("data", "neurons") mesh (`make_mesh`; FFN widths B does not divide are refused);
+    `batch_size` must divide by the data axis."""
+    devices = jax.local_devices()
+    if mesh is None:
+        out = Mesh(np.array(devices), ("data",))
+    else:
+        out = make_mesh(*parse_mesh(mesh), devices)
+        check_divisible(config, out.shape["neurons"])
+    if batch_size % out.shape["data"]:
+        axis = "local devices" if mesh is None else "devices of --mesh's data axis"
+        raise InputError(f"batch_size {batch_size} is not divisible by the {out.shape['data']} {axis}")
+    return out
+
+
+def within(mesh: Mesh | None):
+    """The context a run's steps are traced and run in: with a ("data", "neurons") mesh, that mesh (the model's
+    `constrain` marks then split the work); with None, none (the steps as they are without --mesh)."""
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
 def check_divisible(config: OPTConfig, neurons: int) -> None:

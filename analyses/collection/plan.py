@@ -4,12 +4,13 @@ model (`make_plan`: layers, token layers, groups), and the memory check done bef
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import psutil
 
+from analyses.collection import examples as ex
 from analyses.collection import statistics as st
 from analyses.collection import values
-from analyses.collection.examples import block_tokens
 from analyses.collection.store import CHUNK_CELLS, WRITES_IN_FLIGHT
 from opt_jax.errors import StatsError
 from opt_jax.sharding import parse_mesh
@@ -93,9 +94,8 @@ def working_bytes(plan: st.Plan, options: Options, itemsize: int) -> int:
     if plan.value_bins:  # a slice's flat (neuron, bin) indices, int32 (`values.count`), and the [ffn, bins] delta
         cells = options.batch_size * (plan.seq_len // values.chunks(options.batch_size, plan.seq_len))
         ffn += cells * plan.ffn * 4 + plan.ffn * values.num_bins(plan.value_bins) * 4
-    if plan.examples:  # per set: block maxima [tokens / c, ffn], gathered candidates and keys [ffn, k * c] x 3
-        c = block_tokens(plan.seq_len, options.batch_size, plan.examples)
-        ffn += 2 * (tokens // c + 3 * plan.examples * c) * plan.ffn * 4
+    if plan.examples:  # the top and random sets' update (block maxima, candidates and keys)
+        ffn += ex.working_bytes(plan.seq_len, options.batch_size, plan.ffn, plan.examples)
     if plan.quantile:  # `examples.update_quantile`: a slice's (bin, rank, token) int32 [cells, ffn] x 3, the minima
         cells = options.batch_size * (plan.seq_len // values.chunks(options.batch_size, plan.seq_len))
         slots = plan.ffn * values.num_bins(plan.value_bins) * plan.quantile  # [ffn, bins, K]
@@ -139,23 +139,19 @@ def memory_use(plan: st.Plan, groups: list[range], layer_bytes: int, options: Op
                host_available: int | None = None) -> MemoryUse:
     """What a run with this plan and these layer groups needs of the device's memory and the host's, against what
     is free (see `check_memory`), computed without allocating anything."""
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    on_host = not stats or "bytes_limit" not in stats
+    on_host = shares_host(device)
     # With --mesh on accelerators, each device's share (`opt_jax.sharding`): 1/B of the counters and of the
     # weights plus the layers gathered whole, a step's temporaries for 1/A of the batch split B ways. On the CPU
     # the devices share the host's memory: the whole is counted there, as without --mesh.
-    data, split = (1, 1) if on_host or options.mesh is None else mesh_shape(options)
+    data, split = mesh_shape(options.mesh, on_host)
     batch = options.batch_size if options.ngram_orders and plan.token_layers else None
     counters = -(-st.accumulator_bytes(plan, groups, batch) // split)
     snapshot = -(-st.accumulator_bytes(plan, groups) // split) if options.background_commits else None
     masks = counters - -(-st.accumulator_bytes(plan, groups) // split) if batch else 0  # one batch's packed masks
     streamed = options.offload and len(groups) > 2
-    itemsize = max(1, layer_bytes // streaming.layer_bytes(plan.config, 1))
-    device_layer = streaming.layer_bytes(plan.config, itemsize, split) if split > 1 else layer_bytes
+    itemsize = max(1, layer_bytes // device_layer_bytes(plan.config, 1))
     group = layer_bytes * max(len(g) for g in groups)  # on the host, read ahead: whole
-    gathered = 2 * layer_bytes if split > 1 else 0  # the layer running and the next one, gathered whole
-    device_group = device_layer * max(len(g) for g in groups)
-    weights = (2 * device_group if streamed else plan.num_layers * device_layer) + gathered
+    weights = device_weights(plan.config, plan.num_layers, max(len(g) for g in groups), layer_bytes, streamed, split)
     share = dataclasses.replace(options, batch_size=max(1, options.batch_size // data))
     working = -(-working_bytes(plan, share, itemsize) // split)
     if masks and options.background_ngrams and not options.offload:
@@ -168,25 +164,79 @@ def memory_use(plan: st.Plan, groups: list[range], layer_bytes: int, options: Op
         host += (2 if options.background_ngrams else 1) * options.chunk_batches * masks  # the chunks' masks
     if host_available is None:
         host_available = psutil.virtual_memory().available
+    free, where = free_memory(device, split, host_available)
     if on_host:
         # Loading the weights holds one group twice (read, then copied) before the counters exist.
         needed = max(weights + counters + working + host, weights + group) + RUNTIME_BYTES
-        free, where = host_available, f"{device} (host memory, shared with the device)"
     else:
-        needed, free, where = weights + counters + working, stats["bytes_limit"] - stats.get("bytes_in_use", 0), \
-            str(device) + (f" (each of the {split} devices of --mesh's neurons axis)" if split > 1 else "")
+        needed = weights + counters + working
     return MemoryUse(counters, snapshot, weights, working, host, group, needed, free, where, on_host, host_available,
                      split)
 
 
-def mesh_shape(options: Options) -> tuple[int, int]:
-    """(data, neurons) of `options.mesh` (`opt_jax.sharding`); without one (every local device on data, 1)."""
+# Per device: the helpers every memory check of a run on a mesh shares (collection's, the contexts', the ablation's).
+
+def shares_host(device) -> bool:
+    """Whether `device` has no memory of its own to report (the CPU): its arrays are in the host's memory."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return not stats or "bytes_limit" not in stats
+
+
+def mesh_shape(mesh: str | None, on_host: bool = False) -> tuple[int, int]:
+    """(A, B): the parts of a batch and of the weights, neurons and counters that one device holds with `mesh`
+    ("data=A,neurons=B", `opt_jax.sharding`; data left out: the rest of the local devices); (1, 1) without one,
+    or on the CPU, where the devices share the host's memory and the whole is counted."""
+    if mesh is None or on_host:
+        return 1, 1
     import jax
 
-    if options.mesh is None:
-        return jax.local_device_count(), 1
-    data, neurons = parse_mesh(options.mesh)
+    data, neurons = parse_mesh(mesh)
     return data or max(1, jax.local_device_count() // neurons), neurons
+
+
+def device_weights(config, num_layers: int, group: int, layer_bytes: int, streamed: bool, split: int = 1) -> int:
+    """Bytes of decoder layers (`layer_bytes` each, whole) on one device: all `num_layers`, or two groups of `group`
+    in flight when `streamed`; on a neurons axis of `split` > 1, that device's share of each
+    (`streaming.layer_bytes`: 1/split, the LayerNorms whole) plus two layers gathered whole (the one running and
+    the next)."""
+    if split == 1:
+        return (2 * group if streamed else num_layers) * layer_bytes
+    itemsize = max(1, layer_bytes // device_layer_bytes(config, 1))
+    return (2 * group if streamed else num_layers) * device_layer_bytes(config, itemsize, split) + 2 * layer_bytes
+
+
+@functools.lru_cache(maxsize=64)
+def device_layer_bytes(config, itemsize: int, split: int = 1) -> int:
+    """`streaming.layer_bytes` of a layer of this config on each device of a neurons axis of `split`, remembered:
+    a plan asks it many times (`plan_runs` bisects), and each answer traces the model's shapes (0.2 s)."""
+    return streaming.layer_bytes(config, itemsize, split)
+
+
+def free_memory(device, split: int = 1, host_available: int | None = None) -> tuple[int, str]:
+    """(bytes free, where in words) for a run's arrays on `device`: an accelerator's free memory (each device of a
+    neurons axis of `split` when > 1), or on the CPU the host's available memory (`host_available`, default
+    `psutil`'s)."""
+    if shares_host(device):
+        available = psutil.virtual_memory().available if host_available is None else host_available
+        return available, f"{device} (host memory, shared with the device)"
+    stats = device.memory_stats()
+    return stats["bytes_limit"] - stats.get("bytes_in_use", 0), \
+        str(device) + (f" (each of the {split} devices of --mesh's neurons axis)" if split > 1 else "")
+
+
+def group_layers(num_layers: int, layer_bytes: int, group_size: int | None, device) -> int:
+    """Layers per streamed group: `group_size`, or by default as `streaming.group_size_for` sizes them for
+    `device` (every layer on the CPU)."""
+    if group_size:
+        return group_size
+    return streaming.group_size_for(_Sized(num_layers, layer_bytes), device)
+
+
+class _Sized:
+    """A stand-in layer source for `streaming.group_size_for`: only its size."""
+
+    def __init__(self, num_layers: int, layer_bytes: int):
+        self.num_layers, self.layer_bytes = num_layers, layer_bytes
 
 
 def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: Options, device,

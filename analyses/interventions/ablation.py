@@ -20,11 +20,12 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
 import numpy as np
 import psutil
 
 from analyses.interventions import spec as specs
-from analyses.interventions.passes import Model, Pass, pass_mesh
+from analyses.interventions.passes import Model, Pass
 from opt_jax import atomic
 from opt_jax import lock
 from opt_jax import checkpoint as ckpt
@@ -32,6 +33,7 @@ from opt_jax.corpus import limited_batches, model_corpus
 from opt_jax.edit import Edit
 from opt_jax.errors import InputError
 from opt_jax.progress import Progress
+from opt_jax.sharding import run_mesh
 
 BOOTSTRAP = 1000  # resamples of the windows for each interval
 
@@ -85,8 +87,10 @@ def ablate(model_dir: str, corpus_paths, neurons, out_dir: str, seq_len: int = 2
     corpus.check_not_empty()
     detectors = _detectors(sets)
     gather = np.unique(np.concatenate([t for _, t in detectors])) if detectors else np.zeros(1, np.int64)
-    check_memory(config, len(sets), batch_size, seq_len, len(gather), dtype, offload)
-    devices = pass_mesh(config, batch_size, mesh)  # `mesh`: "data=A,neurons=B" (`opt_jax.sharding`)
+    devices = run_mesh(config, batch_size, mesh)  # `mesh`: "data=A,neurons=B" (`opt_jax.sharding`)
+    computed = dtype or ckpt.read_manifest(model_dir)["dtype"]
+    check_memory(config, len(sets), batch_size, seq_len, len(gather), computed, offload, mesh=mesh,
+                 group_size=group_size)
     model = Model.load(model_dir, dtype, offload, group_size, mesh=devices if mesh else None)
     runner = Pass(model, [operation.edit(config, s.mask) for s in sets], gather, batch_size, chunk_batches,
                   devices if mesh else None)
@@ -109,7 +113,7 @@ def ablate(model_dir: str, corpus_paths, neurons, out_dir: str, seq_len: int = 2
                          "windows (each window needs two tokens)")
     result = tally.result(np.random.default_rng(seed)) | {
         "model": os.path.abspath(model_dir), "edit": str(operation), "seed": seed, "seq_len": seq_len,
-        "batch_size": batch_size, "dtype": dtype or ckpt.read_manifest(model_dir)["dtype"],
+        "batch_size": batch_size, "dtype": computed,
         "corpus": {"paths": list(corpus.files), "fingerprint": corpus.fingerprint(), "skip_windows": skip_windows,
                    "full_length_only": full_length_only}}
     for variant, s in zip(result["variants"], sets):
@@ -145,27 +149,52 @@ def _detectors(sets) -> list[tuple[tuple[int, int], np.ndarray]]:
 
 
 def check_memory(config, num_sets: int, batch_size: int, seq_len: int, gathered: int, dtype, offload: bool,
-                 available: int | None = None) -> None:
-    """Refuse, before loading anything, a pass whose weights and per-batch arrays exceed the host's memory
-    (on the CPU the device is the host; on an accelerator the same bound is a lower estimate)."""
-    itemsize = 2 if dtype in ("bfloat16", "float16") else 4
+                 available: int | None = None, device=None, mesh: str | None = None,
+                 group_size: int | None = None) -> None:
+    """Refuse, before loading anything, a pass whose weights and per-batch arrays do not fit.
+
+    On the CPU the device is the host: all of it against the host's available memory. On an accelerator, per device
+    as collection plans it (`analyses.collection.plan`: `mesh_shape`, `device_weights`, `free_memory`): the embedding
+    whole, the layers (all, or two streamed groups; with `mesh` "data=A,neurons=B" 1/B of each plus two gathered
+    whole) and a batch's arrays for 1/A of its rows (the layers' split B ways by token) against the device's free
+    memory; the weights read on the host (all of them resident, groups read ahead streamed) against the host's."""
+    from analyses.collection.plan import (RUNTIME_BYTES, device_weights, free_memory, group_layers, mesh_shape,
+                                          shares_host)
     from opt_jax.streaming import layer_bytes
 
+    device = device or jax.local_devices()[0]
+    on_host = shares_host(device)
+    data, split = mesh_shape(mesh, on_host)
+    itemsize = 2 if dtype in ("bfloat16", "float16") else 4
     layer = layer_bytes(config, itemsize)
+    layers = config.num_hidden_layers
+    group = group_layers(layers, layer, group_size, device) if offload else layers
+    streamed = offload and -(-layers // group) > 2
     outer = (config.vocab_size * config.word_embed_proj_dim + config.max_position_embeddings * config.hidden_size) \
         * itemsize
-    weights = outer + (2 if offload else config.num_hidden_layers) * layer * (3 if offload else 1)
-    tokens = batch_size * seq_len
-    hidden = (num_sets + 2) * tokens * config.hidden_size * 4 * 4  # base and edits, with a layer's temporaries
-    ffn = tokens * config.ffn_dim * 4 * 3
-    block = batch_size * min(seq_len, 256) * config.vocab_size * 4 * 5  # a block's logits, log-probs, probs
+    weights = outer + device_weights(config, layers, group, layer, streamed, split)
+    rows = -(-batch_size // data)
+    tokens = rows * seq_len
+    hidden = -(-(num_sets + 2) * tokens * config.hidden_size * 4 * 4 // split)  # base and edits, a layer's temporaries
+    ffn = -(-tokens * config.ffn_dim * 4 * 3 // split)
+    block = rows * min(seq_len, 256) * config.vocab_size * 4 * 5  # a block's logits, log-probs, probs
     out = (num_sets + 1) * tokens * (2 + gathered) * 4 * 2
-    needed = weights + hidden + ffn + block + out + 2 * 10**9
-    available = psutil.virtual_memory().available if available is None else available
-    if needed > available:
-        raise InputError(f"an ablation pass of {num_sets} set(s), batch_size {batch_size} x seq_len {seq_len}, needs "
-                         f"about {needed / 1e9:.1f} GB; {available / 1e9:.1f} GB are available. Use a smaller "
-                         "--batch_size, fewer --neurons per call, a 16-bit --dtype or --offload")
+    read = outer + (3 * group if streamed else layers) * layer  # on the host: read, then moved
+    free, where = free_memory(device, split, available)
+    if on_host:
+        needed = weights + (2 * group * layer if streamed else 0) + hidden + ffn + block + out + RUNTIME_BYTES
+    else:
+        needed = weights + hidden + ffn + block + out
+    if needed > free:
+        raise InputError(f"{where}: an ablation pass of {num_sets} set(s), batch_size {batch_size} x seq_len "
+                         f"{seq_len}, needs about {needed / 1e9:.1f} GB (the weights {weights / 1e9:.1f} GB, a "
+                         f"batch's arrays {(needed - weights) / 1e9:.1f} GB); {free / 1e9:.1f} GB are free. Use a "
+                         "smaller --batch_size, fewer --neurons per call, a 16-bit --dtype, --offload, or with several "
+                         "devices --mesh neurons=B")
+    host = psutil.virtual_memory().available if available is None else available
+    if not on_host and read > host:
+        raise InputError(f"host memory: the weights read before they move to the devices need {read / 1e9:.1f} GB; "
+                         f"{host / 1e9:.1f} GB are available. Use --offload (with a smaller --group_size)")
 
 
 class Tally:

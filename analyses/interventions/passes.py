@@ -14,7 +14,6 @@ Position t predicts the token at t + 1; a prediction counts when both are real t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 
@@ -26,9 +25,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig
 from opt_jax.edit import Edit
-from opt_jax.errors import InputError
 from opt_jax.model import decoder_layers, embed, head, unflatten
-from opt_jax.sharding import check_divisible, make_mesh, parse_mesh
+from opt_jax.sharding import run_mesh, within
 from opt_jax.streaming import (CheckpointLayers, GroupStream, group_size_for, layer_shardings_for, put_now,
                                split_layers)
 
@@ -109,21 +107,6 @@ def predictions(config: OPTConfig, params, base, edited, ids, mask, gather):
             "nll": join(nll, 2), "kl": join(kl, 2), "gathered": join(gathered, 2)}
 
 
-def pass_mesh(config: OPTConfig, batch_size: int, mesh: str | None = None) -> Mesh:
-    """The devices a pass runs on: every local device on ("data",), or with `mesh` ("data=A,neurons=B") the
-    ("data", "neurons") mesh of `opt_jax.sharding` (FFN widths B does not divide are refused)."""
-    devices = jax.local_devices()
-    if mesh is None:
-        out = Mesh(np.array(devices), ("data",))
-    else:
-        out = make_mesh(*parse_mesh(mesh), devices)
-        check_divisible(config, out.shape["neurons"])
-    if batch_size % out.shape["data"]:
-        axis = "local devices" if mesh is None else "devices of --mesh's data axis"
-        raise InputError(f"batch_size {batch_size} is not divisible by the {out.shape['data']} {axis}")
-    return out
-
-
 def stack(edits: list[Edit]) -> Edit:
     """Edits stacked on a leading axis (the form every step takes)."""
     return jax.tree.map(lambda *a: np.stack(a), *edits)
@@ -143,7 +126,8 @@ class Model:
     @classmethod
     def load(cls, path: str, dtype: str | None = None, offload: bool = False, group_size: int | None = None,
              sharding=None, mesh: Mesh | None = None) -> "Model":
-        """With a ("data", "neurons") `mesh` (`pass_mesh`), resident layers are stored split over it."""
+        """With a ("data", "neurons") `mesh` (`opt_jax.sharding.run_mesh`), resident layers are stored split
+        over it."""
         config = ckpt.read_config(path)
         if not offload:
             params = unflatten(ckpt.read_params(path, dtype))
@@ -160,10 +144,10 @@ class Pass:
 
     def __init__(self, model: Model, edits: list[Edit], gather: np.ndarray, batch_size: int,
                  chunk_batches: int = 4, mesh: Mesh | None = None):
-        """`mesh`: a ("data", "neurons") mesh (`pass_mesh`; the model loaded with it); None: every local device
-        on data."""
+        """`mesh`: a ("data", "neurons") mesh (`opt_jax.sharding.run_mesh`; the model loaded with it); None:
+        every local device on data."""
         self.mesh = mesh
-        mesh = mesh or pass_mesh(model.config, batch_size)
+        mesh = mesh or run_mesh(model.config, batch_size)
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.data = NamedSharding(mesh, PartitionSpec("data"))
         self.model = model
@@ -181,7 +165,7 @@ class Pass:
         """Per batch of the chunk, the host arrays of `predictions`."""
         m, c = self.model, self.model.config
         on_device = [(jax.device_put(ids, self.data), jax.device_put(mask, self.data)) for ids, mask in chunk]
-        with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):  # `opt_jax.sharding`
+        with within(self.mesh):  # `opt_jax.sharding`
             if not m.streamed:
                 hidden = [resident_hidden(c, {"embed": m.outer["embed"], "layers": m.layers}, ids, mask,
                                           self.edits) for ids, mask in on_device]

@@ -211,3 +211,34 @@ def test_the_script_prints_a_summary_and_errors_without_traceback(tiny_model, ti
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert lines[0].startswith("devices: ") and lines[-1].startswith("error: --neurons 9:1") and len(lines) == 2
     assert not (tmp_path / "bad").exists()
+
+
+GB = 10**9
+
+
+def test_the_memory_check_plans_each_device_of_a_mesh():
+    """OPT-66b in fp16, resident, two sets, 8 windows of 2048: on a node of 8 x 80 GB with --mesh neurons=8 each
+    device holds the embedding, 1/8 of every layer (`layer_bytes(config, 2, 8)`) and two layers gathered whole
+    (about 21 GB of weights) and the pass is accepted; on one 80 GB device the 131 GB of weights are refused with
+    the sizes, as are devices too small for their share and a host that cannot hold the weights it reads."""
+    import opt_jax
+    from analyses.interventions.ablation import check_memory
+    from helpers import FakeDevice
+    from opt_jax.streaming import layer_bytes
+
+    config = opt_jax.for_size("66b")
+    outer = (config.vocab_size * config.word_embed_proj_dim + config.max_position_embeddings * config.hidden_size) * 2
+    whole = outer + 64 * layer_bytes(config, 2)
+    share = outer + 64 * layer_bytes(config, 2, 8) + 2 * layer_bytes(config, 2)  # 1/8 of each, two gathered whole
+    assert 130 * GB < whole < 133 * GB and 20 * GB < share < 22 * GB
+    args = (config, 2, 8, 2048, 1, "float16", False)
+    check_memory(*args, available=2000 * GB, device=FakeDevice(80 * GB, name="H100"), mesh="data=1,neurons=8")
+    with pytest.raises(InputError, match=rf"^H100: an ablation pass of 2 set\(s\), batch_size 8 x seq_len 2048, "
+                                         rf"needs about 1\d\d\.\d GB \(the weights {whole / GB:.1f} GB, .*; 80.0 GB "
+                                         "are free"):
+        check_memory(*args, available=2000 * GB, device=FakeDevice(80 * GB, name="H100"))
+    with pytest.raises(InputError, match=rf"^H100 \(each of the 8 devices of --mesh's neurons axis\): .* \(the "
+                                         rf"weights {share / GB:.1f} GB, .*; 20.0 GB are free"):
+        check_memory(*args, available=2000 * GB, device=FakeDevice(20 * GB, name="H100"), mesh="neurons=8")
+    with pytest.raises(InputError, match=rf"host memory: the weights read .* need {whole / GB:.1f} GB; 100.0 GB"):
+        check_memory(*args, available=100 * GB, device=FakeDevice(80 * GB, name="H100"), mesh="neurons=8")
