@@ -2,6 +2,7 @@
 
   python scripts/contexts.py --stats stats/opt-125m                    # 32 tokens before, 8 after
   python scripts/contexts.py --stats stats/opt-66b --offload           # stream the weights (66b on one GPU)
+  python scripts/contexts.py --stats stats/opt-66b --mesh neurons=8    # 66b resident over 8 GPUs
 Runs the model (the manifest's, or --model) over the store's own windows that hold examples, each once; the records
 of `open_stats(STATS).examples(layer, neuron, kind)` then carry `context_tokens`, `context_values` and
 `context_index` (docs/interventions.md, "Context activations"). Killed, the same command resumes.
@@ -22,6 +23,9 @@ flags.DEFINE_integer("group_size", None, "layers per streamed group (default: fr
 flags.DEFINE_integer("batch_size", None, "windows per batch (default: the collection's)")
 flags.DEFINE_integer("chunk_batches", 4, "batches per streamed chunk (each group moves once per chunk)")
 flags.DEFINE_float("flush_every_s", 300.0, "seconds between commits (a kill resumes from the last)")
+flags.DEFINE_string("mesh", None, "data=A,neurons=B (A x B = the local devices): batches over A devices, each "
+                    "layer's weights and the spans over B (docs/collection.md, 'Several devices'); default: one "
+                    "device")
 
 cli.define_lock_flag()
 
@@ -33,7 +37,7 @@ def main(argv):
     return cli.run(lambda: add_contexts(
         FLAGS.stats, model=FLAGS.model, before=FLAGS.before, after=FLAGS.after, offload=FLAGS.offload,
         group_size=FLAGS.group_size, batch_size=FLAGS.batch_size, chunk_batches=FLAGS.chunk_batches,
-        flush_every_s=FLAGS.flush_every_s, wait_for_lock=FLAGS.wait_for_lock), _summary,
+        flush_every_s=FLAGS.flush_every_s, mesh=FLAGS.mesh, wait_for_lock=FLAGS.wait_for_lock), _summary,
         devices=FLAGS.model or _model_of(FLAGS.stats))
 
 

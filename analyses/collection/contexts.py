@@ -11,8 +11,8 @@ inside the window, BOS excepted). The store then reads each example with its con
 Stored: `context_{kind}_value` float16 [layers, ffn, k, before + after + 1] for each example set of the store (top
 and random, k slots, and with quantile examples `quantile`, bins x K slots: `store.example_slots`), slot j of an
 example at `position` holding position `position - before + j` (0 outside the window, where the reader cuts the
-span); the manifest's `contexts` entry says the span, what was run and `tokens`, the store's token count the sets were computed for
-(collecting on into the store changes the sets: the contexts are then not read until run again). float16 rounds to
+span); the manifest's `contexts` entry says the span, what was run and `tokens`, the store's token count the sets
+were computed for (collecting on into the store changes the sets: the contexts are then not read until run again). float16 rounds to
 nearest: a relative error of at most 2^-11 (4.9e-4), 2^-25 absolute below 6.1e-5, +-inf beyond +-65504; the
 example's own value is read from its record, exact.
 
@@ -24,6 +24,13 @@ window indices, c the slots of every set: 2k, plus bins x K with quantile exampl
 one group ahead, each running a chunk of batches, layer-major, as collection streams). The center of each span is
 checked against the example's stored value: a model that does not reproduce them (other weights of the same
 config) is refused.
+
+Several devices (`mesh`, "data=A,neurons=B", `opt_jax.sharding`; without it, one device): a batch's windows split
+over A devices, each layer's weights stored split over B and gathered a layer at a time, the spans and the
+examples' places split by neuron over B (each device gathers its neurons' spans from fc1 moved from tokens to
+neurons), as collection splits its counters; the spans are those of one device, bit for bit, where XLA gives a
+token the same fc1 whatever the rows beside it (docs/collection.md, "Several devices"). The memory check counts
+each device's share on accelerators (`plan.mesh_shape`, `plan.device_weights`).
 
 Resumable: a commit (every `flush_every_s` and at the end) writes the spans of the batches run so far, one block of
 one layer at a time from the device (the host holds one block), with the next batch in the manifest; every other
@@ -42,8 +49,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import psutil
+from jax.sharding import NamedSharding, PartitionSpec
 
-from analyses.collection.plan import RUNTIME_BYTES, Options, working_bytes
+from analyses.collection.plan import (RUNTIME_BYTES, Options, device_weights, free_memory, group_layers, mesh_shape,
+                                      shares_host, working_bytes)
 from analyses.collection.runner import Weights
 from analyses.collection.statistics import Plan, embed_step
 from analyses.collection.store import (CHUNK_CELLS, Stats, StatsStore, context_name, example_name, example_slots,
@@ -53,7 +62,8 @@ from opt_jax import lock
 from opt_jax.errors import StatsError
 from opt_jax.model import decoder_layers, embed
 from opt_jax.progress import Progress
-from opt_jax.streaming import GroupStream, group_size_for, layer_bytes, put_now, split_layers
+from opt_jax.sharding import constrain, run_mesh, within
+from opt_jax.streaming import GroupStream, layer_bytes, layer_shardings_for, put_now, split_layers
 
 DTYPE = "float16"
 CENTER_TOLERANCE = 0.05  # |span center - stored value| / max(|value|, 1) above this: the model is another one
@@ -83,30 +93,33 @@ class MemoryUse:
 
 
 def memory_use(config, layers: int, slots: int, span: int, batch_size: int, seq_len: int, itemsize: int,
-               offload: bool, group: int, chunk_batches: int, device, host_available: int | None = None) -> MemoryUse:
+               offload: bool, group: int, chunk_batches: int, device, host_available: int | None = None,
+               mesh: str | None = None) -> MemoryUse:
     """What a run needs, computed without allocating: the spans and places on the device, the weights (all layers,
     or two groups streamed, and the embeddings), a step's temporaries (collection's `working_bytes` plus the
-    gather), and on the host
-    the groups read ahead, the windows' index and a commit's block."""
-    spans = layers * config.ffn_dim * slots * (span * 2 + 12)  # float16 spans; each example's window, position, value
+    gather), and on the host the groups read ahead, the windows' index and a commit's block. With `mesh`
+    ("data=A,neurons=B") on accelerators, each device's share, as collection counts it (`plan.mesh_shape`,
+    `plan.device_weights`): 1/B of the spans and places, 1/B of the layers plus two gathered whole, a step's
+    temporaries for 1/A of the batch split B ways."""
+    on_host = shares_host(device)
+    data, split = mesh_shape(mesh, on_host)
+    spans = -(-layers * config.ffn_dim * slots * (span * 2 + 12) // split)  # float16 spans; window, position, value
     layer = layer_bytes(config, itemsize)
     streamed = offload and -(-layers // group) > 2
     outer = (config.vocab_size * config.word_embed_proj_dim + (config.max_position_embeddings + 2)
-             * config.hidden_size) * itemsize  # the embeddings
-    weights = (2 * group if streamed else layers) * layer + outer
-    options = Options(seq_len=seq_len, batch_size=batch_size, offload=offload, chunk_batches=chunk_batches)
+             * config.hidden_size) * itemsize  # the embeddings, whole on every device
+    weights = device_weights(config, layers, group, layer, streamed, split) + outer
+    share = max(1, batch_size // data)
+    options = Options(seq_len=seq_len, batch_size=share, offload=offload, chunk_batches=chunk_batches)
     gather = config.ffn_dim * slots * (span * 4 * 4 + batch_size)  # indices and values [n, 2k, span], matches
-    working = working_bytes(Plan(config, layers, (), seq_len), options, itemsize) + gather
+    working = -(-(working_bytes(Plan(config, layers, (), seq_len), options, itemsize) + gather) // split)
     block = CHUNK_CELLS * 4 * 3  # a commit's block, as float32 and float16 copies
     host = ((3 if streamed else 0) * group * layer + block + 2 * config.ffn_dim * slots * 12
             + 8 * batch_size * seq_len * 4)
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    available = psutil.virtual_memory().available if host_available is None else host_available
-    if not stats or "bytes_limit" not in stats:
-        return MemoryUse(spans, weights, working, host, spans + weights + working + host + RUNTIME_BYTES, available,
-                         f"{device} (host memory, shared with the device)")
-    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    return MemoryUse(spans, weights, working, host, spans + weights + working, free, str(device))
+    free, where = free_memory(device, split, host_available)
+    if on_host:
+        return MemoryUse(spans, weights, working, host, spans + weights + working + host + RUNTIME_BYTES, free, where)
+    return MemoryUse(spans, weights, working, host, spans + weights + working, free, where)
 
 
 def check_memory(use: MemoryUse, host_available: int | None = None) -> None:
@@ -144,7 +157,8 @@ def _probe(batch_windows, mask, places, before: int, span: int):
         spans = jnp.where(hit[..., None], gathered.astype(jnp.float16), state["spans"][i])  # [n, c, w]
         center = fc1[row[..., 0], jnp.clip(position, 0, s - 1), neuron[..., 0]].astype(jnp.float32)  # [n, c]
         off = jnp.where(hit, jnp.abs(center - value) / jnp.maximum(jnp.abs(value), 1.0), 0.0)  # [n, c]
-        return {"spans": state["spans"].at[i].set(spans),
+        every = constrain(state["spans"].at[i].set(spans), None, "neurons", None, None)  # [g, n, c, w]: on a mesh
+        return {"spans": every,  # split by neuron, as they came
                 "deviation": state["deviation"].at[i].max(jnp.max(off))}
 
     return probe
@@ -179,38 +193,40 @@ def windows_with_examples(stats: Stats) -> np.ndarray:
     return found
 
 
-def _places(stats: Stats, group: range) -> dict:
+def _places(stats: Stats, group: range, on: "_On") -> dict:
     """The examples of a layer group on the device, every kind side by side (`store.example_slots`' order):
-    {window, position, value: [g, n, slots]} (read and moved a layer at a time)."""
+    {window, position, value: [g, n, slots]} (read and moved a layer at a time; on a mesh split by neuron)."""
     kinds = example_slots(stats.manifest)
 
     def field(f):
-        return jnp.stack([jax.device_put(np.concatenate([stats.array(example_name(kind, f))[layer].read().result()
-                                                         for kind in kinds], axis=-1))
-                          for layer in group])  # [g, n, slots]
+        return on.stacked([np.concatenate([stats.array(example_name(kind, f))[layer].read().result()
+                                           for kind in kinds], axis=-1) for layer in group])  # [g, n, slots]
     return {f: field(f) for f in ("window", "position", "value")}
 
 
-def _committed_state(store: StatsStore, group: range, fresh: bool, shape: tuple) -> dict:
-    """A group's spans: zeros for a fresh run, else those committed (a layer at a time), and no deviation yet."""
+def _committed_state(store: StatsStore, group: range, fresh: bool, shape: tuple, on: "_On") -> dict:
+    """A group's spans: zeros for a fresh run, else those committed (a layer at a time), and no deviation yet
+    (on a mesh the spans split by neuron)."""
     g, n, c, w = shape
     if fresh:
-        spans = jnp.zeros(shape, jnp.float16)  # [g, n, c, w]
+        spans = jax.jit(lambda: jnp.zeros(shape, jnp.float16), out_shardings=on.neurons)()  # [g, n, c, w]
     else:
         arrays = [store.array(context_name(kind)) for kind in example_slots(store.manifest)]
-        spans = jnp.stack([jax.device_put(np.concatenate([a[layer].read().result() for a in arrays], axis=1))
-                           for layer in group])  # [g, n, c, w]
-    return {"spans": spans, "deviation": jnp.zeros((g,), jnp.float32)}
+        spans = on.stacked([np.concatenate([a[layer].read().result() for a in arrays], axis=1)
+                            for layer in group])  # [g, n, c, w]
+    return {"spans": spans, "deviation": on.put(np.zeros((g,), np.float32), on.replicated)}
 
 
 @lock.writes("stats_dir")
 def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, after: int = 8,
                  offload: bool = False, group_size: int | None = None, batch_size: int | None = None,
                  chunk_batches: int = 4, flush_every_s: float = 300.0, verbose: bool = True,
-                 host_available: int | None = None) -> dict:
+                 host_available: int | None = None, mesh: str | None = None) -> dict:
     """Add every example's context activations to the store at stats_dir (see the module docstring); returns the
     manifest's `contexts` entry. `model`: the converted checkpoint (default: the one the manifest names), of the
-    store's config; `batch_size`: windows per batch (default: the collection's)."""
+    store's config; `batch_size`: windows per batch (default: the collection's); `mesh`: "data=A,neurons=B"
+    (`opt_jax.sharding`), the batches over A devices, the layers' weights, the spans and the examples' places over
+    B (without it, one device)."""
     if before < 0 or after < 0:
         raise StatsError(f"before and after are token counts >= 0, got {before} and {after}")
     stats = open_stats(stats_dir)
@@ -235,11 +251,11 @@ def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, aft
     dtype = flags.get("dtype")
     itemsize = 2 if dtype in ("bfloat16", "float16") else 4
     device = jax.local_devices()[0]
+    on = _On(run_mesh(config, batch_size, mesh)) if mesh else _On(None)
     layer = layer_bytes(config, itemsize)
-    groups = split_layers(range(layers), (group_size or group_size_for(_Sized(layers, layer), device))
-                          if offload else layers)
+    groups = split_layers(range(layers), group_layers(layers, layer, group_size, device) if offload else layers)
     check_memory(memory_use(config, layers, sum(slots.values()), span, batch_size, seq_len, itemsize, offload,
-                            max(len(g) for g in groups), chunk_batches, device, host_available), host_available)
+                            max(len(g) for g in groups), chunk_batches, device, host_available, mesh), host_available)
 
     store = StatsStore.open(stats.root)
     identity = {"before": before, "after": after, "span": span, "dtype": DTYPE, "batch_size": batch_size,
@@ -257,11 +273,12 @@ def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, aft
                       "computed again")
 
     weights = Weights.from_checkpoint(model, dtype, layers)
-    outer = put_now({"embed": weights.embed})
+    outer = put_now({"embed": weights.embed}, on.replicated)
     shape = lambda g: (len(g), config.ffn_dim, sum(slots.values()), span)  # noqa: E731
-    places = [_places(stats, g) for g in groups]
-    state = [_committed_state(store, g, fresh, shape(g)) for g in groups]
-    run = _Streamed(config, groups, weights, before, span) if offload else _Resident(config, weights, before, span)
+    places = [_places(stats, g, on) for g in groups]
+    state = [_committed_state(store, g, fresh, shape(g), on) for g in groups]
+    run = _Streamed(config, groups, weights, before, span, on) if offload else \
+        _Resident(config, weights, before, span, on)
     pad = config.pad_token_id
     progress = Progress("contexts", len(windows), " windows", enabled=verbose,
                         initial=min(len(windows), entry["next_batch"] * batch_size))
@@ -270,7 +287,7 @@ def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, aft
     try:
         first = entry["next_batch"]
         for start in range(first, identity["batches"], chunk_size):
-            chunk = [_batch(stats, windows[b * batch_size:(b + 1) * batch_size], batch_size, seq_len, pad)
+            chunk = [_batch(stats, windows[b * batch_size:(b + 1) * batch_size], batch_size, seq_len, pad, on)
                      for b in range(start, min(start + chunk_size, identity["batches"]))]
             state = run(outer, chunk, state, places)
             jax.block_until_ready(state)
@@ -294,9 +311,9 @@ def add_contexts(stats_dir: str, model: str | None = None, before: int = 32, aft
     return entry
 
 
-def _batch(stats: Stats, windows: np.ndarray, batch_size: int, seq_len: int, pad: int) -> tuple:
-    """One batch of the store's windows on the device: (ids, mask [b, s], the window indices [b] (-2 in padding
-    rows), how many windows)."""
+def _batch(stats: Stats, windows: np.ndarray, batch_size: int, seq_len: int, pad: int, on: "_On") -> tuple:
+    """One batch of the store's windows on the device (with a mesh, its rows split over `data`): (ids, mask [b, s],
+    the window indices [b] (-2 in padding rows), how many windows)."""
     rows = stats.window_rows(windows)  # [r, s]: -1 after each window's end
     ids = np.full((batch_size, seq_len), pad, np.int32)  # [b, s]
     mask = np.zeros((batch_size, seq_len), bool)  # [b, s]
@@ -304,28 +321,48 @@ def _batch(stats: Stats, windows: np.ndarray, batch_size: int, seq_len: int, pad
     ids[:len(windows)] = np.where(rows >= 0, rows, pad)
     numbers = np.full(batch_size, -2, np.int32)  # [b]
     numbers[:len(windows)] = windows
-    return jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(numbers), len(windows)
+    return on.put(ids, on.data), on.put(mask, on.data), on.put(numbers, on.replicated), len(windows)
 
 
-class _Sized:
-    """A stand-in layer source for `group_size_for`: only its size."""
+class _On:
+    """Where a run's arrays lie: with a ("data", "neurons") mesh (`opt_jax.sharding`), a batch's rows split over
+    data, the layers stored split (`layer_shardings_for`), the spans and the examples' places split by neuron, and
+    the steps run under the mesh; without one (None), everything on the default device."""
 
-    def __init__(self, num_layers: int, layer: int):
-        self.num_layers, self.layer_bytes = num_layers, layer
+    def __init__(self, mesh):
+        self.mesh = mesh
+        named = (lambda *axes: NamedSharding(mesh, PartitionSpec(*axes))) if mesh is not None else (lambda *a: None)
+        self.replicated, self.data = named(), named("data")
+        self.neurons, self.layer_neurons = named(None, "neurons"), named("neurons")  # [g, n, ...], [n, ...]
+
+    def put(self, host, sharding):
+        return jax.device_put(host, sharding)
+
+    def stacked(self, layers: list) -> jax.Array:
+        """Host arrays [n, ...] of a group's layers stacked on the device [g, n, ...], moved a layer at a time."""
+        return jax.device_put(jnp.stack([self.put(a, self.layer_neurons) for a in layers]), self.neurons)
+
+    def layers(self, config):
+        """Where the stacked layers go (None: the default device)."""
+        return None if self.mesh is None else layer_shardings_for(config, self.mesh)
+
+    def within(self):
+        return within(self.mesh)
 
 
 class _Resident:
     """Every layer on the device; one jitted step per batch."""
 
-    def __init__(self, config, weights: Weights, before: int, span: int):
-        self.config, self.before, self.span = config, before, span
-        self.layers = put_now(weights.layers.read(range(weights.layers.num_layers)))
+    def __init__(self, config, weights: Weights, before: int, span: int, on: _On):
+        self.config, self.before, self.span, self.on = config, before, span, on
+        self.layers = put_now(weights.layers.read(range(weights.layers.num_layers)), on.layers(config))
 
     def __call__(self, outer, chunk, state, places):
         for ids, mask, numbers, _ in chunk:
             params = {"embed": outer, "layers": self.layers}
-            new, _ = resident_step(self.config, self.before, self.span, params, ids, mask, numbers, state[0],
-                                   places[0])
+            with self.on.within():
+                new, _ = resident_step(self.config, self.before, self.span, params, ids, mask, numbers, state[0],
+                                       places[0])
             state = [new]
         return state
 
@@ -336,19 +373,21 @@ class _Resident:
 class _Streamed:
     """Layer groups streamed from the checkpoint, each running the whole chunk (layer-major)."""
 
-    def __init__(self, config, groups: list[range], weights: Weights, before: int, span: int):
-        self.config, self.groups, self.before, self.span = config, groups, before, span
-        self.stream = GroupStream(weights.layers, groups)
+    def __init__(self, config, groups: list[range], weights: Weights, before: int, span: int, on: _On):
+        self.config, self.groups, self.before, self.span, self.on = config, groups, before, span, on
+        self.stream = GroupStream(weights.layers, groups, on.layers(config))
 
     def __call__(self, outer, chunk, state, places):
-        hidden = [embed_step(self.config, outer, ids, mask) for ids, mask, _, _ in chunk]  # [b, s, d] each
+        with self.on.within():
+            hidden = [embed_step(self.config, outer, ids, mask) for ids, mask, _, _ in chunk]  # [b, s, d] each
         state = list(state)
         for gi in range(len(self.groups)):
             before = (tuple(hidden), state[gi - 1])
             group, layers = self.stream.next()
             for bi, (_, mask, numbers, _) in enumerate(chunk):
-                hidden[bi], state[gi] = group_step(self.config, self.before, self.span, layers, hidden[bi], mask,
-                                                   numbers, state[gi], places[gi])
+                with self.on.within():
+                    hidden[bi], state[gi] = group_step(self.config, self.before, self.span, layers, hidden[bi],
+                                                       mask, numbers, state[gi], places[gi])
             self.stream.advance(after=before)
         return state
 

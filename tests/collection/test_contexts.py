@@ -18,7 +18,8 @@ from analyses.collection import contexts as cx
 from analyses.collection.store import EXAMPLE_KINDS, StatsError, context_name
 
 from hf_models import torch_fc1
-from helpers import run_script
+from helpers import FakeDevice, run_script
+from opt_jax.errors import InputError
 
 SEQ, K, BEFORE, AFTER = 12, 4, 3, 2
 
@@ -148,6 +149,8 @@ def test_bad_requests_are_clear_errors(collected, tiny_model, tiny_corpus, tmp_p
     root = _copy(collected, tmp_path)
     with pytest.raises(StatsError, match="fits|need .* GB"):
         cx.add_contexts(root, verbose=False, host_available=10**6)
+    with pytest.raises(InputError, match=r"--mesh data=1,neurons=2 needs 2 devices; there are 1 local devices"):
+        cx.add_contexts(root, verbose=False, mesh="neurons=2")  # on 8 devices: tests/collection/test_mesh.py
     assert "contexts" not in analyses.open_stats(root).manifest, "refused before anything is written"
     # Other weights of the same config: the span centers do not reproduce the example values.
     hf = hf_models.random_model(hf_models.hf_config(**hf_models.PRE_LN), seed=7)
@@ -172,8 +175,34 @@ def test_the_script_runs_and_refuses_another_config_or_no_examples(collected, tm
                             verbose=False)
     result = run_script("scripts/contexts.py", "--stats", root, "--model", other)
     assert result.returncode == 1 and "a model of another config" in result.stderr.splitlines()[-1], result.stderr
-    result = run_script("scripts/contexts.py", "--stats", root, "--before", "2", "--after", "1")
+    result = run_script("scripts/contexts.py", "--stats", root, "--before", "2", "--after", "1", "--mesh", "data=1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "contexts: 2 tokens before and 1 after every example" in result.stdout
     assert "contexts:" in result.stderr and "devices:" in result.stderr  # progress and where it ran
     assert analyses.open_stats(root).contexts["span"] == 4
+
+
+GB = 10**9
+
+
+def test_the_memory_check_counts_each_device_of_a_mesh():
+    """OPT-66b in fp16, resident, 64 layers' spans of 32 examples x 41 tokens (plus each example's window, position
+    and value: 94 bytes a slot): on 8 x 80 GB with --mesh neurons=8 each device holds 1/8 of the spans, the
+    embeddings, 1/8 of each layer and two layers gathered whole, and fits; on one 80 GB device the same run is
+    refused with its sizes."""
+    import opt_jax
+    from opt_jax.streaming import layer_bytes
+
+    config = opt_jax.for_size("66b")
+    args = (config, 64, 32, 41, 8, 2048, 2, False, 64, 4, FakeDevice(80 * GB, name="H100"), 2000 * GB)
+    one, node = cx.memory_use(*args), cx.memory_use(*args, mesh="data=1,neurons=8")
+    spans = 64 * config.ffn_dim * 32 * (41 * 2 + 12)  # 7.1 GB
+    assert one.spans == spans and node.spans == spans // 8
+    assert node.weights - one.weights == 64 * (layer_bytes(config, 2, 8) - layer_bytes(config, 2)) + \
+        2 * layer_bytes(config, 2)  # the embeddings whole on both
+    assert one.working > node.working and node.needed < 40 * GB
+    cx.check_memory(node, 2000 * GB)
+    assert node.where == "H100 (each of the 8 devices of --mesh's neurons axis)"
+    with pytest.raises(StatsError, match=rf"^H100: the context spans \(7.1 GB\), the weights \({one.weights / GB:.1f} "
+                                         rf"GB\) .* need {one.needed / GB:.1f} GB; 80.0 GB are free"):
+        cx.check_memory(one, 2000 * GB)

@@ -1,15 +1,20 @@
-"""`--mesh data=A,neurons=B`: the same statistics as one device, bit for bit, on 8 simulated CPU devices.
+"""`--mesh data=A,neurons=B`: the same statistics and context spans as one device, bit for bit, on 8 simulated CPU
+devices.
 
-One subprocess with 8 devices collects with data=8, data=2,neurons=4 (stopped half way and resumed with
-neurons=8) and neurons=8 streamed (--offload, one layer per group); each store is compared array by
-array with a one-device run in this process (`assert_same_stats`: counts, value histograms, example sets,
-windows, n-gram tables). The model is small but 128 wide: at 32 or 64 hidden units XLA:CPU's LayerNorm
-rounds differently for another number of rows, so that plain data parallelism (no --mesh) already differs
-there by an ulp (docs/collection.md, "Several devices"). Its 4 heads do not divide 8: neurons=8 runs every
-head on every device.
+One subprocess with 8 devices collects three batches, one a run, each on another mesh of the same store: data=8,
+then resumed with data=2,neurons=4, then with neurons=8 streamed (--offload, one layer per group); it then adds the
+contexts to that store with data=2,neurons=4, killed after its first commit, and resumed with neurons=8 streamed.
+The store is compared array by array with a one-device run in this process, which runs while the subprocess does
+(`assert_same_stats`: counts, value histograms, example sets, windows, n-gram tables; the context spans). The model is small but 128
+wide: at 32 or 64 hidden units XLA:CPU's LayerNorm rounds differently for another number of rows, so that plain
+data parallelism (no --mesh) already differs there by an ulp (docs/collection.md, "Several devices"); likewise
+the contexts run 8 windows a batch, the collection's 32 tokens per device (at 4 windows, 16 tokens per device,
+0.08% of the spans' centers came out a float16 ulp from one device's). Its 4 heads do not divide 8: neurons=8
+runs every head on every device.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -19,8 +24,11 @@ import pytest
 import analyses
 import hf_models
 import opt_jax
+from analyses.collection import contexts as cx
 from analyses.collection.plan import Options, Run, check_memory, make_plan, memory_use, plan_runs
 from analyses.collection.statistics import accumulator_bytes
+from analyses.collection.store import context_name, example_slots
+from conftest import DOCS
 from helpers import FakeDevice, ROOT, assert_same_stats, devices_env, run_script
 from opt_jax.errors import InputError, StatsError
 from opt_jax.sharding import check_divisible, parse_mesh
@@ -30,17 +38,42 @@ SEQ, BATCH = 32, 8
 WIDE = dict(num_hidden_layers=3, hidden_size=128, num_attention_heads=4, ffn_dim=256, vocab_size=97,
             max_position_embeddings=40)
 FLAGS = dict(seq_len=SEQ, batch_size=BATCH, ngram_orders=(2, 3), verbose=False)
+SPANS = dict(before=3, after=2, batch_size=BATCH, verbose=False)
 
 RUNS = """
 import sys
 import analyses
-model, corpus, out, half = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-flags = dict(seq_len={seq}, batch_size={batch}, ngram_orders=(2, 3), verbose=False)
-analyses.collect(model, [corpus], out + "/data8", mesh="data=8", **flags)
-analyses.collect(model, [corpus], out + "/resumed", mesh="data=2,neurons=4", max_tokens=half, **flags)
-analyses.collect(model, [corpus], out + "/resumed", mesh="neurons=8", **flags)
-analyses.collect(model, [corpus], out + "/streamed", mesh="neurons=8", offload=True, group_size=1, **flags)
-""".format(seq=SEQ, batch=BATCH)
+model, corpus, out, flags = sys.argv[1], sys.argv[2], sys.argv[3], eval(sys.argv[4])
+analyses.collect(model, [corpus], out + "/resumed", mesh="data=8", max_tokens=1, **flags)  # the first batch
+done = analyses.open_stats(out + "/resumed").manifest["tokens"]
+analyses.collect(model, [corpus], out + "/resumed", mesh="data=2,neurons=4", max_tokens=done + 1, **flags)  # the next
+analyses.collect(model, [corpus], out + "/resumed", mesh="neurons=8", offload=True, group_size=1, **flags)  # the rest
+assert analyses.open_stats(out + "/resumed").manifest["cursor"]["next_batch"] >= 3
+"""
+
+CONTEXTS = """
+import dataclasses
+from analyses.collection import contexts as cx
+from opt_jax import checkpoint
+from opt_jax.errors import InputError
+from opt_jax.sharding import run_mesh
+spans = {spans}
+commit = cx._commit
+def killed(*args, **kwargs):  # the first commit written, then the run killed
+    commit(*args, **kwargs)
+    raise KeyboardInterrupt
+cx._commit = killed
+try:
+    cx.add_contexts(out + "/resumed", mesh="data=2,neurons=4", flush_every_s=0, **spans)
+except KeyboardInterrupt:
+    cx._commit = commit
+assert analyses.open_stats(out + "/resumed").manifest["contexts"]["next_batch"] == 1
+cx.add_contexts(out + "/resumed", mesh="neurons=8", offload=True, group_size=1, **spans)
+try:  # a neurons axis that does not divide the FFN width (add_contexts' and ablate's first check)
+    run_mesh(dataclasses.replace(checkpoint.read_config(model), ffn_dim=100), 8, "neurons=8")
+except InputError as e:
+    print(e)
+""".format(spans=SPANS)
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +84,33 @@ def wide_model(tmp_path_factory):
     return opt_jax.convert(directory, str(tmp_path_factory.mktemp("wide") / "m"), verbose=False)
 
 
-def test_every_mesh_equals_one_device(wide_model, tiny_corpus, tmp_path):
-    single = analyses.open_stats(analyses.collect(wide_model, [tiny_corpus], str(tmp_path / "single"), **FLAGS))
-    half = single.manifest["tokens"] // 2
-    result = subprocess.run([sys.executable, "-c", RUNS, wide_model, tiny_corpus, str(tmp_path), str(half)],
-                            cwd=ROOT, env=devices_env(8), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    for name in ("data8", "resumed", "streamed"):
-        assert_same_stats(analyses.open_stats(str(tmp_path / name)), single)
+def _spans(root: str) -> dict:
+    stats = analyses.open_stats(root)
+    assert stats.contexts is not None and stats.contexts["complete"]
+    return {kind: np.asarray(stats.array(context_name(kind)).read().result()) for kind in example_slots(stats.manifest)}
+
+
+def test_every_mesh_equals_one_device(wide_model, tmp_path):
+    corpus = tmp_path / "docs.jsonl"  # DOCS twice: 20 windows, three batches
+    corpus.write_text("\n".join(json.dumps({"text": d}) for d in DOCS + DOCS) + "\n")
+    meshes = subprocess.Popen([sys.executable, "-c", RUNS + CONTEXTS, wide_model, str(corpus), str(tmp_path),
+                               repr(FLAGS)], cwd=ROOT, env=devices_env(8), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        single = analyses.collect(wide_model, [str(corpus)], str(tmp_path / "single"), **FLAGS)
+        shutil.copytree(single, str(tmp_path / "spans"), symlinks=True)
+        cx.add_contexts(str(tmp_path / "spans"), **SPANS)
+        out, err = meshes.communicate(timeout=600)
+    finally:
+        meshes.kill()
+    assert meshes.returncode == 0, err
+    assert "--mesh neurons=8 must divide the model's ffn_dim 100" in out, out
+    assert_same_stats(analyses.open_stats(str(tmp_path / "resumed")), analyses.open_stats(single))
+    want, got = _spans(str(tmp_path / "spans")), _spans(str(tmp_path / "resumed"))
+    assert analyses.open_stats(str(tmp_path / "spans")).contexts["batches"] >= 2  # the kill fell between two
+    for kind in want:
+        assert want[kind].any(), kind
+        np.testing.assert_array_equal(got[kind], want[kind], err_msg=kind)
 
 
 def test_a_neurons_axis_must_divide_the_ffn():
@@ -113,9 +165,9 @@ def test_what_does_not_fit_per_device_is_refused_with_sizes():
 @pytest.mark.real
 def test_every_mesh_equals_data_parallelism_at_opt_125m_widths(tmp_path):
     """768 wide, 3072 neurons, 12 heads (8 does not divide them), vocab 50272, 2048-token windows, 3 layers (the
-    first a token layer), bigrams, 8 simulated devices: data=8, data=2,neurons=4 resumed with neurons=8, and
-    neurons=8 streamed are bit-identical to plain data parallelism (no --mesh). Against one device all of them
-    differ in a few counts by one: XLA:CPU's LayerNorm rounds [16384, 768] rows differently from [2048, 768]
+    first a token layer), bigrams, 8 simulated devices: a batch on data=8, one on data=2,neurons=4 and the last on
+    neurons=8 streamed, resumed into one store, are bit-identical to plain data parallelism (no --mesh). Against one
+    device both differ in a few counts by one: XLA:CPU's LayerNorm rounds [16384, 768] rows differently from [2048, 768]
     ones (docs/collection.md, "Several devices"), which data parallelism without --mesh shares."""
     import scale_data as sd
 
@@ -128,15 +180,12 @@ def test_every_mesh_equals_data_parallelism_at_opt_125m_widths(tmp_path):
     flags = dict(seq_len=2048, batch_size=BATCH, token_layers=(0,), ngram_orders=(2,), verbose=False)
     single = analyses.open_stats(analyses.collect(converted, [corpus], str(tmp_path / "single"), **flags))
     assert single.manifest["tokens"] > 2 * BATCH * 2048  # three batches, the last short
-    runs = RUNS.replace("seq_len={}".format(SEQ), "seq_len=2048, token_layers=(0,)").replace("(2, 3)", "(2,)")
-    runs += 'analyses.collect(model, [corpus], out + "/plain", **flags)\n'
-    result = subprocess.run([sys.executable, "-c", runs, converted, corpus, str(tmp_path),
-                             str(single.manifest["tokens"] // 2)], cwd=ROOT, env=devices_env(8), capture_output=True,
-                            text=True, timeout=3000)
+    runs = RUNS + 'analyses.collect(model, [corpus], out + "/plain", **flags)\n'
+    result = subprocess.run([sys.executable, "-c", runs, converted, corpus, str(tmp_path), repr(flags)], cwd=ROOT,
+                            env=devices_env(8), capture_output=True, text=True, timeout=3000)
     assert result.returncode == 0, result.stderr
     plain = analyses.open_stats(str(tmp_path / "plain"))
-    for name in ("data8", "resumed", "streamed"):
-        assert_same_stats(analyses.open_stats(str(tmp_path / name)), plain)
+    assert_same_stats(analyses.open_stats(str(tmp_path / "resumed")), plain)
     for name in ("act", "pos_act", "tok_act"):  # measured: 10 of 9216 act cells, each by one
         a, b = np.asarray(getattr(plain, name), np.int64), np.asarray(getattr(single, name), np.int64)
         assert np.abs(a - b).max() <= 1 and (a != b).mean() < 0.005, name
