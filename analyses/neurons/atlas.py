@@ -314,7 +314,8 @@ def _build_model(source: nf.Source, index: int, built: list[int], work: str, blo
                 stop = min(start + block, facts.neurons)
                 write_js(work, f"m{index}/L{layer}/B{b}", {"layer": layer, "block": b,
                                                            "neurons": neuron_records(facts, source, start, stop,
-                                                                                     curve_points)})
+                                                                                     curve_points)},
+                         as_string=True)  # opening a neuron parses its block
             entries = index_entries(facts)
             flat = {f"{kind}.{field}": v for kind, e in entries.items() for field, v in e.items()}
             flat["counts"] = np.frombuffer(json.dumps(facts.counts()).encode(), np.uint8)

@@ -197,13 +197,13 @@ def test_layer_out_of_range_is_refused(source, planted_run, tmp_path):
 
 def parse(path) -> tuple[str, object]:
     """A data file the way a test reads it, independently of read_js: strip `atlasData("key", ` and `);`, and
-    around a summary's JSON string `JSON.parse(` and `)`."""
+    around a summary's or a block's JSON string `JSON.parse(` and `)`."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
     assert text.startswith('atlasData("') and text.rstrip().endswith(");")
     key, rest = text[len('atlasData("'):].split('", ', 1)
     payload = rest.rstrip()[:-2]
-    if key.endswith("/summary"):
+    if key.endswith("/summary") or "/B" in key:
         assert payload.startswith("JSON.parse(") and payload.endswith(")")
         return key, json.loads(json.loads(payload[len("JSON.parse("):-1]))
     return key, json.loads(payload)
