@@ -22,3 +22,77 @@ def examples_cost(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int
                      "timed_batches": batches, "without_examples_tok_s": without, "with_examples_tok_s": with_,
                      "slowdown": without / with_})
     return rows
+
+
+def update_cost(seen=(0, 16_384, 1_048_576), ffn: int = 3072, seq_len: int = 512, batch: int = 8, k: int = 16,
+                rounds: int = 5, seed: int = 0, log: Callable = _default_log) -> list[dict]:
+    """Milliseconds of one layer's `examples.update` (top and random sets) on a random fc1 output [batch, seq_len,
+    ffn], gated by threshold (as collection runs it) and merging every neuron (`gated=False`, the same sets), the two
+    interleaved on the same batches, with the sets as a run has them after each count of tokens in `seen`.
+
+    Each neuron fires on its own share of tokens (1-70%). The sets are brought to a count by merging random batches
+    (windows numbered on); each timed round then merges one more batch from the same state with both variants and
+    counts the neurons whose sets it changed (the gated path merges only those when they are few)."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from analyses.collection import examples as ex
+
+    rng = np.random.default_rng(seed)
+    shift = rng.uniform(-2.3, 0.5, ffn).astype(np.float32)  # [n]: a neuron's share of tokens that fire
+    counted = jnp.ones((batch, seq_len), bool).at[:, 0].set(False)  # [b, s]
+    steps = {gated: jax.jit(lambda sets, x, w, gated=gated: ex.update(sets, 0, jnp.int32(3), x, counted, w, k, gated))
+             for gated in (True, False)}
+    tokens = batch * seq_len
+    sets, windows = ex.zero_sets(1, ffn, k), 0
+
+    def fc1():  # [b, s, n]
+        return jnp.asarray(rng.standard_normal((batch, seq_len, ffn), dtype=np.float32) + shift)
+
+    rows = []
+    for count in seen:
+        while windows * seq_len < count:
+            sets, windows = steps[True](sets, fc1(), jnp.int32(windows)), windows + batch
+        times, changed = {"gated": [], "every": []}, []
+        for r in range(rounds + 1):  # round 0 compiles
+            x = fc1()
+            order = (True, False) if r % 2 else (False, True)
+            for gated in order:
+                start = time.perf_counter()
+                out = jax.block_until_ready(steps[gated](sets, x, jnp.int32(windows)))
+                if r:
+                    times["gated" if gated else "every"].append(time.perf_counter() - start)
+                if gated:
+                    new = out
+            changed.append(int(sum(np.any(np.asarray(new[kind]["window"]) != np.asarray(sets[kind]["window"]), -1).sum()
+                                   for kind in ex.KINDS)))
+            sets, windows = new, windows + batch
+        row = {"tokens_seen": count, "ffn": ffn, "tokens_per_batch": tokens, "k": k,
+               "neurons_changed_top_plus_random": changed[1:],
+               "gated_ms": float(np.median(times["gated"])) * 1000, "every_ms": float(np.median(times["every"])) * 1000}
+        row["speedup"] = row["every_ms"] / row["gated_ms"]
+        log(f"after {count} tokens: gated {row['gated_ms']:.1f} ms, every neuron {row['every_ms']:.1f} ms, "
+            f"{row['speedup']:.2f}x; neurons changed {changed[1:]}")
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="One layer's example-set update at the 125m widths, gated by "
+                                                 "threshold against merging every neuron (the whole collection's "
+                                                 "cost: scripts/benchmark.py --examples_cost).")
+    parser.add_argument("--seen", type=int, nargs="+", default=[0, 16_384, 1_048_576],
+                        help="tokens merged into the sets before the timed batches")
+    parser.add_argument("--rounds", type=int, default=5, help="timed batches per count (each both variants)")
+    parser.add_argument("--ffn", type=int, default=3072)
+    parser.add_argument("--seq_len", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    for result in update_cost(tuple(args.seen), args.ffn, args.seq_len, args.batch, rounds=args.rounds):
+        print(json.dumps(result))

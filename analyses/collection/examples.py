@@ -37,6 +37,8 @@ value itself for `top`, and for `random` the positive normal float whose bits ar
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,6 +104,16 @@ def block_tokens(seq_len: int, batch: int, k: int) -> int:
     return 1
 
 
+def working_bytes(seq_len: int, batch: int, ffn: int, k: int) -> int:
+    """An upper estimate of one layer's `update` temporaries: both kinds' block maxima [tokens / c, ffn] (the loop's
+    carry and its next value), and per kind the merge's blocks [ffn, tokens / c] and candidates' rows, values and
+    keys [ffn, k * c] (float32 / int32; the gated path merges a part of these neurons)."""
+    tokens = seq_len * batch
+    kb = min(k, tokens)
+    c = block_tokens(seq_len, batch, kb)
+    return (2 * len(KINDS) * tokens // c + len(KINDS) * (tokens // c + 3 * kb * c)) * ffn * 4
+
+
 def _sort_small(x):
     """Distinct integers sorted along the last (short) axis by counting, without a sort: [..., m]."""
     rank = jnp.sum(x[..., None, :] < x[..., :, None], axis=-1)  # [..., m]: how many are smaller
@@ -123,52 +135,102 @@ def _running_keys(kind: str, sets: dict, neuron_h):
     return _keys(kind, sets["value"], sets["window"] != EMPTY, token_h, neuron_h[:, None])  # [n, k]
 
 
-def batch_candidates(kind: str, fc1, counted, token_h, neuron_h, k: int, seq_len: int):
-    """The best min(k, tokens) tokens of each neuron in a batch: (keys [n, kb], flat token indices [n, kb]).
+def _block_maxima(fc1, counted, token_h, neuron_h, c: int) -> dict:
+    """Every kind's key maxima over blocks of c consecutive tokens: {kind: [t / c, n]}, -inf where none fired.
 
-    fc1 [t, n] (t = batch * seq_len, window-major), counted bool [t] (real, non-BOS), token_h uint32 [t],
-    neuron_h uint32 [n]. Sorted by key, ties to the lower token index (`lax.top_k`'s order).
-    """
+    Arguments as `batch_candidates`'. A loop over the c tokens of every block, each step one elementwise pass over
+    [t / c, n] that computes both kinds' keys and folds them into the running maxima: fc1 is read once and no key
+    array of the batch's size is written. (XLA's CPU backend hands a `reduce` to YNNPACK and first writes its input
+    out whole: at 125m, a fresh [4096, 3072] key array per set and layer, most of the pass's time.)"""
     t, n = fc1.shape
-    kb, c = min(k, t), block_tokens(seq_len, t // seq_len, min(k, t))
-    fired = counted[:, None] & (fc1 > 0)  # [t, n]
-    keys = _keys(kind, fc1, fired, token_h[:, None], neuron_h[None, :])  # [t, n], fused into the max below
-    block_max = keys.reshape(t // c, c, n).max(axis=1)  # [t / c, n]
-    _, blocks = lax.top_k(block_max.T, kb)  # [n, kb]
-    blocks = _sort_small(blocks)  # [n, kb]: in token order, so that equal keys keep the lower token first
-    rows = (blocks[:, :, None] * c + jnp.arange(c)).reshape(n, kb * c)  # [n, kb * c]
-    cols = jnp.arange(n)[:, None]  # [n, 1]
-    values = fc1[rows, cols]  # [n, kb * c]
-    keys = _keys(kind, values, counted[rows] & (values > 0), token_h[rows], neuron_h[:, None])  # [n, kb * c]
-    best, at = lax.top_k(keys, kb)  # [n, kb]
-    return best, jnp.take_along_axis(rows, at, axis=1)  # [n, kb], [n, kb]
+    blocks = fc1.reshape(t // c, c, n)  # [t / c, c, n]
+    fired_in, hash_in = counted.reshape(t // c, c), token_h.reshape(t // c, c)  # [t / c, c] x 2
+
+    def fold(j, best):  # the j-th token of every block
+        x = lax.dynamic_index_in_dim(blocks, j, axis=1, keepdims=False)  # [t / c, n]
+        fired = lax.dynamic_index_in_dim(fired_in, j, axis=1, keepdims=False)[:, None] & (x > 0)  # [t / c, n]
+        th = lax.dynamic_index_in_dim(hash_in, j, axis=1, keepdims=False)[:, None]  # [t / c, 1]
+        return {kind: jnp.maximum(best[kind], _keys(kind, x, fired, th, neuron_h[None, :])) for kind in KINDS}
+
+    return lax.fori_loop(0, c, fold, {kind: jnp.full((t // c, n), -jnp.inf, jnp.float32) for kind in KINDS})
 
 
-def update(sets: dict, i, layer, fc1, counted, first_window, k: int) -> dict:
+def _budget(ffn: int) -> int:
+    """Neurons merged by the gated path of `update` (a static size): an eighth of a layer's."""
+    return max(1, ffn // 8)
+
+
+def _merge_neurons(kind: str, running: dict, running_keys, block_max, fc1, counted, window, position, token_h,
+                   neuron_h, neurons, k: int, c: int) -> dict:
+    """The k best of `neurons`' running sets and their batch's tokens: {field: [m, k]}.
+
+    running {field: [n, k]} and running_keys [n, k] (the layer's sets), block_max [t / c, n] (`_block_maxima`), fc1
+    [t, n], counted bool [t], window, position int32 [t], token_h uint32 [t], neuron_h uint32 [n], neurons int32 [m]
+    (any layer neurons, repeats allowed: merging a neuron is always exact). The batch's best kb = min(k, t) tokens of
+    a neuron lie in its kb blocks with the largest maxima (a block outside them has kb blocks, each with a token
+    ahead of all of its own), so only those kb * c tokens are ranked."""
+    m, kb = neurons.shape[0], min(k, fc1.shape[0])
+    _, blocks = lax.top_k(block_max[:, neurons].T, kb)  # [m, kb]
+    blocks = _sort_small(blocks)  # [m, kb]: in token order, so that equal keys keep the lower token first
+    rows = (blocks[:, :, None] * c + jnp.arange(c)).reshape(m, kb * c)  # [m, kb * c]
+    t, n = fc1.shape
+    if t * n < 2**31:  # one flat index per element (2-D gather indices are built whole inside a `lax.cond`)
+        values = jnp.take(fc1.reshape(t * n), rows * n + neurons[:, None])  # [m, kb * c]
+    else:
+        values = fc1[rows, neurons[:, None]]  # [m, kb * c]
+    nh = neuron_h[neurons, None]  # [m, 1]
+    keys = _keys(kind, values, counted[rows] & (values > 0), token_h[rows], nh)  # [m, kb * c]
+    best, at = lax.top_k(keys, kb)  # [m, kb]: sorted, ties to the lower token
+    tokens = jnp.take_along_axis(rows, at, axis=1)  # [m, kb]
+    fired = best > -jnp.inf  # [m, kb]
+    new = {"window": jnp.where(fired, window[tokens], EMPTY), "position": jnp.where(fired, position[tokens], EMPTY),
+           "value": jnp.where(fired, jnp.take_along_axis(values, at, axis=1).astype(jnp.float32), 0.0)}  # [m, kb]
+    # The running set holds earlier tokens than the batch, so ties keep it first, as the total order does.
+    both = {f: jnp.concatenate([running[f][neurons], new[f]], axis=1) for f in FIELDS}  # [m, k + kb]
+    _, pick = lax.top_k(jnp.concatenate([running_keys[neurons], best], axis=1), k)  # [m, k]
+    return {f: jnp.take_along_axis(both[f], pick, axis=1) for f in FIELDS}  # [m, k]
+
+
+def update(sets: dict, i, layer, fc1, counted, first_window, k: int, gated: bool = True) -> dict:
     """Merge one layer's batch into row i of the group's running sets ({kind: {field: [g, n, k]}}).
 
     fc1 [b, s, n] (the layer's fc1 output), counted bool [b, s] (real, non-BOS), layer the model's layer
     index, first_window the window index of the batch's row 0 (int32 scalars, traced).
+
+    Gated by threshold: a neuron's set changes only if a token of the batch beats its k-th key (its largest block
+    maximum does), which after the first batches few neurons have; when at most `_budget` of them do, only those are
+    merged (gathered, then scattered back), else every neuron is. Either way each merged neuron gets the exact k
+    best, so the sets are those of merging every neuron, whichever branch ran. `gated=False` always merges every
+    neuron (the benchmark's baseline).
     """
     b, s, n = fc1.shape
-    flat = fc1.reshape(b * s, n)  # [t, n]
-    window = first_window + jnp.arange(b * s, dtype=jnp.int32) // s  # [t]
-    position = jnp.arange(b * s, dtype=jnp.int32) % s  # [t]
+    t = b * s
+    flat, tokens_counted = fc1.reshape(t, n), jnp.asarray(counted).reshape(t)  # [t, n], [t]
+    window = first_window + jnp.arange(t, dtype=jnp.int32) // s  # [t]
+    position = jnp.arange(t, dtype=jnp.int32) % s  # [t]
     token_h = token_hash(jnp, window, position)  # [t]
     neuron_h = neuron_hash(jnp, layer, jnp.arange(n))  # [n]
+    c = block_tokens(s, b, min(k, t))
+    block_max = _block_maxima(flat, tokens_counted, token_h, neuron_h, c)  # {kind: [t / c, n]}
+    budget = _budget(n)
     out = {}
     for kind in KINDS:  # the quantile set, when kept, is merged by `update_quantile`
         running = {f: sets[kind][f][i] for f in FIELDS}  # [n, k] each
-        keys, tokens = batch_candidates(kind, flat, counted.reshape(-1), token_h, neuron_h, k, s)  # [n, kb] x 2
-        fired = keys > -jnp.inf  # [n, kb]
-        new = {"window": jnp.where(fired, window[tokens], EMPTY),
-               "position": jnp.where(fired, position[tokens], EMPTY),
-               "value": jnp.where(fired, flat[tokens, jnp.arange(n)[:, None]].astype(jnp.float32), 0.0)}  # [n, kb]
-        # The running set holds earlier tokens than the batch, so ties keep it first, as the total order does.
-        both = {f: jnp.concatenate([running[f], new[f]], axis=1) for f in FIELDS}  # [n, k + kb]
-        all_keys = jnp.concatenate([_running_keys(kind, running, neuron_h), keys], axis=1)  # [n, k + kb]
-        _, at = lax.top_k(all_keys, k)  # [n, k]
-        out[kind] = {f: sets[kind][f].at[i].set(jnp.take_along_axis(both[f], at, axis=1)) for f in FIELDS}
+        running_keys = _running_keys(kind, running, neuron_h)  # [n, k]
+        enters = block_max[kind].max(axis=0) > running_keys.min(axis=1)  # [n]: a batch token beats the k-th
+        merge = functools.partial(_merge_neurons, kind, running, running_keys, block_max[kind], flat, tokens_counted,
+                                  window, position, token_h, neuron_h, k=k, c=c)
+
+        def some(running=running, merge=merge, enters=enters):  # only the neurons a token enters, padded with 0
+            neurons = jnp.nonzero(enters, size=budget, fill_value=0)[0].astype(jnp.int32)  # [budget]
+            merged = merge(neurons)  # [budget, k] each
+            return {f: running[f].at[neurons].set(merged[f]) for f in FIELDS}  # [n, k]
+
+        def every(merge=merge):
+            return merge(jnp.arange(n, dtype=jnp.int32))  # [n, k] each
+
+        merged = lax.cond(jnp.sum(enters) <= budget, some, every) if gated else every()
+        out[kind] = {f: sets[kind][f].at[i].set(merged[f]) for f in FIELDS}
     return out
 
 

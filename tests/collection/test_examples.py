@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
@@ -228,3 +230,67 @@ def test_windows_grow_commit_by_commit_and_untouched_chunks_are_linked(tmp_path,
     stats = open_stats(store.root)
     assert stats.num_windows == 12
     np.testing.assert_array_equal(stats.window(4), want[4, :3])
+
+
+def _device_update_against_the_host_merge(b, s, n, k, seed):
+    """Five batches merged into one layer's sets on the device (`ex.update`) against the host merge of every
+    batch's activations (`ex.merge_sets`, numpy). Batch 1 fills every neuron's sets (`update` merges every neuron);
+    in batches 2-4 only a few planted neurons fire, drawn as in batch 1, so some of their tokens enter the sets and
+    some do not (the gated path merges only those neurons); batch 5 is dense again, with values rounded so that
+    equal keys occur."""
+    rng = np.random.default_rng(seed)
+    layer = 3
+    counted = np.ones((b, s), bool)
+    counted[:, 0] = False  # BOS
+    counted[-1, s // 2:] = False  # padding
+    planted = rng.choice(n, max(1, ex._budget(n) // 2), replace=False)
+    shift = rng.uniform(-1.5, 0.5, n).astype(np.float32)
+    batches = [rng.standard_normal((b, s, n)).astype(np.float32) + shift]
+    for _ in range(3):
+        quiet = -np.abs(rng.standard_normal((b, s, n))).astype(np.float32)
+        quiet[:, :, planted] = rng.standard_normal((b, s, len(planted))).astype(np.float32) + shift[planted]
+        batches.append(quiet)
+    batches.append(np.round(rng.standard_normal((b, s, n)) + 0.5, 1).astype(np.float32))
+    update = jax.jit(lambda sets, x, w: ex.update(sets, 0, layer, x, counted, w, k))
+    device = ex.zero_sets(1, n, k)
+    host = {kind: ex.empty_sets(n, k) for kind in ex.KINDS}
+    changed = []
+    for j, x in enumerate(batches):
+        before = {kind: np.asarray(device[kind]["window"][0]) for kind in ex.KINDS}
+        device = update(device, x, np.int32(j * b))
+        fired = counted[..., None] & (x > 0)  # [b, s, n]
+        window = np.broadcast_to((j * b + np.arange(b))[:, None, None], x.shape)  # [b, s, n]
+        position = np.broadcast_to(np.arange(s)[None, :, None], x.shape)  # [b, s, n]
+        batch = {"window": np.where(fired, window, ex.EMPTY).reshape(b * s, n).T.astype(np.int32),
+                 "position": np.where(fired, position, ex.EMPTY).reshape(b * s, n).T.astype(np.int32),
+                 "value": np.where(fired, x, 0).reshape(b * s, n).T}  # [n, b * s] each
+        rows = set()
+        for kind in ex.KINDS:
+            host[kind] = ex.merge_sets(kind, layer, host[kind], batch)
+            for f in ex.FIELDS:
+                np.testing.assert_array_equal(np.asarray(device[kind][f][0]), host[kind][f], err_msg=(j, kind, f))
+            rows |= set(np.nonzero((before[kind] != host[kind]["window"]).any(axis=1))[0].tolist())
+        changed.append(rows)
+    quiet = changed[1] | changed[2] | changed[3]
+    assert quiet and quiet <= set(planted.tolist()), "batches 2-4 change only planted neurons"
+    assert len(changed[0]) > ex._budget(n) and len(changed[4]) > ex._budget(n), "batches 1 and 5 change most"
+
+
+def test_device_update_by_threshold_is_the_host_merge():
+    _device_update_against_the_host_merge(b=3, s=12, n=64, k=4, seed=0)
+
+
+@pytest.mark.real
+def test_device_update_by_threshold_is_the_host_merge_at_125m_widths():
+    _device_update_against_the_host_merge(b=2, s=2048, n=3072, k=16, seed=1)
+
+
+@pytest.mark.parametrize("b, s, n, k", [(3, 12, 64, 4), pytest.param(2, 2048, 3072, 16, marks=pytest.mark.real),
+                                        pytest.param(8, 512, 3072, 16, marks=pytest.mark.real)])
+def test_working_bytes_bounds_the_compiled_update(b, s, n, k):
+    """The memory check's estimate of the update's temporaries (`ex.working_bytes`) against XLA's own count."""
+    counted = jnp.ones((b, s), bool)
+    step = jax.jit(lambda sets, x: ex.update(sets, 0, 3, x, counted, 0, k))
+    compiled = step.lower(ex.zero_sets(1, n, k), jnp.zeros((b, s, n), jnp.float32)).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert 0 < temp <= ex.working_bytes(s, b, n, k), (temp, ex.working_bytes(s, b, n, k))
