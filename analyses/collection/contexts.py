@@ -12,9 +12,9 @@ Stored: `context_{kind}_value` float16 [layers, ffn, k, before + after + 1] for 
 and random, k slots, and with quantile examples `quantile`, bins x K slots: `store.example_slots`), slot j of an
 example at `position` holding position `position - before + j` (0 outside the window, where the reader cuts the
 span); the manifest's `contexts` entry says the span, what was run and `tokens`, the store's token count the sets
-were computed for (collecting on into the store changes the sets: the contexts are then not read until run again). float16 rounds to
-nearest: a relative error of at most 2^-11 (4.9e-4), 2^-25 absolute below 6.1e-5, +-inf beyond +-65504; the
-example's own value is read from its record, exact.
+were computed for (collecting on into the store changes the sets: the contexts are then not read until run again).
+float16 rounds to nearest: a relative error of at most 2^-11 (4.9e-4), 2^-25 absolute below 6.1e-5, +-inf beyond
++-65504; the example's own value is read from its record, exact.
 
 On the device, per layer of the scan: which examples' windows are in the batch ([ffn, c] against the batch's
 window indices, c the slots of every set: 2k, plus bins x K with quantile examples), then one gather of fc1 at

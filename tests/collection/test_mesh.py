@@ -5,12 +5,12 @@ One subprocess with 8 devices collects three batches, one a run, each on another
 then resumed with data=2,neurons=4, then with neurons=8 streamed (--offload, one layer per group); it then adds the
 contexts to that store with data=2,neurons=4, killed after its first commit, and resumed with neurons=8 streamed.
 The store is compared array by array with a one-device run in this process, which runs while the subprocess does
-(`assert_same_stats`: counts, value histograms, example sets, windows, n-gram tables; the context spans). The model is small but 128
-wide: at 32 or 64 hidden units XLA:CPU's LayerNorm rounds differently for another number of rows, so that plain
-data parallelism (no --mesh) already differs there by an ulp (docs/collection.md, "Several devices"); likewise
-the contexts run 8 windows a batch, the collection's 32 tokens per device (at 4 windows, 16 tokens per device,
-0.08% of the spans' centers came out a float16 ulp from one device's). Its 4 heads do not divide 8: neurons=8
-runs every head on every device.
+(`assert_same_stats`: counts, value histograms, example sets, windows, n-gram tables; the context spans). The
+model is small but 128 wide: at 32 or 64 hidden units XLA:CPU's LayerNorm rounds differently for another number of
+rows, so that plain data parallelism (no --mesh) already differs there by an ulp (docs/collection.md, "Several
+devices"); likewise the contexts run 8 windows a batch, the collection's 32 tokens per device (at 4 windows, 16
+tokens per device, 0.08% of the spans' centers came out a float16 ulp from one device's). Its 4 heads do not divide
+8: neurons=8 runs every head on every device.
 """
 
 import json
@@ -37,7 +37,8 @@ from opt_jax.streaming import layer_bytes
 SEQ, BATCH = 32, 8
 WIDE = dict(num_hidden_layers=3, hidden_size=128, num_attention_heads=4, ffn_dim=256, vocab_size=97,
             max_position_embeddings=40)
-FLAGS = dict(seq_len=SEQ, batch_size=BATCH, ngram_orders=(2, 3), verbose=False)
+# Every layer a token layer: one layer group, so one scan to compile a run (the real-width test below mixes both).
+FLAGS = dict(seq_len=SEQ, batch_size=BATCH, token_layers=(0, 1, 2), ngram_orders=(2, 3), verbose=False)
 SPANS = dict(before=3, after=2, batch_size=BATCH, verbose=False)
 
 RUNS = """
@@ -57,7 +58,7 @@ from analyses.collection import contexts as cx
 from opt_jax import checkpoint
 from opt_jax.errors import InputError
 from opt_jax.sharding import run_mesh
-spans = {spans}
+spans = eval(sys.argv[5])
 commit = cx._commit
 def killed(*args, **kwargs):  # the first commit written, then the run killed
     commit(*args, **kwargs)
@@ -73,7 +74,7 @@ try:  # a neurons axis that does not divide the FFN width (add_contexts' and abl
     run_mesh(dataclasses.replace(checkpoint.read_config(model), ffn_dim=100), 8, "neurons=8")
 except InputError as e:
     print(e)
-""".format(spans=SPANS)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_every_mesh_equals_one_device(wide_model, tmp_path):
     corpus = tmp_path / "docs.jsonl"  # DOCS twice: 20 windows, three batches
     corpus.write_text("\n".join(json.dumps({"text": d}) for d in DOCS + DOCS) + "\n")
     meshes = subprocess.Popen([sys.executable, "-c", RUNS + CONTEXTS, wide_model, str(corpus), str(tmp_path),
-                               repr(FLAGS)], cwd=ROOT, env=devices_env(8), stdout=subprocess.PIPE,
+                               repr(FLAGS), repr(SPANS)], cwd=ROOT, env=devices_env(8), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         single = analyses.collect(wide_model, [str(corpus)], str(tmp_path / "single"), **FLAGS)
