@@ -377,6 +377,9 @@ def _examples(stats, layer: int, before: int, after: int, bands: list[list] | No
     spans = stats.layer_contexts(layer, kinds) if stats.contexts else None  # {kind: [n, k, w]}
     if QUANTILE in sets:
         order, band = band_order(stats, layer, sets[QUANTILE], bands)  # [n, slots] each
+        chosen = np.argsort(band < 0, axis=1, kind="stable")[:, :max(1, int((band >= 0).sum(1).max()))]  # [n, c]
+        order, band = np.take_along_axis(order, chosen, axis=1), np.take_along_axis(band, chosen, axis=1)  # the
+        # chosen slots first, in their order, and only as many columns as a neuron has chosen (<= bands x K)
         picked = {f: np.take_along_axis(a, order, axis=1) for f, a in sets[QUANTILE].items()}  # [n, slots] each
         picked["window"] = np.where(band >= 0, picked["window"], -1)
         sets[QUANTILE] = picked
