@@ -32,7 +32,10 @@ cut into blocks of `c` consecutive ones, the k blocks with the largest maxima ho
 (a block outside them has k blocks, each with a token ahead of all of its own), so only those k * c
 tokens are ranked. The ranking keys are float32, for which `lax.top_k` is fast on every backend: the
 value itself for `top`, and for `random` the positive normal float whose bits are 0x40800000 - rank
-(larger key = smaller rank); -inf where the neuron did not fire.
+(larger key = smaller rank); -inf where the neuron did not fire. Both sets' block maxima come from one pass over
+the fc1 output (`_block_maxima`), and they also gate the merge: a neuron whose largest block maximum does not beat
+its set's k-th key keeps its set, and once few neurons change (about k / a of a neuron's activations enter after a
+of them) only those are merged (`update`).
 """
 
 from __future__ import annotations
