@@ -79,7 +79,7 @@ def test_two_processes_merged_equal_one(tiny_model, tiny_corpus, tmp_path, singl
 
 @pytest.fixture(scope="module")
 def long_corpus(tmp_path_factory):
-    """A corpus of 201 batches of 4 x SEQ tokens."""
+    """A corpus of 201 batches of 4 x SEQ tokens (the killed runs take its first 12)."""
     corpus = tmp_path_factory.mktemp("long") / "long.jsonl"
     rng = np.random.default_rng(0)
     words = ["dead", "neurons", "fire", "on", "tokens", "positional", "models", "the", "n-gram", "language"]
@@ -87,15 +87,7 @@ def long_corpus(tmp_path_factory):
     return str(corpus)
 
 
-@pytest.fixture(scope="module")
-def long_run(tiny_model, long_corpus, tmp_path_factory):
-    """The long corpus and its uninterrupted run (in this process): (corpus path, stats)."""
-    clean = analyses.collect(tiny_model, [long_corpus], str(tmp_path_factory.mktemp("clean") / "s"), seq_len=SEQ,
-                             batch_size=4, ngram_orders=(2, 3), quantile_examples=QUANTILE, verbose=False)
-    return long_corpus, analyses.open_stats(clean)
-
-
-SHORT = 12 * 4 * SEQ  # tokens of the runs killed during a background commit: 12 batches
+SHORT = 12 * 4 * SEQ  # tokens of the killed runs: 12 batches
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +110,11 @@ def _rerun_equals(cmd, out, clean):
     assert len(generations) == 1 and os.readlink(os.path.join(out, "act")) == f"{generations[0]}/act"
 
 
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_model, tmp_path, long_run):
-    corpus, clean = long_run
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_model, tmp_path, short_run):
+    """Killed after its third commit of 12 (one a batch); kill_when asserts it was still running then."""
+    corpus, clean = short_run
     out = str(tmp_path / "killed")
-    cmd = _collect_cmd(tiny_model, corpus, out, "--flush_every_batches", "1")
+    cmd = _collect_cmd(tiny_model, corpus, out, "--flush_every_batches", "1", "--max_tokens", str(SHORT))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_when(proc, os.path.join(out, "manifest.json"), lambda m: m["cursor"]["next_batch"] >= 3)
     assert os.path.exists(os.path.join(out, ".lock")), "the killed writer's lock file stays, and does not block"
