@@ -31,13 +31,13 @@ class Contexts:
     info: dict = {}
 
     def __init__(self, converted_dir: str, config: OPTConfig, places: dict, batches: list, before: int, after: int):
-        from analyses.collection.contexts import _Resident
+        from analyses.collection.contexts import _On, _Resident
         from analyses.collection.runner import Weights
         from opt_jax.streaming import put_now
 
         weights = Weights.from_checkpoint(converted_dir)
         self.outer = put_now({"embed": weights.embed})
-        self.run = _Resident(config, weights, before, before + after + 1)
+        self.run = _Resident(config, weights, before, before + after + 1, _On(None))  # one device, no --mesh
         self.places = [put_now(places)]
         layers, n, c = places["window"].shape
         self.state = [{"spans": jnp.zeros((layers, n, c, before + after + 1), jnp.float16),

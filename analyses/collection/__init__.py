@@ -17,8 +17,8 @@ from analyses.collection.ngrams import NgramTable, decode_ngrams
 from analyses.collection.plan import Options, make_plan
 from analyses.collection.runner import Runner, Weights
 from analyses.collection.runs import collect_runs
-from analyses.collection.store import Stats, StatsError, merge_stats, open_stats
+from analyses.collection.store import QUANTILE, Stats, StatsError, merge_stats, open_stats, quantile_bands
 
-__all__ = ["ItemCounts", "NgramTable", "Options", "Runner", "Stats", "StatsError", "Weights", "collect",
+__all__ = ["QUANTILE", "ItemCounts", "NgramTable", "Options", "Runner", "Stats", "StatsError", "Weights", "collect",
            "collect_runs", "covering_counts_of", "decode_ngrams", "join_stats", "make_plan", "merge_stats",
-           "ngram_candidates", "open_stats"]
+           "ngram_candidates", "open_stats", "quantile_bands"]

@@ -637,6 +637,12 @@ class Stats:
         """k of the example sets (0: the run collected none)."""
         return int(self.manifest.get("examples", 0))
 
+    @property
+    def example_slots(self) -> dict:
+        """kind -> slots per neuron of the store's example sets (module function `example_slots`): k for top and
+        random, bins x K for `quantile`; {} without examples."""
+        return example_slots(self.manifest)
+
     def examples(self, layer: int, neuron: int, kind: str = "random", bands: int = 10) -> list[Example]:
         """The example activations of one neuron: `kind` "top" (its strongest, largest value first), "random"
         (a uniform sample, in the order that chose it); at most k, fewer when the neuron fired fewer times.

@@ -346,6 +346,6 @@ def _build_model(source: nf.Source, index: int, built: list[int], work: str, blo
 def _quantile_entry(stats) -> dict:
     """A model's `quantile` entry when its store holds quantile examples ({} otherwise: the manifest is unchanged):
     the bands per neuron (at most) and the examples per band (at most)."""
-    if nf.QUANTILE not in nf.example_slots(stats.manifest):
+    if nf.QUANTILE not in stats.example_slots:
         return {}
     return {"quantile": {"bands": nf.QUANTILE_BANDS, "per_band": int(stats.manifest["quantile_examples"])}}

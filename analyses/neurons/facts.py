@@ -19,7 +19,7 @@
   inhibits, and whose updates most excite and inhibit its fc1 row, as cosines);
 - with example activations: each set as contexts (token ids around the firing position, `context_span`); with
   quantile examples (`--quantile_examples K`) each neuron's QUANTILE_BANDS quantile bands of its value histogram
-  (`analyses.collection.store.quantile_bands`) and the K examples of each that `Stats.examples(layer, neuron,
+  (`analyses.collection.quantile_bands`) and the K examples of each that `Stats.examples(layer, neuron,
   "quantile")` gives (the band's smallest `random` ranks), chosen for every neuron of the layer at once;
 - with an attribution (`analyses.interventions.attribution`): each neuron's estimated zero-ablation effect
   (`Source.effect`).
@@ -40,9 +40,8 @@ import os
 import numpy as np
 
 from analyses import coverage, detectors, positional, suppression
-from analyses.collection import decode_ngrams, open_stats
+from analyses.collection import QUANTILE, decode_ngrams, open_stats, quantile_bands
 from analyses.collection import examples as sampling
-from analyses.collection.store import QUANTILE, example_slots, quantile_bands
 from analyses.dead import rate_bound
 from analyses.interventions.attribution import read_attribution
 from analyses.neurons import products, related
@@ -263,7 +262,7 @@ def layer_facts(source: Source, layer: int, before: int = BEFORE, after: int = A
                      if token_layer else np.zeros((n, TOP_TRIGGERS)))  # [n, T]
     scores = _update_scores(source, layer, ~(act > 0), token_items)
     value_hist = _value_hist(stats, layer)
-    bands = _bands(stats, value_hist) if QUANTILE in example_slots(stats.manifest) else None
+    bands = _bands(stats, value_hist) if QUANTILE in stats.example_slots else None
     examples = _examples(stats, layer, before, after, bands) if examples and stats.examples_per_neuron else {}
     return LayerFacts(layer, freq, rank.astype(np.int64), act == 0, mi, pos_type, strong, positions, curves,
                       token_layer, trigger_ids, trigger_counts, trigger_rates, totals, token_items, trigram_items,
@@ -342,7 +341,7 @@ def _related(source: Source, layer: int, depth: int) -> related.Related | None:
 
 
 def _bands(stats, value_hist: np.ndarray) -> list[list]:
-    """Every neuron's quantile bands (QUANTILE_BANDS at most, `store.quantile_bands` of its value histogram)."""
+    """Every neuron's quantile bands (QUANTILE_BANDS at most, `analyses.collection.quantile_bands` of its value histogram)."""
     edges = stats.value_edges  # [bins + 1]
     return [quantile_bands(counts, edges, QUANTILE_BANDS) for counts in value_hist]
 
@@ -372,7 +371,7 @@ def band_order(stats, layer: int, sets: dict, bands: list[list]) -> tuple[np.nda
 def _examples(stats, layer: int, before: int, after: int, bands: list[list] | None = None) -> dict:
     """Every example set of a layer as contexts (`Examples`), reading the example arrays and their windows once;
     the quantile set (with `bands`, `LayerFacts.bands`) ordered and cut as `band_order` says."""
-    kinds = tuple(example_slots(stats.manifest))
+    kinds = tuple(stats.example_slots)
     sets = stats.layer_examples(layer, kinds)  # {kind: {field: [n, k]}}
     spans = stats.layer_contexts(layer, kinds) if stats.contexts else None  # {kind: [n, k, w]}
     if QUANTILE in sets:
