@@ -53,15 +53,19 @@ def _free_port():
 
 
 def test_two_processes_merged_equal_one(tiny_model, tiny_corpus, tmp_path, single):
+    """Two hosts of 2 devices each, each its own --mesh of its local devices (one the neurons split over both, the
+    other a data=1,neurons=2 mesh: issue 25's multi-host), merged: equal to one device in one process."""
     out = str(tmp_path / "run")
     coordinator = f"127.0.0.1:{_free_port()}"
+    meshes = ["neurons=2", "data=1,neurons=2"]
     procs = [subprocess.Popen(_collect_cmd(tiny_model, tiny_corpus, out, "--coordinator", coordinator,
-                                           "--num_processes", "2", "--process_id", str(i)),
-                              cwd=ROOT, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                           "--num_processes", "2", "--process_id", str(i), "--mesh", meshes[i]),
+                              cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=600)
+    for p, mesh in zip(procs, meshes):
+        stdout, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
+        assert "neurons=2" in stdout + err, (stdout + err)[-2000:]  # the run says the mesh it runs on
     parts = sorted(os.path.join(out, d) for d in os.listdir(out))
     assert [os.path.basename(p) for p in parts] == ["process-0-of-2", "process-1-of-2"]
     tokens = [analyses.open_stats(p).tokens for p in parts]
