@@ -25,9 +25,14 @@ import hf_models  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `heaviest` first: the memory they need is free before other tests have grown this process
-    (compiled programs, models, arrays the collector keeps), whatever files a selection such as `-m real` takes."""
-    items.sort(key=lambda item: item.get_closest_marker("heaviest") is None)  # stable: the rest keep their order
+    """Tests marked `heaviest(GB)` first, the most memory first: what they need is free before other tests have
+    grown this process (compiled programs, models, arrays the collector keeps), whatever files a selection such
+    as `-m real` takes."""
+    def gb(item):
+        marker = item.get_closest_marker("heaviest")
+        return marker.args[0] if marker else 0
+
+    items.sort(key=lambda item: -gb(item))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

@@ -248,7 +248,7 @@ def sd_decode(ngram_id: int, order: int, vocab: int) -> list[int]:
 
 # Run first of the whole session (`heaviest`, tests/conftest.py): it needs ~20 GB of the 24 GB machine, before
 # earlier tests have grown this process (in CI, after the real tests of other files, 5 GB of 25.3 were in use).
-@pytest.mark.heaviest
+@pytest.mark.heaviest(20)
 def test_opt_66b_widths_stream_in_bounded_memory(tmp_path):
     """Two layers of OPT-66b's widths (9216 hidden, 72 heads, 36864 neurons), streamed a layer a group, one token
     layer, 512 tokens, float32 on the 24 GB machine.
