@@ -214,7 +214,7 @@ def _committed_state(store: StatsStore, group: range, fresh: bool, shape: tuple,
         arrays = [store.array(context_name(kind)) for kind in example_slots(store.manifest)]
         spans = on.stacked([np.concatenate([a[layer].read().result() for a in arrays], axis=1)
                             for layer in group])  # [g, n, c, w]
-    return {"spans": spans, "deviation": on.put(np.zeros((g,), np.float32), on.replicated)}
+    return {"spans": spans, "deviation": jax.device_put(np.zeros((g,), np.float32), on.replicated)}
 
 
 @lock.writes("stats_dir")
@@ -321,7 +321,8 @@ def _batch(stats: Stats, windows: np.ndarray, batch_size: int, seq_len: int, pad
     ids[:len(windows)] = np.where(rows >= 0, rows, pad)
     numbers = np.full(batch_size, -2, np.int32)  # [b]
     numbers[:len(windows)] = windows
-    return on.put(ids, on.data), on.put(mask, on.data), on.put(numbers, on.replicated), len(windows)
+    return (jax.device_put(ids, on.data), jax.device_put(mask, on.data), jax.device_put(numbers, on.replicated),
+            len(windows))
 
 
 class _On:
@@ -335,12 +336,9 @@ class _On:
         self.replicated, self.data = named(), named("data")
         self.neurons, self.layer_neurons = named(None, "neurons"), named("neurons")  # [g, n, ...], [n, ...]
 
-    def put(self, host, sharding):
-        return jax.device_put(host, sharding)
-
     def stacked(self, layers: list) -> jax.Array:
         """Host arrays [n, ...] of a group's layers stacked on the device [g, n, ...], moved a layer at a time."""
-        return jax.device_put(jnp.stack([self.put(a, self.layer_neurons) for a in layers]), self.neurons)
+        return jax.device_put(jnp.stack([jax.device_put(a, self.layer_neurons) for a in layers]), self.neurons)
 
     def layers(self, config):
         """Where the stacked layers go (None: the default device)."""
