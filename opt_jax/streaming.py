@@ -15,6 +15,7 @@ memory: a group read ahead is held twice while it is staged (`check_memory` coun
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -46,9 +47,16 @@ def layer_bytes(layers, itemsize: int = 4, neurons: int = 1) -> int:
     a model of this `OPTConfig` at `itemsize` bytes per value (the one place layer sizes are computed), then on
     each device of a neurons axis of size `neurons` (`opt_jax.sharding`)."""
     if isinstance(layers, OPTConfig):
-        return itemsize * sum(int(np.prod(shape[1:])) // (1 if split_axis(shape, neurons) is None else neurons)
-                              for path, shape in param_shapes(layers).items() if path.startswith("layers/"))
+        return _config_layer_bytes(layers, itemsize, neurons)
     return sum(leaf.nbytes // leaf.shape[0] for leaf in jax.tree.leaves(layers))
+
+
+@functools.lru_cache(maxsize=64)
+def _config_layer_bytes(config: OPTConfig, itemsize: int, neurons: int) -> int:
+    """`layer_bytes` of a config, remembered: each answer traces the model's shapes (0.2 s), and a memory plan
+    asks many times (`analyses.collection.plan.plan_runs` bisects)."""
+    return itemsize * sum(int(np.prod(shape[1:])) // (1 if split_axis(shape, neurons) is None else neurons)
+                          for path, shape in param_shapes(config).items() if path.startswith("layers/"))
 
 
 def layer_shardings_for(config: OPTConfig, mesh) -> Params:

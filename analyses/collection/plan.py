@@ -4,7 +4,6 @@ model (`make_plan`: layers, token layers, groups), and the memory check done bef
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import psutil
 
@@ -149,7 +148,7 @@ def memory_use(plan: st.Plan, groups: list[range], layer_bytes: int, options: Op
     snapshot = -(-st.accumulator_bytes(plan, groups) // split) if options.background_commits else None
     masks = counters - -(-st.accumulator_bytes(plan, groups) // split) if batch else 0  # one batch's packed masks
     streamed = options.offload and len(groups) > 2
-    itemsize = max(1, layer_bytes // device_layer_bytes(plan.config, 1))
+    itemsize = max(1, layer_bytes // streaming.layer_bytes(plan.config, 1))
     group = layer_bytes * max(len(g) for g in groups)  # on the host, read ahead: whole
     weights = device_weights(plan.config, plan.num_layers, max(len(g) for g in groups), layer_bytes, streamed, split)
     share = dataclasses.replace(options, batch_size=max(1, options.batch_size // data))
@@ -201,15 +200,8 @@ def device_weights(config, num_layers: int, group: int, layer_bytes: int, stream
     the next)."""
     if split == 1:
         return (2 * group if streamed else num_layers) * layer_bytes
-    itemsize = max(1, layer_bytes // device_layer_bytes(config, 1))
-    return (2 * group if streamed else num_layers) * device_layer_bytes(config, itemsize, split) + 2 * layer_bytes
-
-
-@functools.lru_cache(maxsize=64)
-def device_layer_bytes(config, itemsize: int, split: int = 1) -> int:
-    """`streaming.layer_bytes` of a layer of this config on each device of a neurons axis of `split`, remembered:
-    a plan asks it many times (`plan_runs` bisects), and each answer traces the model's shapes (0.2 s)."""
-    return streaming.layer_bytes(config, itemsize, split)
+    itemsize = max(1, layer_bytes // streaming.layer_bytes(config, 1))
+    return (2 * group if streamed else num_layers) * streaming.layer_bytes(config, itemsize, split) + 2 * layer_bytes
 
 
 def free_memory(device, split: int = 1, host_available: int | None = None) -> tuple[int, str]:
