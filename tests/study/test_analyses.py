@@ -166,9 +166,15 @@ def test_suppression_scores_against_the_torch_weights(run, pre_ln_model):
         scores = embedding @ update  # [v]
         want = scores[d["triggers"]]
         np.testing.assert_allclose(d["trigger_scores"], want, rtol=1e-4, atol=1e-5)
-        assert d["trigger_ranks_among_suppressed"] == [int((scores < s).sum()) + 1 for s in want]
-        assert d["top_suppressed"] == np.argsort(scores, kind="stable")[:len(d["top_suppressed"])].tolist()
-        assert d["top_promoted"] == np.argsort(-scores, kind="stable")[:len(d["top_promoted"])].tolist()
+        # The documented rank: 1 + the tokens scoring lower by more than TIE_TOLERANCE of the row's largest
+        # |score|. float32 rounding (far below the tolerance) may move a token lying right at that margin.
+        tie = suppression.TIE_TOLERANCE * np.abs(scores).max()
+        for rank, s in zip(d["trigger_ranks_among_suppressed"], want):
+            assert int((scores < s - 1.5 * tie).sum()) + 1 <= rank <= int((scores < s - 0.5 * tie).sum()) + 1
+        # The top lists: the k lowest (highest) scores in order; near-ties may come in either order.
+        for ids, signed in ((d["top_suppressed"], scores), (d["top_promoted"], -scores)):
+            np.testing.assert_allclose(signed[ids], np.sort(signed)[:len(ids)], rtol=0, atol=tie)
+            assert len(set(ids)) == len(ids)
         negative.append(bool((want < 0).all()))
     assert got["suppression"]["fraction_all_triggers_negative"] == pytest.approx(np.mean(negative))
 
