@@ -3,6 +3,7 @@
   python scripts/atlas.py --stats out/stats/stdlib-4l out/stats/stdlib-4l-nopos --out out/atlas
   python scripts/atlas.py --stats opt-125m=stats/opt-125m --out atlas/ --layers 0,1
   python scripts/atlas.py --stats opt-125m=stats/opt-125m --attribution opt-125m=stats/opt-125m-attribution ...
+  python scripts/atlas.py --stats opt-66b=stats/opt-66b --out atlas/ --context 8,2 --band_examples 2  # smaller
 Open OUT/index.html in a browser (no server needed), or host the folder as plain files.
 """
 
@@ -24,8 +25,23 @@ flags.DEFINE_multi_string("attribution", None, "NAME=DIR: the attribution of mod
                           "DIRs, one per --stats in order")
 flags.DEFINE_integer("related_depth", 2, "layers downstream and upstream searched for each neuron's related neurons "
                      "through the weights (0: none)")
+flags.DEFINE_list("context", ["12", "4"], "BEFORE,AFTER: tokens of context kept around each example's token (the "
+                  "size of every example record; docs/atlas.md, 'Size')")
+flags.DEFINE_integer("band_examples", None, "examples kept per quantile band of a store with quantile examples "
+                     "(default: all K it holds; 0: no quantile bands)")
 
 cli.define_lock_flag()
+
+
+def context_flag(values: list[str]) -> tuple[int, int]:
+    """(before, after) of --context BEFORE,AFTER."""
+    from opt_jax.errors import InputError
+
+    try:
+        before, after = (int(v) for v in values)
+    except ValueError:
+        raise InputError(f"--context takes BEFORE,AFTER, two whole numbers, got {','.join(values)!r}") from None
+    return before, after
 
 
 def main(argv):
@@ -37,9 +53,15 @@ def main(argv):
     attributions = FLAGS.attribution
     if attributions and all(label_of(a)[0] is not None for a in attributions):
         attributions = dict(label_of(a) for a in attributions)  # by model name; else one per --stats, in order
-    return cli.run(lambda: build_atlas(stats, FLAGS.out, names=FLAGS.names, model_dirs=FLAGS.model_dirs,
-                                       block=FLAGS.block, layers=layers, attributions=attributions,
-                                       related_depth=FLAGS.related_depth, wait_for_lock=FLAGS.wait_for_lock),
+
+    def build():
+        before, after = context_flag(FLAGS.context)
+        return build_atlas(stats, FLAGS.out, names=FLAGS.names, model_dirs=FLAGS.model_dirs, block=FLAGS.block,
+                           layers=layers, attributions=attributions, related_depth=FLAGS.related_depth,
+                           before=before, after=after, per_band=FLAGS.band_examples,
+                           wait_for_lock=FLAGS.wait_for_lock)
+
+    return cli.run(build,
                    lambda out: f"atlas: {out}/index.html", devices=True)
 
 

@@ -62,8 +62,9 @@ def binned_curves(facts: nf.LayerFacts, start: int, stop: int, points: int = CUR
 
 
 def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: int,
-                   points: int = CURVE_POINTS) -> list[dict]:
-    """The full records of neurons start..stop-1 of a layer (the `neurons` of a block file)."""
+                   points: int = CURVE_POINTS, per_band: int | None = None) -> list[dict]:
+    """The full records of neurons start..stop-1 of a layer (the `neurons` of a block file); with quantile
+    examples, at most `per_band` examples of each band (None: all the facts hold; 0: no `quantile` at all)."""
     text = source.text
     positions, curves = binned_curves(facts, start, stop, points)
     binned = curve_bins(len(facts.positions), points)
@@ -111,17 +112,20 @@ def neuron_records(facts: nf.LayerFacts, source: nf.Source, start: int, stop: in
     for kind, examples in facts.examples.items():
         for n, record, contexts in zip(range(start, stop), out, _contexts(examples, start, stop, source.texts)):
             if kind == nf.QUANTILE:
-                record["quantile"] = _quantile(facts.bands[n], examples.band[n][examples.valid[n]], contexts)
+                if per_band != 0:
+                    record["quantile"] = _quantile(facts.bands[n], examples.band[n][examples.valid[n]], contexts,
+                                                   per_band)
             else:
                 record["examples"][kind] = contexts
     return out
 
 
-def _quantile(bands: list, band: np.ndarray, contexts: list[dict]) -> list[dict]:
+def _quantile(bands: list, band: np.ndarray, contexts: list[dict], per_band: int | None = None) -> list[dict]:
     """A neuron's quantile bands (`store.Band`s), each with its value-histogram bins [first, last), value range
-    (`high` None: no upper edge), activation count and example contexts (`band` [e]: each context's band)."""
+    (`high` None: no upper edge), activation count and example contexts (`band` [e]: each context's band), the
+    first `per_band` of each (None: all; the first n of a band's uniform sample are a uniform sample of n)."""
     return [{"bins": list(b.bins), "low": significant(b.low), "high": significant(b.high), "count": b.count,
-             "examples": [c for c, i in zip(contexts, band.tolist()) if i == b.index]} for b in bands]
+             "examples": [c for c, i in zip(contexts, band.tolist()) if i == b.index][:per_band]} for b in bands]
 
 
 def _trimmed(counts: np.ndarray) -> list[int]:
@@ -180,7 +184,7 @@ def _effects(effect: np.ndarray | None) -> list | None:
 def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: int = 128, layers=None,
                 thresholds: Thresholds = Thresholds(), before: int = nf.BEFORE, after: int = nf.AFTER,
                 curve_points: int = CURVE_POINTS, page: str | None = None, attributions=None,
-                related_depth: int = related.DEPTH, verbose: bool = True) -> str:
+                related_depth: int = related.DEPTH, per_band: int | None = None, verbose: bool = True) -> str:
     """Write the atlas of one or more statistics directories into out_dir; returns out_dir's absolute path.
 
     A statistics directory may be given as `NAME=DIR`; the others are named by `names`, else by their
@@ -193,6 +197,9 @@ def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: in
     order or a dict {name: directory}; its neurons then show their estimated zero-ablation effect.
     `related_depth`: how many layers downstream and upstream the related neurons through the weights are searched
     (`analyses.neurons.related`; 0: none are computed).
+    Size (docs/atlas.md, "Size"): `before` / `after` bound each example's context (the example's token is always
+    kept); `per_band` bounds the examples kept per quantile band of a store with quantile examples (None: the K the
+    store holds; 0: no quantile bands at all, the atlas of such a store is then that of a store without them).
     """
     page = page or PAGE
     if not os.path.isfile(page):
@@ -201,6 +208,11 @@ def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: in
         raise InputError(f"block and curve_points must be at least 1, got {block} and {curve_points}")
     if not isinstance(related_depth, (int, np.integer)) or related_depth < 0:
         raise InputError(f"related_depth must be 0 or more, got {related_depth!r}")
+    for name, value in (("before", before), ("after", after), ("per_band", per_band)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
+            raise InputError(f"{name} must be a whole number, 0 or more, got {value!r}")
+    if before is None or after is None:
+        raise InputError(f"before and after must be whole numbers, 0 or more, got {before!r} and {after!r}")
     stats_dirs = [str(d) for d in stats_dirs]
     if any("=" in d for d in stats_dirs):
         names, stats_dirs = split_labels(stats_dirs, names)
@@ -219,7 +231,7 @@ def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: in
     work = f"{out_dir}.partial"
     then = "the layers built so far are kept: make room and run the same command again to resume"
     with disk.writing(os.path.dirname(out_dir), AnalysisError, "building the atlas", then):
-        identity = _identity(sources, chosen, block, thresholds, before, after, curve_points, related_depth)
+        identity = _identity(sources, chosen, block, thresholds, before, after, curve_points, related_depth, per_band)
         state_path = os.path.join(work, PARTS, "state.json")
         if atomic.read_json(state_path) != identity:  # a fresh build (or other inputs): nothing of it is reused
             atomic.remove(work)
@@ -227,7 +239,7 @@ def build_atlas(stats_dirs, out_dir: str, names=None, model_dirs=None, block: in
         models = []
         for index, (source, built) in enumerate(zip(sources, chosen)):
             models.append(_build_model(source, index, built, work, block, before, after, curve_points, related_depth,
-                                       verbose))
+                                       per_band, verbose))
         manifest = {"version": VERSION, "created": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%dT%H:%M:%SZ"), "block": block, "token_buckets": TOKEN_BUCKETS, "curve_points": curve_points,
             "index_limit": INDEX_LIMIT, "context": {"before": before, "after": after},
@@ -267,13 +279,13 @@ def _layers(source: nf.Source, layers) -> list[int]:
     return sorted({int(l) for l in layers})
 
 
-def _identity(sources, chosen, block, thresholds, before, after, curve_points, related_depth) -> dict:
+def _identity(sources, chosen, block, thresholds, before, after, curve_points, related_depth, per_band) -> dict:
     """What a build depends on: a resumed build reuses finished layers only when all of it is the same."""
     stores = [{"stats": s.stats.root, "generation": s.stats.manifest.get("generation"), "model": s.model_dir,
                "layers": built, "attribution": _attribution_entry(s)} for s, built in zip(sources, chosen)]
     return {"version": VERSION, "stores": stores, "block": block, "thresholds": thresholds.to_json(),
             "context": [before, after], "curve_points": curve_points, "related_depth": int(related_depth),
-            "builder": _builder_hash()}
+            "per_band": per_band, "builder": _builder_hash()}
 
 
 def _attribution_entry(source: nf.Source) -> dict | None:
@@ -298,7 +310,7 @@ def _builder_hash() -> str:
 
 
 def _build_model(source: nf.Source, index: int, built: list[int], work: str, block: int, before: int,
-                 after: int, curve_points: int, related_depth: int, verbose: bool) -> dict:
+                 after: int, curve_points: int, related_depth: int, per_band: int | None, verbose: bool) -> dict:
     """Write one model's layers and token index into work; its manifest entry."""
     stats = source.stats
     config = stats.config
@@ -309,12 +321,13 @@ def _build_model(source: nf.Source, index: int, built: list[int], work: str, blo
         part = os.path.join(work, PARTS, f"m{index}-L{layer}.npz")
         summary = os.path.join(work, "data", f"m{index}", f"L{layer}", "summary.js")
         if not (os.path.isfile(part) and os.path.isfile(summary)):
-            facts = nf.layer_facts(source, layer, before, after, related_depth=related_depth)
+            facts = nf.layer_facts(source, layer, before, after, related_depth=related_depth,
+                                   quantile=per_band != 0)
             for b, start in enumerate(range(0, facts.neurons, block)):
                 stop = min(start + block, facts.neurons)
                 write_js(work, f"m{index}/L{layer}/B{b}", {"layer": layer, "block": b,
                                                            "neurons": neuron_records(facts, source, start, stop,
-                                                                                     curve_points)},
+                                                                                     curve_points, per_band)},
                          as_string=True)  # opening a neuron parses its block
             entries = index_entries(facts)
             flat = {f"{kind}.{field}": v for kind, e in entries.items() for field, v in e.items()}
@@ -340,12 +353,14 @@ def _build_model(source: nf.Source, index: int, built: list[int], work: str, blo
             "tokens": stats.tokens, "token_layers": list(stats.token_layers), "examples": stats.examples_per_neuron,
             "positional_embeddings": bool(config.positional_embeddings), "note": "; ".join(notes), "notes": notes,
             "counts": counts, "attribution": _attribution_entry(source),
-            "value_edges": nf.value_edges(stats)} | _quantile_entry(stats)
+            "value_edges": nf.value_edges(stats)} | _quantile_entry(stats, per_band)
 
 
-def _quantile_entry(stats) -> dict:
-    """A model's `quantile` entry when its store holds quantile examples ({} otherwise: the manifest is unchanged):
-    the bands per neuron (at most) and the examples per band (at most)."""
-    if nf.QUANTILE not in stats.example_slots:
+def _quantile_entry(stats, per_band: int | None = None) -> dict:
+    """A model's `quantile` entry when its store holds quantile examples and `per_band` is not 0 ({} otherwise: the
+    manifest is unchanged): the bands per neuron (at most) and the examples per band (at most: the store's K, or
+    `per_band` when fewer)."""
+    if nf.QUANTILE not in stats.example_slots or per_band == 0:
         return {}
-    return {"quantile": {"bands": nf.QUANTILE_BANDS, "per_band": int(stats.manifest["quantile_examples"])}}
+    k = int(stats.manifest["quantile_examples"])
+    return {"quantile": {"bands": nf.QUANTILE_BANDS, "per_band": k if per_band is None else min(k, per_band)}}

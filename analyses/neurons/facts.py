@@ -224,9 +224,10 @@ class LayerFacts:
 
 
 def layer_facts(source: Source, layer: int, before: int = BEFORE, after: int = AFTER,
-                examples: bool = True, related_depth: int = related.DEPTH) -> LayerFacts:
+                examples: bool = True, related_depth: int = related.DEPTH, quantile: bool = True) -> LayerFacts:
     """Every neuron's facts of one collected layer of `source` (see the module docstring); `examples=False`
-    leaves the example contexts out, `related_depth=0` the related neurons."""
+    leaves the example contexts out, `related_depth=0` the related neurons, `quantile=False` the quantile bands and
+    their examples (`bands` None, no QUANTILE set, as for a store without quantile examples)."""
     stats, th = source.stats, source.thresholds
     if not isinstance(layer, (int, np.integer)) or not 0 <= layer < source.collected_layers:
         raise InputError(f"{stats.root}: layer {layer!r} is out of range; the store holds layers "
@@ -262,7 +263,7 @@ def layer_facts(source: Source, layer: int, before: int = BEFORE, after: int = A
                      if token_layer else np.zeros((n, TOP_TRIGGERS)))  # [n, T]
     scores = _update_scores(source, layer, ~(act > 0), token_items)
     value_hist = _value_hist(stats, layer)
-    bands = _bands(stats, value_hist) if QUANTILE in stats.example_slots else None
+    bands = _bands(stats, value_hist) if quantile and QUANTILE in stats.example_slots else None
     examples = _examples(stats, layer, before, after, bands) if examples and stats.examples_per_neuron else {}
     return LayerFacts(layer, freq, rank.astype(np.int64), act == 0, mi, pos_type, strong, positions, curves,
                       token_layer, trigger_ids, trigger_counts, trigger_rates, totals, token_items, trigram_items,
@@ -370,8 +371,9 @@ def band_order(stats, layer: int, sets: dict, bands: list[list]) -> tuple[np.nda
 
 def _examples(stats, layer: int, before: int, after: int, bands: list[list] | None = None) -> dict:
     """Every example set of a layer as contexts (`Examples`), reading the example arrays and their windows once;
-    the quantile set (with `bands`, `LayerFacts.bands`) ordered and cut as `band_order` says."""
-    kinds = tuple(stats.example_slots)
+    the quantile set (with `bands`, `LayerFacts.bands`; left out without them) ordered and cut as `band_order`
+    says."""
+    kinds = tuple(k for k in stats.example_slots if k != QUANTILE or bands is not None)
     sets = stats.layer_examples(layer, kinds)  # {kind: {field: [n, k]}}
     spans = stats.layer_contexts(layer, kinds) if stats.contexts else None  # {kind: [n, k, w]}
     if QUANTILE in sets:

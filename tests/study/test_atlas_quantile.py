@@ -187,3 +187,77 @@ def test_band_order_at_125m_widths_is_the_stores_per_neuron_choice():
         chosen = band[n] >= 0
         assert order[n][chosen].tolist() == [int(j) for _, slots in want for j in slots], n
         assert band[n][chosen].tolist() == [b.index for b, slots in want for _ in slots]
+
+
+@pytest.fixture(scope="module")
+def small(store):
+    """Atlases of the same store with the size options (build_atlas's before / after / per_band, scripts/atlas.py's
+    --context and --band_examples): 3 tokens before and 1 after each example, 1 example per band; and no bands."""
+    root = os.path.dirname(store["atlas"])
+    bounded = analyses.atlas([store["stats"].root], os.path.join(root, "small"), names=["quantile"], layers=[0],
+                             related_depth=0, before=3, after=1, per_band=1, verbose=False)
+    nobands = analyses.atlas([store["stats"].root], os.path.join(root, "nobands"), names=["quantile"], layers=[0],
+                             related_depth=0, per_band=0, verbose=False)
+    return {"bounded": str(bounded), "nobands": str(nobands)}
+
+
+def block_bytes(atlas: str) -> int:
+    folder = os.path.join(atlas, "data", "m0", "L0")
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.startswith("B"))
+
+
+def test_size_options_keep_the_first_examples_of_each_band_and_the_tokens_nearest_each_example(store, small):
+    full, bounded = records(store["atlas"]), records(small["bounded"])
+    manifest = read_js(os.path.join(small["bounded"], "data", "atlas.js"))[1]
+    assert manifest["context"] == {"before": 3, "after": 1}
+    assert manifest["models"][0]["quantile"] == {"bands": nf.QUANTILE_BANDS, "per_band": 1}
+    cut = 0
+    for want, got in zip(full, bounded):
+        assert got["n"] == want["n"] and len(got["quantile"]) == len(want["quantile"])
+        pairs = [(a, b) for kind in ("top", "random") for a, b in zip(want["examples"][kind], got["examples"][kind])]
+        assert all(len(want["examples"][k]) == len(got["examples"][k]) for k in ("top", "random"))
+        for wb, gb in zip(want["quantile"], got["quantile"]):
+            assert {k: v for k, v in gb.items() if k != "examples"} == {k: v for k, v in wb.items() if k != "examples"}
+            assert len(gb["examples"]) == min(1, len(wb["examples"]))  # the band's first: a uniform sample of one
+            pairs += list(zip(wb["examples"], gb["examples"]))
+            cut += len(wb["examples"]) > 1
+        for a, b in pairs:  # the same example, its context cut to 3 tokens before and 1 after its token
+            assert (a["window"], a["position"], a["value"]) == (b["window"], b["position"], b["value"])
+            first = a["fire"] - b["fire"]
+            assert b["fire"] == min(3, a["fire"]) and b["tokens"] == a["tokens"][first:first + len(b["tokens"])]
+            assert len(b["tokens"]) == b["fire"] + 1 + min(1, len(a["tokens"]) - a["fire"] - 1)
+            assert b["values"] == a["values"][first:first + len(b["values"])]
+    assert cut > 0
+    assert block_bytes(small["bounded"]) < block_bytes(store["atlas"])
+
+
+def test_no_bands_is_the_atlas_of_a_store_without_quantile_examples(store, small):
+    full, nobands = records(store["atlas"]), records(small["nobands"])
+    manifest = read_js(os.path.join(small["nobands"], "data", "atlas.js"))[1]
+    assert "quantile" not in manifest["models"][0]
+    for want, got in zip(full, nobands):
+        assert "quantile" not in got
+        assert got == {k: v for k, v in want.items() if k != "quantile"}
+    assert block_bytes(small["nobands"]) < block_bytes(store["atlas"])
+
+
+def test_the_page_shows_what_the_size_options_keep(browser, store, small):
+    stats = store["stats"]
+    neuron = max(range(planted.FFN), key=lambda n: len(stats.quantile_bands(0, n)))
+    bands = stats.quantile_bands(0, neuron)
+    open_page(browser, small["bounded"], f"L0N{neuron}")
+    tabs = browser.find_elements("css selector", "#quantile-tabs [role=tab]")
+    assert len(tabs) == len(bands)
+    for i, tab in enumerate(tabs):
+        tab.click()
+        panel = browser.find_element("id", f"quantile-panel-{i}")
+        assert len(panel.find_elements("css selector", "li.example")) == 1
+    for item in browser.find_elements("css selector", "#examples-top li.example"):
+        strip = [t.get_attribute("class") for t in item.find_elements("css selector", ".strip > *")]
+        fire = strip.index("fire")
+        assert fire <= 3 and len(strip) - fire - 1 <= 1
+    open_page(browser, small["nobands"], f"L0N{neuron}")
+    assert not browser.find_elements("id", "quantile")
+    assert browser.find_elements("css selector", "#examples-top li.example")
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert not errors
