@@ -145,13 +145,18 @@ class Ours:
         self.runner = _ours_runner(model, config, batch_shape, offload, group_size, chunk_batches, ngram_orders,
                                    token_layers, examples, value_bins_per_octave, quantile_examples, mesh)
         self.chunk = chunk_batches if offload else 1
+        self.batch_size = batch_shape[0]
+        self.windows = 0  # windows run so far: each batch's are numbered on, as in a run (new to the sample)
         self.info = {"offload": offload, "chunk_batches": self.chunk,
                      "groups": [[g.start, g.stop] for g in self.runner.groups]}
 
     def step(self, batches: list) -> float:
-        """Seconds to add len(batches) <= chunk batches into the device counters."""
+        """Seconds to add len(batches) <= chunk batches into the device counters, their windows numbered on from
+        the previous step's (the random sample's ranks hash the window: repeated numbers would repeat them)."""
+        first = [self.windows + j * self.batch_size for j in range(len(batches))]
+        self.windows += len(batches) * self.batch_size
         start = time.perf_counter()
-        self.runner.run(batches)
+        self.runner.run(batches, first)
         self.runner.wait()
         return time.perf_counter() - start
 

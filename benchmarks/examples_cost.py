@@ -1,5 +1,6 @@
 """What the example sets cost: resident collection with `--examples 16` and with none, interleaved on the same
-batches (`scripts/benchmark.py --examples_cost`)."""
+batches (`scripts/benchmark.py --examples_cost`); one layer's update with the sets as a long run has them
+(`update_cost`); and the whole collection step likewise, late in a run (`late_cost`, `--whole`)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,69 @@ def update_cost(seen=(0, 16_384, 1_048_576), ffn: int = 3072, seq_len: int = 512
     return rows
 
 
+def late_cost(config: OPTConfig, seen=(0, 262_144, 1_048_576), seq_len: int = 512, tokens_per_batch: int = 4096,
+              rounds: int = 3, workdir: str | None = None, seed: int = 0, log: Callable = _default_log) -> list[dict]:
+    """The example sets' share of a whole collection step as a run has them after each count of tokens in `seen`.
+
+    Two resident runners (`benchmarks.cpu.Ours`, collect's defaults) on the same random weights: one with the
+    example sets (k = 16) and one without. The first is brought to each count by collecting random windows
+    (numbered on, so every token is new to the sets: the gate sees what a long run's step sees); then `rounds`
+    fresh batches go to both, interleaved (the order alternating), and each round's two step times are kept.
+    The runner without sets does the same work at any count, so it is the baseline of every row. Windows are
+    i.i.d. random ids: a real corpus, with documents whose tokens cluster, lets more tokens into the sets."""
+    import tempfile
+    import time
+
+    import numpy as np
+
+    from benchmarks.cpu import Ours, batch_size_for, build_models, make_batches
+
+    batch_size = batch_size_for(seq_len, tokens_per_batch)
+    shape = (batch_size, seq_len)
+    tokens = batch_size * seq_len
+    rows = []
+    with tempfile.TemporaryDirectory(dir=workdir) as directory:
+        models = build_models(config, directory, seed)
+        runners = {"with": Ours(models.converted_dir, config, shape), "without": Ours(models.converted_dir, config,
+                                                                                      shape, examples=0)}
+        rng_seed = seed
+        primed = 0
+        start = time.perf_counter()
+        for count in seen:
+            while primed < count:
+                (batch,) = make_batches(config, seq_len, batch_size, 1, rng_seed)
+                rng_seed += 1
+                runners["with"].step([batch])
+                primed += tokens
+                if primed % (64 * tokens) == 0:
+                    rate = primed / (time.perf_counter() - start)
+                    log(f"priming: {primed:,} of {max(seen):,} tokens, {rate:,.0f} tokens/s, "
+                        f"left {(max(seen) - primed) / rate / 60:.1f} min")
+            times = {"with": [], "without": []}
+            for r in range(rounds + 1):  # round 0 compiles (the first count) or settles
+                (batch,) = make_batches(config, seq_len, batch_size, 1, rng_seed)
+                rng_seed += 1
+                for name in (("with", "without") if r % 2 else ("without", "with")):
+                    t = runners[name].step([batch])
+                    if r:
+                        times[name].append(t)
+            primed += tokens * (rounds + 1)
+            with_s, without_s = float(np.median(times["with"])), float(np.median(times["without"]))
+            row = {"tokens_seen": count, "layers": config.num_hidden_layers, "ffn": config.ffn_dim,
+                   "seq_len": seq_len, "batch_size": batch_size, "rounds": rounds,
+                   "with_s": times["with"], "without_s": times["without"],
+                   "with_median_s": with_s, "without_median_s": without_s,
+                   "examples_share_of_step": 1 - without_s / with_s,
+                   "per_round_share": [1 - b / a for a, b in zip(times["with"], times["without"])]}
+            log(f"after {count:,} tokens: step with sets {with_s:.3f} s, without {without_s:.3f} s, the sets "
+                f"{100 * row['examples_share_of_step']:.1f}% of a step (rounds: "
+                + ", ".join(f"{100 * x:.1f}%" for x in row["per_round_share"]) + ")")
+            rows.append(row)
+        for runner in runners.values():
+            runner.close()
+    return rows
+
+
 if __name__ == "__main__":
     import argparse
     import json
@@ -93,6 +157,19 @@ if __name__ == "__main__":
     parser.add_argument("--ffn", type=int, default=3072)
     parser.add_argument("--seq_len", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--whole", action="store_true",
+                        help="time the whole collection step (late_cost) of the 125m shape with --layers layers, "
+                             "with the sets and without, instead of one layer's update")
+    parser.add_argument("--layers", type=int, default=12, help="--whole: decoder layers of the 125m-width model")
+    parser.add_argument("--workdir", default=None, help="--whole: where the random checkpoint goes")
     args = parser.parse_args()
-    for result in update_cost(tuple(args.seen), args.ffn, args.seq_len, args.batch, rounds=args.rounds):
+    if args.whole:
+        import opt_jax
+
+        config = opt_jax.for_size("125m", num_hidden_layers=args.layers)
+        results = late_cost(config, tuple(args.seen), args.seq_len, args.seq_len * args.batch, args.rounds,
+                            args.workdir)
+    else:
+        results = update_cost(tuple(args.seen), args.ffn, args.seq_len, args.batch, rounds=args.rounds)
+    for result in results:
         print(json.dumps(result))

@@ -237,3 +237,29 @@ def test_device_suite_script_on_tiny_shapes():
 def test_device_suite_refuses_unknown_sizes():
     with pytest.raises(opt_jax.ConfigError):
         device.device_suite(device.DeviceSuite(sizes=("7b",)), emit=None, log=None)
+
+
+def test_ours_numbers_each_steps_windows_on(tmp_path):
+    """The random sample's ranks hash the window: a benchmark step that reused window 0 would repeat them, and
+    no later token could enter the sample. Two steps of the same batch therefore hold different ranks."""
+    from benchmarks.cpu import Ours, build_models, make_batches
+
+    models = build_models(TINY, str(tmp_path))
+    ours = Ours(models.converted_dir, TINY, (2, SEQ), examples=4)
+    (batch,) = make_batches(TINY, SEQ, 2, 1)
+    ours.step([batch])
+    ours.step([batch])
+    windows = ours.runner.counters.example_sets(0)["random"]["window"]  # [ffn, k]
+    ours.close()
+    assert set(np.unique(windows[windows >= 0]).tolist()) == {0, 1, 2, 3}, "both steps' windows: 0, 1 then 2, 3"
+
+
+def test_late_cost_primes_the_sets_and_times_both_runners(tmp_path):
+    from benchmarks.examples_cost import late_cost
+
+    rows = late_cost(TINY, seen=(0, 4 * SEQ), seq_len=SEQ, tokens_per_batch=2 * SEQ, rounds=2, workdir=str(tmp_path),
+                     log=lambda message: None)
+    assert [(r["tokens_seen"], r["layers"], r["batch_size"]) for r in rows] == [(0, 2, 2), (4 * SEQ, 2, 2)]
+    for r in rows:
+        assert len(r["with_s"]) == len(r["without_s"]) == 2
+        assert r["examples_share_of_step"] == pytest.approx(1 - r["without_median_s"] / r["with_median_s"])
