@@ -31,6 +31,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from analyses.collection import values
 from benchmarks import floor
 from benchmarks.conversion import peak_rss
 from opt_jax.config import OPTConfig
@@ -168,14 +169,16 @@ class Ours:
 
 class HFCounter:
     """Forward hooks on every decoder layer's fc1 counting what our default run counts, in int32 as ours does:
-    act [L, ffn] and pos_act [L, seq, ffn] over real tokens (BOS included), and tok_act [T, vocab, ffn] of the
-    token layers over real non-BOS tokens (`index_add_` of the fired rows at their token ids).
+    act [L, ffn] and pos_act [L, seq, ffn] over real tokens (BOS included), tok_act [T, vocab, ffn] of the
+    token layers over real non-BOS tokens (`index_add_` of the fired rows at their token ids), and value_hist
+    [L, ffn, bins] of the fired values in our bins (`analyses.collection.values`: the float32 exponent and top
+    mantissa bits, `bincount` of the fired cells; `per_octave` 0: none).
 
     Counts only while `mask` and `ids` are set (by `hf_step`, for its forward), so several counters can hook
     one model; `close` removes the hooks. pos_act sums the batch axis and act sums pos_act's sequence axis.
     """
 
-    def __init__(self, model, seq_len: int, token_layers=()):
+    def __init__(self, model, seq_len: int, token_layers=(), per_octave: int = values.PER_OCTAVE):
         import torch
 
         layers = model.model.decoder.layers
@@ -185,10 +188,15 @@ class HFCounter:
         self.act = torch.zeros(len(layers), ffn, dtype=torch.int32)  # [l, f]
         self.pos_act = torch.zeros(len(layers), seq_len, ffn, dtype=torch.int32)  # [l, s, f]
         self.tok_act = torch.zeros(len(self.token_layers), vocab, ffn, dtype=torch.int32)  # [t, v, f]
+        self.per_octave = per_octave
+        self.bins = values.num_bins(per_octave) if per_octave else 0
+        self.value_hist = torch.zeros(len(layers), ffn, self.bins, dtype=torch.int32)  # [l, f, bins]
         self.mask = self.ids = None  # bool [b, s], int64 [b, s]
         self.hooks = [layer.fc1.register_forward_hook(self._hook(l)) for l, layer in enumerate(layers)]
 
     def _hook(self, layer: int):
+        import torch
+
         t = self.token_layers.index(layer) if layer in self.token_layers else None
 
         def hook(module, inputs, out):  # out: [b * s, f] (HF flattens tokens before fc1)
@@ -202,7 +210,15 @@ class HFCounter:
             if t is not None:
                 rows = fired[:, 1:].reshape(b * (s - 1), -1).to(self.tok_act.dtype)  # [b * (s - 1), f], no BOS
                 self.tok_act[t].index_add_(0, self.ids[:, 1:].reshape(-1), rows)  # [v, f]
+            if self.bins:  # our bins from the float32 bits (`values.bin_index`), counted where it fired
+                m = self.per_octave.bit_length() - 1
+                bits = out.view(b, s, -1).contiguous().view(torch.int32)  # [b, s, f]
+                index = ((bits >> (23 - m)) - ((127 + values.LOWEST) << m) + 1).clamp_(0, self.bins - 1)
+                index += torch.arange(bits.shape[-1], dtype=torch.int32) * self.bins  # [b, s, f]: neuron * bins + bin
+                counts = torch.bincount(index[fired], minlength=self.value_hist[layer].numel())  # [f * bins]
+                self.value_hist[layer] += counts.view(-1, self.bins).to(torch.int32)  # [f, bins]
         return hook
+
 
     def close(self) -> None:
         for h in self.hooks:
@@ -287,14 +303,15 @@ def time_interleaved(variants: dict, batches: list, warmup: int, matmul_n: int |
 
 
 def ours_counts(converted_dir: str, config: OPTConfig, batch: tuple, token_layers: tuple[int, ...] = ()) -> dict:
-    """act [L, ffn], pos_act [L, seq, ffn] and tok_act [T, vocab, ffn] (int64) of a fresh resident Runner after
-    one batch."""
+    """act [L, ffn], pos_act [L, seq, ffn], tok_act [T, vocab, ffn] and value_hist [L, ffn, bins] (int64) of a fresh
+    resident Runner (collect's defaults, no examples) after one batch."""
     runner = _ours_runner(converted_dir, config, batch[0].shape, False, None, 1, token_layers=token_layers,
                           examples=0)
     runner.run([batch])
     runner.wait()
     deltas = runner.counters.deltas()
     out = {"act": np.asarray(deltas["act"], np.int64),  # [l, f]
+           "value_hist": np.asarray(deltas["value_hist"], np.int64),  # [l, f, bins]
            "pos_act": np.stack([runner.counters.layer_counts("pos_act", l) for l in range(runner.plan.num_layers)]),
            "tok_act": np.zeros((len(token_layers), config.vocab_size, config.ffn_dim), np.int32)}  # [t, v, f]
     for t in range(len(token_layers)):  # a layer at a time: int64 copies of them all would be 7.4 GB at 125m
@@ -305,8 +322,8 @@ def ours_counts(converted_dir: str, config: OPTConfig, batch: tuple, token_layer
 
 
 def hf_counts(model, batch: tuple, token_layers: tuple[int, ...] = ()) -> dict:
-    """act [L, ffn], pos_act [L, seq, ffn] and tok_act [T, vocab, ffn] (int64) of the hooked torch decoder after
-    one batch."""
+    """act [L, ffn], pos_act [L, seq, ffn], tok_act [T, vocab, ffn] and value_hist [L, ffn, bins] (int64) of the
+    hooked torch decoder after one batch."""
     ids, mask = batch
     counter = HFCounter(model, ids.shape[1], token_layers)
     try:
@@ -314,13 +331,14 @@ def hf_counts(model, batch: tuple, token_layers: tuple[int, ...] = ()) -> dict:
     finally:
         counter.close()
     return {"act": counter.act.numpy().astype(np.int64), "pos_act": counter.pos_act.numpy().astype(np.int64),
-            "tok_act": counter.tok_act.numpy()}  # tok_act int32, as counted (3.7 GB at 125m)
+            "value_hist": counter.value_hist.numpy().astype(np.int64), "tok_act": counter.tok_act.numpy()}  # tok_act int32, as counted (3.7 GB at 125m)
 
 
 def agreement(ours: dict, hf: dict, tokens: int) -> dict:
-    """Fraction of equal counts (act, pos_act, tok_act), the largest act difference, the fraction of neurons
-    firing."""
+    """Fraction of equal counts (act, pos_act, tok_act, value_hist), the largest act difference, the fraction of
+    neurons firing."""
     return {"act_agreement": float(np.mean(ours["act"] == hf["act"])),
+            "value_hist_agreement": float(np.mean(ours["value_hist"] == hf["value_hist"])),
             "pos_act_agreement": float(np.mean(ours["pos_act"] == hf["pos_act"])),
             "tok_act_agreement": float(np.mean([np.mean(a == b) for a, b in zip(ours["tok_act"], hf["tok_act"])]))
             if len(hf["tok_act"]) else None,  # layer by layer: no [t, v, f] temporary
@@ -467,7 +485,7 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
                 **{f"{name}_tok_s": timed[name]["tokens_per_s"] for name in VARIANTS},
                 "commit_s": commit, "batch_s": float(np.median(timed["ours_resident"]["step_seconds"])),
                 "act_agreement": agree["act_agreement"], "pos_act_agreement": agree["pos_act_agreement"],
-                "tok_act_agreement": agree["tok_act_agreement"],
+                "tok_act_agreement": agree["tok_act_agreement"], "value_hist_agreement": agree["value_hist_agreement"],
                 "numpy_flops_per_s": numpy_rate, "numpy_samples": len(timed["numpy_samples"]), "matmul_n": matmul_n,
                 **{f"{name}_s": per_batch[name] for name in FLOOR_PARTS},
                 "floor_s": bound["floor_s"], "floor_kernels": f"{bound['floor_products']} + {bound['floor_attention']}",
@@ -532,8 +550,10 @@ def markdown_table(rows: list[dict]) -> str:
         lines += ["", floor_table(rows)]
         lines += [
             "",
-            "Every variant counts the same statistics: act and pos_act of every layer over real tokens, tok_act of "
-            f"layers {rows[0]['token_layers']} over real non-BOS tokens. Ours also keeps the example sets (16 top and "
+            "Every variant counts the same statistics: act, pos_act and the value histogram (36 bins) of every layer "
+            f"over real tokens, tok_act of layers {rows[0]['token_layers']} over real non-BOS tokens (the agreement "
+            f"of the value histograms: " + ", ".join(f"{r['value_hist_agreement']:.6f} at seq {r['seq_len']}"
+                                                     for r in rows) + "). Ours also keeps the example sets (16 top and "
             "16 sampled activations per neuron, its default), which the baseline does not; 'no examples' is ours "
             "without them. HF decoder calls `model.model.decoder` (no LM head, the like-for-like comparison), HF full "
             "the usual `model(ids, mask)` (logits too). Commit: one synchronous commit of the resident runner's "

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import opt_jax
+from analyses.collection import values
 from benchmarks import cpu, device, ngram_cost, sources
 from benchmarks import conversion as bench
 from helpers import offline_env, run_script
@@ -56,6 +57,7 @@ def test_suite_on_a_tiny_model(tmp_path):
 
     [row] = rows
     assert row["act_agreement"] == 1.0 and row["pos_act_agreement"] == 1.0 and row["tok_act_agreement"] == 1.0
+    assert row["value_hist_agreement"] == 1.0
     assert row["token_layers"] == [0] and by_kind["commit"]["seconds"] > 0  # the first half of 2 layers
     assert row["flops_per_token"] == 212992
     for key in (*(f"{v}_tok_s" for v in cpu.VARIANTS), "numpy_flops_per_s", "peak_rss_bytes", "commit_s"):
@@ -92,9 +94,34 @@ def test_counts_agree_with_a_hand_count(tmp_path):
             tok_act[:, ids[b, p]] += fired[:, b, p]
     np.testing.assert_array_equal(hf["tok_act"], tok_act)
     assert tok_act.sum() > 0
+    # value_hist: the fired fc1 outputs placed among the documented edges by a search, not by their bits
+    import torch
+
+    captured = []
+    layers = models.hf_model.model.decoder.layers
+    hooks = [layer.fc1.register_forward_hook(lambda m, i, out: captured.append(out.detach().numpy().copy()))
+             for layer in layers]
+    try:
+        with torch.inference_mode():
+            models.hf_model.model.decoder(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                                          attention_mask=torch.from_numpy(mask.astype(np.int64)), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    fc1 = np.stack(captured).reshape(TINY.num_hidden_layers, 2, SEQ, TINY.ffn_dim)  # [l, b, s, f]
+    edges = values.edges(values.PER_OCTAVE)  # [bins - 1]
+    hist = np.zeros(hf["value_hist"].shape, np.int64)  # [l, f, bins]
+    for l in range(TINY.num_hidden_layers):
+        for n in range(TINY.ffn_dim):
+            v = np.asarray(fc1[l, ..., n], np.float32)[fired[l, ..., n]]
+            hist[l, n] = np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1)
+    np.testing.assert_array_equal(hf["value_hist"], hist)
+    np.testing.assert_array_equal(hist.sum(-1), hf["act"])
+    assert (hist > 0).sum(-1).max() > 3, "the values spread over several bins"
     ours = cpu.ours_counts(models.converted_dir, TINY, (ids, mask), token_layers=(0, 1))
     agree = cpu.agreement(ours, hf, int(mask.sum()))
-    assert agree["act_agreement"] == agree["pos_act_agreement"] == agree["tok_act_agreement"] == 1.0
+    assert (agree["act_agreement"] == agree["pos_act_agreement"] == agree["tok_act_agreement"]
+            == agree["value_hist_agreement"] == 1.0)
 
 
 def test_interleaved_rounds_rotate_and_chunk():
