@@ -118,3 +118,17 @@ def test_the_page_shows_every_part(atlases):
         assert not errors
     finally:
         driver.quit()
+
+
+def test_a_section_screenshot_shows_the_chosen_band(atlases, tmp_path):
+    from matplotlib import image
+
+    from benchmarks.atlas_screenshot import section_screenshot
+
+    atlas = atlases["full"]
+    neuron = max(records(atlas, 1), key=lambda r: len(r["quantile"]))
+    path = section_screenshot(atlas, f"L1N{neuron['n']}", str(tmp_path / "bands.png"), tab=1, width=900)
+    pixels = image.imread(path)  # [h, w, channels]
+    assert pixels.shape[1] <= 900 and pixels.shape[0] > 100 and pixels.std() > 0
+    with pytest.raises(SystemExit, match="no tab 99"):
+        section_screenshot(atlas, f"L1N{neuron['n']}", str(tmp_path / "none.png"), tab=99)
