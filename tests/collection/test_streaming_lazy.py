@@ -151,6 +151,22 @@ _READ_ALL = "params = checkpoint.read_params({path!r})"
 _SETUP = "import numpy as np\nfrom opt_jax import checkpoint"
 
 
+def _write_random_checkpoint(root: str, layers: int) -> str:
+    """A converted float32 checkpoint of LAYER_SHAPE with `layers` layers, written directly (no HF checkpoint, no
+    conversion: what is measured is the reading). Every layer stores the same random values, one draw per
+    parameter: each layer's chunks are still its own bytes on disk, read on their own."""
+    config = opt_jax.OPTConfig(num_hidden_layers=layers, **LAYER_SHAPE)
+    rng = np.random.default_rng(0)
+    flat = {}
+    for path, shape in ckpt.param_shapes(config).items():
+        if path.startswith("layers/"):
+            layer = 0.02 * rng.standard_normal(shape[1:], np.float32)  # HF's spread of weights
+            flat[path] = lambda _, layer=layer: layer
+        else:
+            flat[path] = 0.02 * rng.standard_normal(shape, np.float32)
+    return ckpt.write_checkpoint(root, config, flat, "float32", source="random (test_streaming_lazy)")
+
+
 def test_streamed_peak_memory_grows_by_less_than_two_layers_from_4_to_16_layers(tmp_path, monkeypatch):
     """Groups of one layer: the stream holds a few (two on the device, two in host memory) whatever the depth."""
     # A fixed mmap threshold: freed arrays of 4 MB and more go back to the system at once, so peak RSS measures what
@@ -158,9 +174,7 @@ def test_streamed_peak_memory_grows_by_less_than_two_layers_from_4_to_16_layers(
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
     peaks, eager = {}, {}
     for layers in (4, 16):
-        config = opt_jax.OPTConfig(num_hidden_layers=layers, **LAYER_SHAPE)
-        hf_dir = bench.write_random_hf(config, str(tmp_path / f"hf{layers}"))
-        path = opt_jax.convert(hf_dir, str(tmp_path / f"m{layers}"), verbose=False)
+        path = _write_random_checkpoint(str(tmp_path / f"m{layers}"), layers)
         peaks[layers] = bench.measure_in_subprocess(_RUN.format(path=path), _SETUP)["peak_rss"]
         eager[layers] = bench.measure_in_subprocess(_READ_ALL.format(path=path), _SETUP)["peak_rss"]
     layer = bench.layer_bytes(opt_jax.OPTConfig(num_hidden_layers=16, **LAYER_SHAPE))  # ~50 MB
