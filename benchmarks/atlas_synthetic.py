@@ -14,7 +14,7 @@ store's bins (`analyses.collection.values`, 36 at the default 2 per octave), rel
 way, `related.DEPTH` layers), the examples' context activations (`before` / `after` tokens around each) and, with
 `quantile_examples` K > 0, the quantile bands of the histogram (`analyses.collection.quantile_bands`, up to
 `QUANTILE_BANDS`) with up to K examples each; blocks and summaries written through `JSON.parse`, the manifest of
-format version 2. `before`, `after` and `per_band` are `build_atlas`'s size options.
+format version 2. `before`, `after`, `per_band` and `curve_points` are `build_atlas`'s size options.
 """
 
 from __future__ import annotations
@@ -230,11 +230,11 @@ def block_facts(rng, layer: int, layers: int, start: int, stop: int, summary: di
 
 def content_records(rng, layer: int, layers: int, start: int, stop: int, summary: dict, vocab: list[str],
                     seq_len: int, examples: int, token_layer: bool, before: int, after: int, quantile_examples: int,
-                    per_band: int | None, tokens: int) -> list[dict]:
+                    per_band: int | None, tokens: int, points: int = atlas.CURVE_POINTS) -> list[dict]:
     """Today's records of neurons start..stop-1, written by the builder's own `atlas.neuron_records`."""
     facts = block_facts(rng, layer, layers, start, stop, summary, vocab, seq_len, examples, token_layer, before, after,
                         quantile_examples, tokens)
-    records = atlas.neuron_records(facts, _Texts(vocab), 0, stop - start, per_band=per_band)
+    records = atlas.neuron_records(facts, _Texts(vocab), 0, stop - start, points, per_band)
     for i, record in enumerate(records):  # the block's rows are the layer's neurons start..stop-1
         record["n"] = start + i
         record["label"] = summary["label"][start + i]
@@ -245,7 +245,7 @@ def write_atlas(out_dir: str, layers: int = 4, ffn: int = 256, blocks: list[int]
                 vocab: int = 4096, seq_len: int = 128, examples: int = 4, token_layers: int = 2, buckets: int = 256,
                 models: tuple[str, ...] = ("synthetic",), seed: int = 0, verbose: bool = False, content: bool = False,
                 before: int = nf.BEFORE, after: int = nf.AFTER, quantile_examples: int = 4,
-                per_band: int | None = None, tokens: int = 1_000_000) -> str:
+                per_band: int | None = None, tokens: int = 1_000_000, curve_points: int = atlas.CURVE_POINTS) -> str:
     """Write a synthetic atlas into out_dir: the page, the manifest, every layer's summary, the blocks
     `blocks` of every layer (all when None) and every token bucket. Returns out_dir. `content`: today's records
     (module docstring; `before`, `after`, `quantile_examples` K of the store, `per_band` of the build), else
@@ -269,7 +269,7 @@ def write_atlas(out_dir: str, layers: int = 4, ffn: int = 256, blocks: list[int]
                 if content:  # each block its own generator: the same neurons whatever the size options
                     neurons = content_records(np.random.default_rng([seed, m, layer, b]), layer, layers, b * block, min((b + 1) * block, ffn), summary,
                                               texts, seq_len, examples, layer < token_layers, before, after,
-                                              quantile_examples, per_band, tokens)
+                                              quantile_examples, per_band, tokens, curve_points)
                 else:
                     neurons = [neuron_facts(rng, layer, n, summary, texts, seq_len, examples, layer < token_layers)
                                for n in range(b * block, min((b + 1) * block, ffn))]
@@ -312,7 +312,7 @@ def write_atlas(out_dir: str, layers: int = 4, ffn: int = 256, blocks: list[int]
     progress.update(0, force=True)
     manifest = {"version": 1, "created": "synthetic", "block": block, "token_buckets": buckets, "models": entries}
     if content:
-        manifest |= {"version": atlas.VERSION, "curve_points": atlas.CURVE_POINTS, "index_limit": INDEX_LIMIT,
+        manifest |= {"version": atlas.VERSION, "curve_points": curve_points, "index_limit": INDEX_LIMIT,
                      "context": {"before": before, "after": after}, "top_k": 10, "top_triggers": nf.TOP_TRIGGERS,
                      "always": nf.ALWAYS, "related": {"depth": related.DEPTH, "k": related.K}}
     write_js(out_dir, "atlas", manifest)
@@ -383,13 +383,15 @@ def main(argv=None):
     parser.add_argument("--quantile_examples", type=int, default=4, help="K of the store (0: no quantile examples)")
     parser.add_argument("--context", default=f"{nf.BEFORE},{nf.AFTER}", help="BEFORE,AFTER: the build's --context")
     parser.add_argument("--band_examples", type=int, default=None, help="the build's --band_examples (0: no bands)")
+    parser.add_argument("--curve_points", type=int, default=atlas.CURVE_POINTS, help="the build's --curve_points")
     parser.add_argument("--token_layers", type=int, default=2, help="the first this many layers have triggers")
     args = parser.parse_args(argv)
     blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else None
     before, after = (int(v) for v in args.context.split(","))
     write_atlas(args.out, args.layers, args.ffn, blocks, vocab=args.vocab, seq_len=args.seq_len, examples=args.examples,
                 token_layers=args.token_layers, verbose=True, content=args.content == "today", before=before,
-                after=after, quantile_examples=args.quantile_examples, per_band=args.band_examples)
+                after=after, quantile_examples=args.quantile_examples, per_band=args.band_examples,
+                curve_points=args.curve_points)
     print(report(sizes(args.out)))
     print(args.out)
 

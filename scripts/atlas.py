@@ -3,7 +3,7 @@
   python scripts/atlas.py --stats out/stats/stdlib-4l out/stats/stdlib-4l-nopos --out out/atlas
   python scripts/atlas.py --stats opt-125m=stats/opt-125m --out atlas/ --layers 0,1
   python scripts/atlas.py --stats opt-125m=stats/opt-125m --attribution opt-125m=stats/opt-125m-attribution ...
-  python scripts/atlas.py --stats opt-66b=stats/opt-66b --out atlas/ --context 8,2 --band_examples 2  # smaller
+  python scripts/atlas.py --stats opt-66b=stats/opt-66b --out atlas/ --context 8,2 --band_examples 2 --curve_points 256  # smaller
 Open OUT/index.html in a browser (no server needed), or host the folder as plain files.
 """
 
@@ -27,6 +27,8 @@ flags.DEFINE_integer("related_depth", 2, "layers downstream and upstream searche
                      "through the weights (0: none)")
 flags.DEFINE_list("context", ["12", "4"], "BEFORE,AFTER: tokens of context kept around each example's token (the "
                   "size of every example record; docs/atlas.md, 'Size')")
+flags.DEFINE_integer("curve_points", 512, "most points of a neuron's positional curve (a longer one is shown as "
+                     "means over bins of positions)")
 flags.DEFINE_integer("band_examples", None, "examples kept per quantile band of a store with quantile examples "
                      "(default: all K it holds; 0: no quantile bands)")
 
@@ -58,7 +60,7 @@ def main(argv):
         before, after = context_flag(FLAGS.context)
         return build_atlas(stats, FLAGS.out, names=FLAGS.names, model_dirs=FLAGS.model_dirs, block=FLAGS.block,
                            layers=layers, attributions=attributions, related_depth=FLAGS.related_depth,
-                           before=before, after=after, per_band=FLAGS.band_examples,
+                           before=before, after=after, per_band=FLAGS.band_examples, curve_points=FLAGS.curve_points,
                            wait_for_lock=FLAGS.wait_for_lock)
 
     return cli.run(build,

@@ -30,7 +30,7 @@ def atlases(tmp_path_factory):
     common = dict(layers=LAYERS, ffn=FFN, block=BLOCK, vocab=300, seq_len=64, examples=4, content=True,
                   quantile_examples=K, tokens=TOKENS)
     return {"full": write_atlas(str(root / "full"), **common),
-            "small": write_atlas(str(root / "small"), **common, before=2, after=1, per_band=1),
+            "small": write_atlas(str(root / "small"), **common, before=2, after=1, per_band=1, curve_points=16),
             "nobands": write_atlas(str(root / "nobands"), **common, per_band=0)}
 
 
@@ -77,6 +77,8 @@ def test_size_options_shrink_the_records_as_a_build_does(atlases):
     for full, small, nobands in zip(records(atlases["full"], 1), records(atlases["small"], 1),
                                     records(atlases["nobands"], 1)):
         assert "quantile" not in nobands
+        assert len(small["curve"]["freq"]) == 16 and small["curve"]["binned"] == 4  # 63 positions in bins of 4
+        np.testing.assert_allclose(small["curve"]["freq"][0], np.mean(full["curve"]["freq"][:4]), rtol=1e-3)
         assert [len(q["examples"]) for q in small["quantile"]] == [min(1, len(q["examples"])) for q in full["quantile"]]
         for e in small["examples"]["top"] + [e for q in small["quantile"] for e in q["examples"]]:
             assert e["fire"] <= 2 and len(e["tokens"]) - e["fire"] - 1 <= 1

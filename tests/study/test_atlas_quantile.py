@@ -261,3 +261,18 @@ def test_the_page_shows_what_the_size_options_keep(browser, store, small):
     assert browser.find_elements("css selector", "#examples-top li.example")
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert not errors
+
+
+def test_the_scripts_flags_build_the_same_bounded_atlas(store, small, tmp_path):
+    """scripts/atlas.py --context 3,1 --band_examples 1 writes the records build_atlas(before=3, after=1,
+    per_band=1) writes; a malformed --context is refused with its value."""
+    from conftest import run_step
+    from helpers import run_script
+
+    out = tmp_path / "cli"
+    run_step("atlas.py", "--stats", f"quantile={store['stats'].root}", "--out", str(out), "--layers", "0",
+             "--related_depth", "0", "--context", "3,1", "--band_examples", "1")
+    assert records(str(out)) == records(small["bounded"])
+    bad = run_script("scripts/atlas.py", "--stats", store["stats"].root, "--out", str(tmp_path / "bad"),
+                     "--context", "3")
+    assert bad.returncode == 1 and "--context takes BEFORE,AFTER" in bad.stderr and not (tmp_path / "bad").exists()
