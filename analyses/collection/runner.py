@@ -17,13 +17,12 @@ neither has room for a second set; see `check_memory`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from analyses.collection import statistics as st
 from analyses.collection.background import Behind
@@ -32,7 +31,7 @@ from opt_jax import checkpoint as ckpt
 from opt_jax.bits import unpack_masks
 from opt_jax.errors import StatsError
 from opt_jax.model import Params, unflatten
-from opt_jax.sharding import check_divisible, make_mesh, parse_mesh
+from opt_jax.sharding import run_mesh, within
 from opt_jax.streaming import (CheckpointLayers, GroupStream, StackedLayers, group_size_for, layer_shardings_for,
                                put_now)
 
@@ -127,15 +126,8 @@ class Runner:
                  ngram_neurons: np.ndarray | None = None):
         self.plan, self.options = plan, options
         self.ngrams, self.ngram_neurons = ngrams, ngram_neurons
-        devices = jax.local_devices()
-        if options.mesh is None:  # every device on the data axis, the counters and weights replicated
-            mesh = self.mesh = Mesh(np.array(devices), ("data",))
-        else:  # the ("data", "neurons") mesh (`opt_jax.sharding`)
-            mesh = self.mesh = make_mesh(*parse_mesh(options.mesh), devices)
-            check_divisible(plan.config, mesh.shape["neurons"])
-        if options.batch_size % mesh.shape["data"]:
-            axis = "local devices" if options.mesh is None else "devices of --mesh's data axis"
-            raise StatsError(f"batch_size {options.batch_size} is not divisible by the {mesh.shape['data']} {axis}")
+        mesh = self.mesh = run_mesh(plan.config, options.batch_size, options.mesh)  # ("data",) without --mesh
+        devices = list(mesh.devices.flat)
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.data = NamedSharding(mesh, PartitionSpec("data"))
         self.layer_sharding = self.replicated if options.mesh is None else layer_shardings_for(plan.config, mesh)
@@ -159,7 +151,7 @@ class Runner:
     def on_mesh(self):
         """The context the steps are traced and run in: with `--mesh`, its mesh (the model's `constrain` marks
         then split the work, `opt_jax.sharding`); without, none (the steps as they always were)."""
-        return contextlib.nullcontext() if self.options.mesh is None else jax.set_mesh(self.mesh)
+        return within(None if self.options.mesh is None else self.mesh)
 
     def reset(self) -> None:
         """Empty the device counters (after a commit)."""
