@@ -81,6 +81,60 @@ def update_cost(seen=(0, 16_384, 1_048_576), ffn: int = 3072, seq_len: int = 512
     return rows
 
 
+def block_cost(sizes=(32, 16, 8), seen=(0, 16_384, 131_072), ffn: int = 3072, seq_len: int = 512, batch: int = 8,
+               k: int = 16, rounds: int = 7, seed: int = 0, log: Callable = _default_log) -> list[dict]:
+    """Milliseconds of one layer's gated `examples.update` with blocks of at most each of `sizes` tokens
+    (`examples._MAX_BLOCK`, read when the update is traced), interleaved on the same batches and checked to give
+    the same sets, with the sets as a run has them after each count of tokens in `seen` (as `update_cost`)."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from analyses.collection import examples as ex
+
+    rng = np.random.default_rng(seed)
+    shift = rng.uniform(-2.3, 0.5, ffn).astype(np.float32)  # [n]: a neuron's share of tokens that fire
+    counted = jnp.ones((batch, seq_len), bool).at[:, 0].set(False)  # [b, s]
+
+    def fc1():  # [b, s, n]
+        return jnp.asarray(rng.standard_normal((batch, seq_len, ffn), dtype=np.float32) + shift)
+
+    sets, windows, steps = ex.zero_sets(1, ffn, k), 0, {}
+    kept = ex._MAX_BLOCK
+    try:
+        for size in sizes:
+            ex._MAX_BLOCK = size
+            step = jax.jit(lambda sets, x, w: ex.update(sets, 0, jnp.int32(3), x, counted, w, k))
+            jax.block_until_ready(step(sets, fc1(), jnp.int32(0)))  # traced (and compiled) with this block size
+            steps[size] = step
+    finally:
+        ex._MAX_BLOCK = kept
+    rows = []
+    for count in seen:
+        while windows * seq_len < count:
+            sets, windows = steps[sizes[0]](sets, fc1(), jnp.int32(windows)), windows + batch
+        times = {size: [] for size in sizes}
+        for r in range(rounds):
+            x, outs = fc1(), {}
+            for size in (sizes if r % 2 else sizes[::-1]):
+                start = time.perf_counter()
+                outs[size] = jax.block_until_ready(steps[size](sets, x, jnp.int32(windows)))
+                times[size].append(time.perf_counter() - start)
+            for size in sizes[1:]:
+                for kind in ex.KINDS:
+                    for f in ex.FIELDS:
+                        if not np.array_equal(outs[size][kind][f], outs[sizes[0]][kind][f]):
+                            raise AssertionError(f"blocks of {size} gave other {kind} sets ({f}) than {sizes[0]}")
+            sets, windows = outs[sizes[0]], windows + batch
+        row = {"tokens_seen": count, "ffn": ffn, "seq_len": seq_len, "batch": batch, "k": k,
+               "ms": {size: float(np.median(t)) * 1000 for size, t in times.items()}}
+        log(f"after {count:,} tokens: " + ", ".join(f"blocks of {size} {ms:.1f} ms" for size, ms in row["ms"].items()))
+        rows.append(row)
+    return rows
+
+
 def late_cost(config: OPTConfig, seen=(0, 262_144, 1_048_576), seq_len: int = 512, tokens_per_batch: int = 4096,
               rounds: int = 3, workdir: str | None = None, seed: int = 0, log: Callable = _default_log) -> list[dict]:
     """The example sets' share of a whole collection step as a run has them after each count of tokens in `seen`.
@@ -162,8 +216,14 @@ if __name__ == "__main__":
                              "with the sets and without, instead of one layer's update")
     parser.add_argument("--layers", type=int, default=12, help="--whole: decoder layers of the 125m-width model")
     parser.add_argument("--workdir", default=None, help="--whole: where the random checkpoint goes")
+    parser.add_argument("--blocks", type=int, nargs="+", default=None,
+                        help="time one layer's update with blocks of at most these many tokens (the first the "
+                             "reference the others must equal) instead")
     args = parser.parse_args()
-    if args.whole:
+    if args.blocks:
+        results = block_cost(tuple(args.blocks), tuple(args.seen), args.ffn, args.seq_len, args.batch,
+                             rounds=args.rounds)
+    elif args.whole:
         import opt_jax
 
         config = opt_jax.for_size("125m", num_hidden_layers=args.layers)

@@ -290,3 +290,13 @@ def test_late_cost_primes_the_sets_and_times_both_runners(tmp_path):
     for r in rows:
         assert len(r["with_s"]) == len(r["without_s"]) == 2
         assert r["examples_share_of_step"] == pytest.approx(1 - r["without_median_s"] / r["with_median_s"])
+
+
+def test_block_cost_compares_block_sizes_on_equal_sets():
+    from analyses.collection import examples as ex
+    from benchmarks.examples_cost import block_cost
+
+    kept = ex._MAX_BLOCK
+    rows = block_cost(sizes=(8, 4), seen=(0, 256), ffn=64, seq_len=16, batch=2, k=4, rounds=2, log=lambda m: None)
+    assert [r["tokens_seen"] for r in rows] == [0, 256] and all(set(r["ms"]) == {8, 4} for r in rows)
+    assert ex._MAX_BLOCK == kept, "the module's block size is restored"
