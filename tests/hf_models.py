@@ -95,7 +95,10 @@ def padded_batch(vocab_size: int, lengths: list[int], seq: int, left: bool, seed
 
 
 def save_tokenizer(directory: str, vocab_size: int) -> None:
-    """Train a tiny byte-level BPE tokenizer (OPT's special tokens, ids as in OPT) and save it beside a model."""
+    """Train a tiny byte-level BPE tokenizer (OPT's special tokens, ids as in OPT) and save it beside a model.
+
+    The same in every process: `ByteLevel.alphabet()` lists its characters in a hash set's order, which changes from
+    one interpreter to the next, so its first half (the initial alphabet) is taken in sorted order."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -103,7 +106,7 @@ def save_tokenizer(directory: str, vocab_size: int) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:vocab_size // 2])
+                                  initial_alphabet=sorted(pre_tokenizers.ByteLevel.alphabet())[:vocab_size // 2])
     tok.train_from_iterator(["the neurons of large language models are dead, n-gram or positional"] * 4,
                             trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
