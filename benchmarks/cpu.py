@@ -112,7 +112,7 @@ def _rate(batches: list, seconds: list[float]) -> dict:
     tokens = int(sum(mask.sum() for _, mask in batches))
     total = float(sum(seconds))
     return {"tokens": tokens, "seconds": total, "tokens_per_s": tokens / total,
-            "step_seconds": [round(s, 4) for s in seconds]}
+            "step_seconds": [float(f"{s:.4g}") for s in seconds]}  # 4 digits: a tiny step is not 0
 
 
 def _ours_runner(model, config: OPTConfig, batch_shape: tuple[int, int], offload: bool, group_size: int | None,
