@@ -25,6 +25,22 @@ def examples_cost(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int
     return rows
 
 
+def _random_layer(ffn: int, seq_len: int, batch: int, seed: int):
+    """A layer's batches as the one-layer benchmarks draw them: (counted bool [b, s], BOS left out; fc1(), a fresh
+    random fc1 output [b, s, n] per call, each neuron firing on its own share of tokens, 1-70%)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    shift = rng.uniform(-2.3, 0.5, ffn).astype(np.float32)  # [n]: a neuron's share of tokens that fire
+    counted = jnp.ones((batch, seq_len), bool).at[:, 0].set(False)  # [b, s]
+
+    def fc1():  # [b, s, n]
+        return jnp.asarray(rng.standard_normal((batch, seq_len, ffn), dtype=np.float32) + shift)
+
+    return counted, fc1
+
+
 def update_cost(seen=(0, 16_384, 1_048_576), ffn: int = 3072, seq_len: int = 512, batch: int = 8, k: int = 16,
                 rounds: int = 5, seed: int = 0, log: Callable = _default_log) -> list[dict]:
     """Milliseconds of one layer's `examples.update` (top and random sets) on a random fc1 output [batch, seq_len,
@@ -42,17 +58,11 @@ def update_cost(seen=(0, 16_384, 1_048_576), ffn: int = 3072, seq_len: int = 512
 
     from analyses.collection import examples as ex
 
-    rng = np.random.default_rng(seed)
-    shift = rng.uniform(-2.3, 0.5, ffn).astype(np.float32)  # [n]: a neuron's share of tokens that fire
-    counted = jnp.ones((batch, seq_len), bool).at[:, 0].set(False)  # [b, s]
+    counted, fc1 = _random_layer(ffn, seq_len, batch, seed)
     steps = {gated: jax.jit(lambda sets, x, w, gated=gated: ex.update(sets, 0, jnp.int32(3), x, counted, w, k, gated))
              for gated in (True, False)}
     tokens = batch * seq_len
     sets, windows = ex.zero_sets(1, ffn, k), 0
-
-    def fc1():  # [b, s, n]
-        return jnp.asarray(rng.standard_normal((batch, seq_len, ffn), dtype=np.float32) + shift)
-
     rows = []
     for count in seen:
         while windows * seq_len < count:
@@ -94,13 +104,7 @@ def block_cost(sizes=(32, 16, 8), seen=(0, 16_384, 131_072), ffn: int = 3072, se
 
     from analyses.collection import examples as ex
 
-    rng = np.random.default_rng(seed)
-    shift = rng.uniform(-2.3, 0.5, ffn).astype(np.float32)  # [n]: a neuron's share of tokens that fire
-    counted = jnp.ones((batch, seq_len), bool).at[:, 0].set(False)  # [b, s]
-
-    def fc1():  # [b, s, n]
-        return jnp.asarray(rng.standard_normal((batch, seq_len, ffn), dtype=np.float32) + shift)
-
+    counted, fc1 = _random_layer(ffn, seq_len, batch, seed)
     sets, windows, steps = ex.zero_sets(1, ffn, k), 0, {}
     kept = ex._MAX_BLOCK
     try:
