@@ -41,8 +41,8 @@ def test_suite_on_a_tiny_model(tmp_path):
     for r in records:
         json.dumps(r)  # every record is one JSON line
     kinds = [r["measurement"] for r in records]
-    assert kinds == ["machine", *cpu.VARIANTS, *cpu.FLOOR_PARTS, "floor", "commit", "numpy_matmul", "act_agreement",
-                     "summary"]  # one round of two batches: one numpy sample
+    assert kinds == ["machine", *cpu.VARIANTS, *cpu.FLOOR_PARTS, "floor", "commit", "numpy_matmul", "numpy_matmul",
+                     "act_agreement", "summary"]  # the side by side's two rounds of one batch: two numpy samples
     assert messages and list(tmp_path.iterdir()) == []  # progress went to log; the temp dir is gone
     by_kind = {r["measurement"]: r for r in records}
     for kind in cpu.VARIANTS:
@@ -65,10 +65,14 @@ def test_suite_on_a_tiny_model(tmp_path):
     assert row["ours_vs_hf_full"] == pytest.approx(row["ours_resident_tok_s"] / row["hf_full_tok_s"])
     assert row["ours_vs_hf_decoder"] == pytest.approx(row["ours_resident_tok_s"] / row["hf_decoder_tok_s"])
     assert row["examples_time"] == pytest.approx(row["ours_no_examples_tok_s"] / row["ours_resident_tok_s"])
-    assert row["streamed_time_vs_resident"] == pytest.approx(row["ours_resident_tok_s"] / row["ours_streamed_tok_s"])
+    assert row["ours_vs_hf_decoder_median_round"] == pytest.approx(float(np.median(
+        np.array(by_kind["hf_decoder"]["step_seconds"]) / by_kind["ours_resident"]["step_seconds"])), rel=1e-3)
+    # streamed / resident comes from the second phase (both on the same fresh batches), not from the side by side
+    assert 0 < row["streamed_time_vs_resident"] < 100
     assert row["fraction_of_numpy"] == pytest.approx(
         row["ours_resident_tok_s"] * row["flops_per_token"] / row["numpy_flops_per_s"])
-    assert row["numpy_flops_per_s"] == by_kind["numpy_matmul"]["flops_per_s"]
+    samples = [r["flops_per_s"] for r in records if r["measurement"] == "numpy_matmul"]
+    assert row["numpy_flops_per_s"] == pytest.approx(float(np.median(samples)))
 
     table = cpu.markdown_table(rows).splitlines()
     assert table[0].startswith("| seq len |") and table[1].startswith("|---")
