@@ -6,7 +6,8 @@ examples, and streamed. Baseline: Hugging Face torch `OPTForCausalLM` in eval mo
 `torch.inference_mode()`, with forward hooks on every `fc1` counting the same act, pos_act and tok_act
 (`HFCounter`), once as the full model call (logits included) and once as the decoder alone (no LM head). Both load the
 same random weights, and every figure (numpy matmul rate included) is measured in one invocation, the
-variants interleaved batch round by batch round so that a shared machine's changing load hits them alike.
+variants interleaved batch round by batch round so that a shared machine's changing load hits them alike. In the
+suite each side runs in a process of its own (`benchmarks.isolated`), as it would in a researcher's.
 
 FLOPs convention (`model_flops_per_token`): 2 per weight of the decoder layers' matrix products (q, k, v,
 o, fc1, fc2), plus 2 * 2 * seq_len * hidden per layer for the attention score and value products over the
@@ -34,6 +35,7 @@ import numpy as np
 from analyses.collection import values
 from benchmarks import floor
 from benchmarks.conversion import peak_rss
+from benchmarks.isolated import Worker
 from opt_jax.config import OPTConfig
 from opt_jax.errors import InputError
 from opt_jax.model import param_shapes
@@ -62,8 +64,15 @@ def build_models(config: OPTConfig, directory: str, seed: int = 0) -> Models:
     hf_dir = export_hf(config, params, os.path.join(directory, "hf"))
     del params
     converted_dir = convert(hf_dir, os.path.join(directory, "converted"), verbose=False)
-    hf_model = transformers.OPTForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    return Models(config, hf_dir, converted_dir, hf_model)
+    return Models(config, hf_dir, converted_dir, load_hf(hf_dir))
+
+
+def load_hf(hf_dir: str):
+    """The torch `OPTForCausalLM` of an HF checkpoint directory, float32, eval mode."""
+    import torch
+    import transformers
+
+    return transformers.OPTForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
 
 
 def batch_size_for(seq_len: int, tokens_per_batch: int) -> int:
@@ -394,6 +403,32 @@ VARIANTS = ("ours_resident", "ours_no_examples", "ours_streamed", "hf_full", "hf
 FLOOR_PARTS = (*(f"floor_products_{k}" for k in floor.KERNELS), "floor_attention_torch", "floor_attention_xla")
 
 
+def _build_ours(converted_dir: str, config: OPTConfig, shape: tuple[int, int], name: str, **options) -> dict:
+    """A worker's variants (`benchmarks.isolated`): one `Ours` runner."""
+    return {name: Ours(converted_dir, config, shape, **options)}
+
+
+def _build_hf(hf_dir: str, seq_len: int, token_layers: tuple[int, ...]) -> dict:
+    """A worker's variants: HF full and HF decoder, hooked, counting into one `HFCounter`."""
+    model = load_hf(hf_dir)
+    counter = HFCounter(model, seq_len, token_layers)
+    return {"hf_full": HF(model, seq_len, decoder_only=False, counter=counter),
+            "hf_decoder": HF(model, seq_len, decoder_only=True, counter=counter)}
+
+
+def _build_floor(hf_dir: str, batch: int, seq_len: int, seed: int) -> dict:
+    """A worker's variants: the floor's timed parts (`benchmarks.floor.variants`)."""
+    return floor.variants(load_hf(hf_dir), batch, seq_len, seed)
+
+
+def _commit_variant(variant: "Ours", directory: str) -> float:
+    return commit_seconds(variant.runner, directory)
+
+
+def _peak_rss(variant) -> int:
+    return peak_rss()
+
+
 def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4096, batches: int = 6,
               warmup: int = 1, group_size: int = 4, chunk_batches: int = 2, workdir: str | None = None,
               seed: int = 0, matmul_n: int = 2048, emit: Callable[[dict], None] | None = _default_emit,
@@ -435,42 +470,36 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
         for seq_len in seq_lens:
             b = batch_size_for(seq_len, tokens_per_batch)
             data = make_batches(config, seq_len, b, warmup + batches, seed)
-            say(f"seq {seq_len} x batch {b}: loading our resident and streamed runners ...")
-            counter = HFCounter(models.hf_model, seq_len, token_layers)  # both HF variants count into it
-            resident = Ours(models.converted_dir, config, (b, seq_len), offload=False)
-            side = {
-                "ours_resident": resident,
-                "ours_no_examples": Ours(models.converted_dir, config, (b, seq_len), offload=False, examples=0),
-                "hf_full": HF(models.hf_model, seq_len, decoder_only=False, counter=counter),
-                "hf_decoder": HF(models.hf_model, seq_len, decoder_only=True, counter=counter),
-                **floor.variants(models.hf_model, b, seq_len, seed),
-            }
-            # Two phases, so that no more than three tok_act tables (3.7 GB each at 125m) are held at once: with all
-            # five variants loaded the invocation peaked at 23.2 GB of this machine's 24, and its timings with it.
-            say(f"  side by side: warm-up ({warmup} batch each), then {batches} timed batches, the {len(side)} "
-                "variants interleaved batch by batch, one numpy matmul sample per round ...")
+            say(f"seq {seq_len} x batch {b}: starting a process for each side (ours, ours without examples, HF "
+                "full and decoder, the floor's kernels) ...")
+            # Each side in a process of its own (`benchmarks.isolated`): in one process the two sides' allocator
+            # state, memory and threads changed each other's step times by 10-25% (BENCHMARKS.md, 2026-12-07).
+            shape = (b, seq_len)
+            workers = [Worker(_build_ours, models.converted_dir, config, shape, name="ours_resident"),
+                       Worker(_build_ours, models.converted_dir, config, shape, name="ours_no_examples", examples=0),
+                       Worker(_build_hf, models.hf_dir, seq_len, token_layers),
+                       Worker(_build_floor, models.hf_dir, b, seq_len, seed)]
+            resident = workers[0]
             try:
+                side = {name: w.variant(name) for w in workers for name in w.names()}
+                say(f"  side by side: warm-up ({warmup} batch each), then {batches} timed batches, the {len(side)} "
+                    "variants interleaved batch by batch, one numpy matmul sample per round ...")
                 timed = time_interleaved(side, data, warmup, matmul_n, log=lambda m: say("  " + m))
-            finally:
-                for name, v in side.items():
-                    if v is not resident:
-                        v.close()
-                counter.close()
-                del side, counter
-                gc.collect()
-            streamed = Ours(models.converted_dir, config, (b, seq_len), offload=True, group_size=group_size,
-                            chunk_batches=chunk_batches)
-            say(f"  streamed against resident: {batches} more batches, interleaved in rounds of {chunk_batches} ...")
-            try:
-                pair = time_interleaved({"ours_resident": resident, "ours_streamed": streamed},
+                side_peak = sum(w.call(w.names()[0], _peak_rss) for w in workers)
+                for w in workers[1:]:
+                    w.close()
+                workers = [resident, Worker(_build_ours, models.converted_dir, config, shape, name="ours_streamed",
+                                            offload=True, group_size=group_size, chunk_batches=chunk_batches)]
+                say(f"  streamed against resident: {batches} more batches, interleaved in rounds of "
+                    f"{chunk_batches} ...")
+                pair = time_interleaved({name: w.variant(name) for w in workers for name in w.names()},
                                         make_batches(config, seq_len, b, warmup + batches, seed + 1), warmup,
                                         log=lambda m: say("  " + m))
-                commit = commit_seconds(resident.runner, os.path.join(tmp, f"commit-{seq_len}"))
+                commit = resident.call("ours_resident", _commit_variant, os.path.join(tmp, f"commit-{seq_len}"))
+                workers_peak = max(side_peak, sum(w.call(w.names()[0], _peak_rss) for w in workers))
             finally:
-                streamed.close()
-                resident.close()
-                del streamed, resident
-                gc.collect()
+                for w in workers:
+                    w.close()
             timed["ours_streamed"] = pair["ours_streamed"]
             rounds = {name: np.array(timed[name]["step_seconds"]) for name in ("ours_resident", "hf_decoder")}
             common = {"batch_size": b, "warmup": warmup, "timed_batches": batches}
@@ -511,6 +540,7 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
                 "floor_s": bound["floor_s"], "floor_kernels": f"{bound['floor_products']} + {bound['floor_attention']}",
                 "hf_decoder_s": per_batch["hf_decoder"], "ours_s": per_batch["ours_resident"],
                 "ours_no_examples_s": per_batch["ours_no_examples"],
+                "workers_peak_rss_bytes": workers_peak,
                 "ours_vs_hf_decoder_median_round": float(np.median(rounds["hf_decoder"] / rounds["ours_resident"])),
                 "streamed_time_vs_resident": (pair["ours_resident"]["tokens_per_s"]
                                               / pair["ours_streamed"]["tokens_per_s"]),
@@ -525,12 +555,12 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
             "no_examples_vs_hf_decoder": row["ours_no_examples_tok_s"] / row["hf_decoder_tok_s"],
             "examples_time": row["ours_no_examples_tok_s"] / row["ours_resident_tok_s"],
             "ours_flops_per_s": row["ours_resident_tok_s"] * row["flops_per_token"],
-            "peak_rss_bytes": rss,
+            "peak_rss_bytes": rss + row["workers_peak_rss_bytes"],
         }
         row["fraction_of_numpy"] = row["ours_flops_per_s"] / row["numpy_flops_per_s"]
         row["best_possible_vs_hf_decoder"] = row["hf_decoder_s"] / row["floor_s"]
         record("summary", **row)
-    say(f"done; peak RSS {rss / 1e9:.2f} GB")
+    say(f"done; peak RSS {max(r['peak_rss_bytes'] for r in rows) / 1e9:.2f} GB (this process and one phase's workers)")
     return rows
 
 
@@ -589,7 +619,8 @@ def markdown_table(rows: list[dict]) -> str:
             "FLOPs per token: 2 per decoder-layer matmul weight plus 2 * 2 * seq * hidden of attention per layer "
             "(full sequence, no causal halving; no LM head): "
             + ", ".join(f"{r['flops_per_token'] / 1e6:.1f} M at seq {r['seq_len']}" for r in rows) + ".",
-            f"Peak RSS of the whole invocation: {max(r['peak_rss_bytes'] for r in rows) / 1e9:.2f} GB.",
+            f"Peak RSS: {max(r['peak_rss_bytes'] for r in rows) / 1e9:.2f} GB (this process's peak plus the peaks of "
+            "the worker processes of one phase: an upper bound of what the machine held at once).",
         ]
     return "\n".join(lines)
 
