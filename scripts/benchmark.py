@@ -4,6 +4,7 @@
   python scripts/benchmark.py --seq_lens 512 --batches 2 --workdir /scratch
   python scripts/benchmark.py --device_suite gpu       # 1.3b/6.7b resident vs streamed, 30b/66b streamed, bf16
   python scripts/benchmark.py --device_suite gpu --shrink 32 --seq_len 32 --batch_size 2   # the same, CPU-sized
+  python scripts/benchmark.py --device_suite gpu --study_step   # 66b: example sets' share, a flush's copy, streamed
 cpu: ours (resident and streamed `analyses.collection.Runner`) and the baseline (HF `OPTForCausalLM` with fc1
 forward hooks: full model, and decoder only) run on identical weights and batches; the numpy float32 matmul rate
 is measured too. gpu: `benchmarks.device` on the default JAX device, against its bf16 matmul rate.
@@ -57,6 +58,9 @@ flags.DEFINE_integer("shrink", None, "gpu: divide heads, widths, vocabulary and 
 flags.DEFINE_integer("seq_len", None, "gpu: tokens per sequence (default 2048)", lower_bound=2)
 flags.DEFINE_integer("batch_size", None, "gpu: sequences per batch (default 8)", lower_bound=1)
 flags.DEFINE_integer("token_layers", None, "gpu: layers with tok_act, from layer 0 (default 1)", lower_bound=0)
+flags.DEFINE_bool("study_step", False, "gpu: measure only the study's step of one --sizes size (default 66b): "
+                  "compute-only with and without the example sets interleaved, one flush's device-to-host copy, "
+                  "streamed (benchmarks/study_step.py; --batches default 12)")
 
 
 def _set(**values) -> dict:
@@ -151,6 +155,8 @@ def _table(markdown):
 
 
 def gpu():
+    if FLAGS.study_step:
+        return study_step()
     from benchmarks import device
 
     settings = _set(sizes=FLAGS.sizes and tuple(FLAGS.sizes), resident_sizes=FLAGS.resident_sizes and
@@ -160,6 +166,22 @@ def gpu():
                     token_layers=FLAGS.token_layers, matmul_n=FLAGS.matmul_n, seed=FLAGS.seed)
     return cli.run(lambda: device.device_suite(device.DeviceSuite(**settings)),
                    _table(device.device_markdown_table))
+
+
+def study_step():
+    from benchmarks import study_step as step
+    from opt_jax.errors import InputError
+
+    settings = _set(shrink=FLAGS.shrink, seq_len=FLAGS.seq_len, batch_size=FLAGS.batch_size, batches=FLAGS.batches,
+                    warmup=FLAGS.warmup, chunk_batches=FLAGS.chunk_batches, group_size=FLAGS.group_size,
+                    token_layers=FLAGS.token_layers, matmul_n=FLAGS.matmul_n, seed=FLAGS.seed)
+
+    def action():
+        if FLAGS.sizes and len(FLAGS.sizes) != 1:
+            raise InputError(f"--study_step measures one size; got --sizes {','.join(FLAGS.sizes)}")
+        return step.study_step(step.StudyStep(**settings, **_set(size=FLAGS.sizes and FLAGS.sizes[0])))
+
+    return cli.run(action, _table(step.study_step_markdown))
 
 
 if __name__ == "__main__":

@@ -272,6 +272,80 @@ def test_device_suite_refuses_unknown_sizes():
         device.device_suite(device.DeviceSuite(sizes=("7b",)), emit=None, log=None)
 
 
+STEP_ARGS = dict(shrink=32, seq_len=16, batch_size=2, batches=4, chunk_batches=2, group_size=1, matmul_n=64)
+
+
+def _check_study_step(records: list[dict], pair: str, flush_repeats: int) -> dict:
+    """The study step's records at STEP_ARGS agree with each other and with the counters' sizes from the plan."""
+    assert [r["measurement"] for r in records] == ["machine", "matmul", "compute_only", "compute_only_no_examples",
+                                                   "examples_share", "flush", "streamed", "summary"]
+    _, matmul, with_, without, share, flush, streamed, row = records
+    tokens = 4 * 2 * 16
+    assert with_["tokens"] == without["tokens"] == streamed["tokens"] == tokens
+    assert (with_["pair"], with_["examples"], without["examples"], row["pair"]) == (pair, 16, 0, pair)
+    assert len(with_["step_seconds"]) == len(without["step_seconds"]) == len(streamed["step_seconds"]) == 2  # rounds
+    per_round = [1 - b / a for a, b in zip(with_["step_seconds"], without["step_seconds"])]
+    assert share["per_round"] == pytest.approx(per_round) and row["examples_share_per_round"] == share["per_round"]
+    assert share["median"] == pytest.approx(np.median(per_round)) and row["examples_share"] == share["median"]
+    # A flush moves every counter once, int32 / float32: act, pos_act, value_hist of every layer, tok_act of the
+    # token layer, and the top and random sets (window, position, value; k = 16), counted here from the shapes.
+    config = sources.shrink_config(opt_jax.for_size("66b"), 32)
+    layers, ffn = config.num_hidden_layers, config.ffn_dim
+    cells = (layers * ffn + layers * 16 * ffn + config.vocab_size * ffn + layers * ffn * values.num_bins(2)
+             + 2 * 3 * layers * ffn * 16)
+    assert flush["bytes"] == row["flush_bytes"] == 4 * cells
+    assert len(flush["seconds"]) == flush_repeats and flush["bytes_per_s"] == pytest.approx(
+        [flush["bytes"] / t for t in flush["seconds"]])
+    assert row["compute_only_tokens"] == row["compute_only_no_examples_tokens"] == row["streamed_tokens"] == tokens
+    assert row["compute_only_no_examples_tok_s"] == without["tokens_per_s"]
+    assert row["compute_only_no_examples_fraction_of_matmul"] == pytest.approx(
+        without["tokens_per_s"] * cpu.model_flops_per_token(config, 16) / matmul["flops_per_s"])
+    assert (row["layers"], row["groups"], row["group_size"], row["chunks"], row["token_layers"]) == (4, 4, 1, 2, 1)
+    assert row["streamed_time_vs_compute_only"] == pytest.approx(streamed["seconds"] / with_["seconds"])
+    assert row["exposed_transfer_per_chunk_s"] == pytest.approx((streamed["seconds"] - with_["seconds"]) / 2)
+    return row
+
+
+def test_study_step_script_on_tiny_shapes():
+    """The study-step check's whole code path on the CPU at 1/32 of 66b's widths, both runners held at once."""
+    args = [f"--{name}={value}" for name, value in STEP_ARGS.items()]
+    result = run_script("scripts/benchmark.py", "--device_suite", "gpu", "--study_step", *args,
+                        env=offline_env(JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    row = _check_study_step([json.loads(line) for line in lines if line.startswith("{")], "together", 2)
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) == 3 and table[2].startswith("| 66b / 32 | 4 x 256 x 1024 | 4 (<= 1) |")
+    assert f"{100 * row['examples_share']:.1f}% (" in table[2]
+    assert "Command: `python scripts/benchmark.py --device_suite gpu --study_step" in result.stdout
+
+
+def test_study_step_alternates_fresh_runners_where_two_do_not_fit(monkeypatch):
+    """Where the device holds one runner at a time (the second refused as `check_memory` refuses it): a fresh
+    runner per round and variant, never two open at once, and the same records."""
+    from benchmarks import study_step
+    from opt_jax.errors import StatsError
+
+    open_runners = []
+
+    class OneAtATime(study_step.Ours):
+        def __init__(self, *args, **kwargs):
+            if open_runners:
+                raise StatsError("the device: no room for a second runner")
+            super().__init__(*args, **kwargs)
+            open_runners.append(self)
+
+        def close(self):
+            open_runners.remove(self)
+            super().close()
+
+    monkeypatch.setattr(study_step, "Ours", OneAtATime)
+    records = []
+    rows = study_step.study_step(study_step.StudyStep(**STEP_ARGS, flush_repeats=1), emit=records.append, log=None)
+    assert rows == records[-1:] and not open_runners
+    _check_study_step(records, "alternating", 1)
+
+
 def test_ours_numbers_each_steps_windows_on(tmp_path):
     """The random sample's ranks hash the window: a benchmark step that reused window 0 would repeat them, and
     no later token could enter the sample. Two steps of the same batch therefore hold different ranks."""
