@@ -116,7 +116,9 @@ def study_step(settings: StudyStep = StudyStep(), emit: Callable[[dict], None] |
                     s.chunk_batches, token_layers=token_layers, examples=examples)
 
     device_group = source.read(range(largest))
-    on_device = RepeatedGroup(device_group, layers)  # one source for both runners: its slices made once
+    on_device = RepeatedGroup(device_group, layers)  # one source for both runners: its slices made once,
+    for length in sorted({len(g) for g in groups}):  # here, not by the two runners' reader threads at once
+        on_device.read(range(length))
     pair, mode, kept = _compute_only_pair(s, lambda name: runner(on_device, s.examples if name == WITH else 0),
                                           data, say)
     for name in (WITH, WITHOUT):
