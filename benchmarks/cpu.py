@@ -53,9 +53,6 @@ class Models:
 
 def build_models(config: OPTConfig, directory: str, seed: int = 0) -> Models:
     """Random weights -> HF checkpoint -> our converted checkpoint, plus the torch model loaded from the same file."""
-    import torch
-    import transformers
-
     from opt_jax.hf.conversion import convert
     from opt_jax.hf.export import export_hf
     from opt_jax.model import init_params

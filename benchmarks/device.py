@@ -115,15 +115,9 @@ def device_machine() -> dict:
             "cores": os.cpu_count(), "numpy": np.__version__}
 
 
-def device_suite(settings: DeviceSuite = DeviceSuite(), emit: Callable[[dict], None] | None = _default_emit,
-                 log: Callable[[str], None] | None = _default_log) -> list[dict]:
-    """Resident and streamed collection of each size against the device's measured matmul rate; one row per size."""
-    import opt_jax
-
-    for size in settings.sizes:
-        opt_jax.for_size(size)  # an unknown size fails before anything is measured
-    if settings.batches < 1 or settings.warmup < 0 or settings.chunk_batches < 1:
-        raise InputError(f"need batches >= 1, warmup >= 0 and chunk_batches >= 1, got {settings}")
+def reporting(emit: Callable[[dict], None] | None, log: Callable[[str], None] | None) -> tuple[Callable, Callable]:
+    """say(message), logged with the seconds since this call, and record(kind, **fields), which emits
+    {"measurement": kind, **fields} and returns it; None for either: silent."""
     emit = emit or (lambda record: None)
     log = log or (lambda message: None)
     t0 = time.perf_counter()
@@ -136,11 +130,31 @@ def device_suite(settings: DeviceSuite = DeviceSuite(), emit: Callable[[dict], N
         emit(r)
         return r
 
+    return say, record
+
+
+def machine_and_matmul(settings, say: Callable, record: Callable) -> float:
+    """Record the machine and the settings (a dataclass with `dtype` and `matmul_n`), then measure and record the
+    device's matmul rate (FLOP/s), which every row is compared with."""
     record("machine", **device_machine(), settings=dataclasses.asdict(settings))
     say(f"{settings.dtype} matmul {settings.matmul_n}^3 on {device_machine()['device_kind']} ...")
     matmul = device_matmul_rate(settings.matmul_n, settings.dtype)
     record("matmul", n=settings.matmul_n, dtype=settings.dtype, flops_per_s=matmul)
     say(f"  {matmul / 1e12:.2f} TFLOP/s")
+    return matmul
+
+
+def device_suite(settings: DeviceSuite = DeviceSuite(), emit: Callable[[dict], None] | None = _default_emit,
+                 log: Callable[[str], None] | None = _default_log) -> list[dict]:
+    """Resident and streamed collection of each size against the device's measured matmul rate; one row per size."""
+    import opt_jax
+
+    for size in settings.sizes:
+        opt_jax.for_size(size)  # an unknown size fails before anything is measured
+    if settings.batches < 1 or settings.warmup < 0 or settings.chunk_batches < 1:
+        raise InputError(f"need batches >= 1, warmup >= 0 and chunk_batches >= 1, got {settings}")
+    say, record = reporting(emit, log)
+    matmul = machine_and_matmul(settings, say, record)
     rows = []
     for size in settings.sizes:
         row = _device_size(settings, size, matmul, say, record)
@@ -148,10 +162,25 @@ def device_suite(settings: DeviceSuite = DeviceSuite(), emit: Callable[[dict], N
     return rows
 
 
-def _device_size(s: DeviceSuite, size: str, matmul: float, say: Callable, record: Callable) -> dict:
-    """Every variant of one size, each alone (device memory), then the figures comparing them."""
+@dataclasses.dataclass
+class MeasuredSize:
+    """What a measurement of one size runs on: its (shrunk) config, random layers, groups and batches."""
+
+    config: OPTConfig
+    layers: int
+    token_layers: tuple[int, ...]  # the first `token_layers` of the settings
+    source: RandomLayers
+    group_size: int  # the settings' or min(what the device holds twice, a quarter of the layers)
+    groups: list
+    largest: int  # layers in the largest group
+    data: list  # warmup + batches random batches
+    embed: object  # the random embedding
+
+
+def measured_size(s: DeviceSuite, size: str) -> MeasuredSize:
+    """The config, random weights, groups and batches of one size under the suite's settings."""
     import opt_jax
-    from analyses.collection import Options, Weights, make_plan
+    from analyses.collection import Options, make_plan
 
     config = shrink_config(opt_jax.for_size(size), s.shrink)
     layers = config.num_hidden_layers
@@ -159,9 +188,18 @@ def _device_size(s: DeviceSuite, size: str, matmul: float, say: Callable, record
     source = RandomLayers(config, s.dtype, s.seed)
     group_size = s.group_size or min(group_size_for(source), -(-layers // 4))
     groups = make_plan(config, Options(seq_len=s.seq_len, token_layers=token_layers)).groups(group_size)
-    largest = max(len(g) for g in groups)
-    data = make_batches(config, s.seq_len, s.batch_size, s.warmup + s.batches, s.seed)
-    embed = random_embed(config, s.dtype, s.seed)
+    return MeasuredSize(config, layers, token_layers, source, group_size, groups, max(len(g) for g in groups),
+                        make_batches(config, s.seq_len, s.batch_size, s.warmup + s.batches, s.seed),
+                        random_embed(config, s.dtype, s.seed))
+
+
+def _device_size(s: DeviceSuite, size: str, matmul: float, say: Callable, record: Callable) -> dict:
+    """Every variant of one size, each alone (device memory), then the figures comparing them."""
+    from analyses.collection import Weights
+
+    m = measured_size(s, size)
+    config, layers, token_layers, source, group_size, groups, largest, data, embed = (
+        m.config, m.layers, m.token_layers, m.source, m.group_size, m.groups, m.largest, m.data, m.embed)
     say(f"{size}{_shrunk(s)}: {layers} layers x hidden {config.hidden_size} x ffn {config.ffn_dim}, "
         f"{len(groups)} groups of <= {group_size} layers, batches {s.batch_size} x {s.seq_len}")
 

@@ -32,12 +32,11 @@ from typing import Callable
 import jax
 import numpy as np
 
-from benchmarks.cpu import Ours, _default_emit, _default_log, _rate, make_batches, time_interleaved
-from benchmarks.device import (DeviceSuite, _device_row, device_machine, device_matmul_rate, pinned_copy,
-                               transfer_seconds)
-from benchmarks.sources import RandomLayers, RepeatedGroup, random_embed, shrink_config
+from benchmarks.cpu import Ours, _default_emit, _default_log, _rate, time_interleaved
+from benchmarks.device import (DeviceSuite, _device_row, machine_and_matmul, measured_size, pinned_copy,
+                               reporting, transfer_seconds)
+from benchmarks.sources import RepeatedGroup, shrink_config
 from opt_jax.errors import InputError, StatsError
-from opt_jax.streaming import group_size_for
 
 WITH, WITHOUT = "compute_only", "compute_only_no_examples"
 
@@ -73,38 +72,17 @@ def study_step(settings: StudyStep = StudyStep(), emit: Callable[[dict], None] |
                log: Callable[[str], None] | None = _default_log) -> list[dict]:
     """The compute-only pair, one flush's copy and the streamed step of one size; one summary row (in a list)."""
     import opt_jax
-    from analyses.collection import Options, make_plan
 
     s = settings
     config = shrink_config(opt_jax.for_size(s.size), s.shrink)  # an unknown size fails before anything is measured
     if s.batches < 1 or s.warmup < 0 or s.chunk_batches < 1 or s.flush_repeats < 1 or s.examples < 1:
         raise InputError(f"need batches, chunk_batches, flush_repeats, examples >= 1 and warmup >= 0, got {s}")
-    emit = emit or (lambda record: None)
-    log = log or (lambda message: None)
-    t0 = time.perf_counter()
+    say, record = reporting(emit, log)
+    matmul = machine_and_matmul(s, say, record)
 
-    def say(message):
-        log(f"[{time.perf_counter() - t0:7.1f}s] {message}")
-
-    def record(kind, **fields):
-        r = {"measurement": kind} | fields
-        emit(r)
-        return r
-
-    record("machine", **device_machine(), settings=dataclasses.asdict(s))
-    say(f"{s.dtype} matmul {s.matmul_n}^3 on {device_machine()['device_kind']} ...")
-    matmul = device_matmul_rate(s.matmul_n, s.dtype)
-    record("matmul", n=s.matmul_n, dtype=s.dtype, flops_per_s=matmul)
-    say(f"  {matmul / 1e12:.2f} TFLOP/s")
-
-    layers = config.num_hidden_layers
-    token_layers = tuple(range(min(s.token_layers, layers)))
-    source = RandomLayers(config, s.dtype, s.seed)
-    group_size = s.group_size or min(group_size_for(source), -(-layers // 4))
-    groups = make_plan(config, Options(seq_len=s.seq_len, token_layers=token_layers)).groups(group_size)
-    largest = max(len(g) for g in groups)
-    data = make_batches(config, s.seq_len, s.batch_size, s.warmup + s.batches, s.seed)
-    embed = random_embed(config, s.dtype, s.seed)
+    m = measured_size(s.suite(), s.size)
+    layers, token_layers, source, group_size, groups, largest, data, embed = (
+        m.layers, m.token_layers, m.source, m.group_size, m.groups, m.largest, m.data, m.embed)
     shrunk = f" shape / {s.shrink}" if s.shrink > 1 else " shape"
     say(f"{s.size}{shrunk}: {layers} layers x hidden {config.hidden_size} x ffn {config.ffn_dim}, {len(groups)} "
         f"groups of <= {group_size} layers, batches {s.batch_size} x {s.seq_len}, {s.batches} timed per variant")
