@@ -49,5 +49,7 @@ class Progress:
         if self.total is None:
             return f"{head}{self.unit}, {tail}"
         left = _duration((self.total - self.done) / rate) if rate > 0 else "?"
-        pct = 100.0 * self.done / self.total if self.total else 100.0
+        # A run may pass its total (collection and its passes keep the batch that crosses --max_tokens whole):
+        # finished, not 102% done.
+        pct = min(100.0 * self.done / self.total, 100.0) if self.total else 100.0
         return f"{head}/{self.total / s:,.{digits}f}{self.unit} ({pct:.0f}%), {tail}, left {left}"

@@ -33,3 +33,14 @@ def test_prints_at_most_every_interval_and_at_the_end(monkeypatch):
         bar.update(1)
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("x: 5/10 (50%)") and lines[-1].startswith("x: 10/10 (100%)")
+
+
+def test_a_run_past_its_total_reads_finished(monkeypatch):
+    """Collection and its passes keep the batch that crosses --max_tokens whole: 2,048 of 2,000 is 100%, none left."""
+    clock = {"t": 0.0}
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock["t"])
+    bar = Progress("ablate", 2000, " tokens", stream=io.StringIO())
+    clock["t"] = 4.0
+    bar.update(2048)
+    line = bar.line(clock["t"])
+    assert line.startswith("ablate: 2,048/2,000 tokens (100%), 512 tokens/s") and line.endswith("left 0m00s")
