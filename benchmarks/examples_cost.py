@@ -45,7 +45,8 @@ def update_cost(seen=(0, 16_384, 1_048_576), ffn: int = 3072, seq_len: int = 512
                 rounds: int = 5, seed: int = 0, log: Callable = _default_log) -> list[dict]:
     """Milliseconds of one layer's `examples.update` (top and random sets) on a random fc1 output [batch, seq_len,
     ffn], gated by threshold (as collection runs it) and merging every neuron (`gated=False`, the same sets), the two
-    interleaved on the same batches, with the sets as a run has them after each count of tokens in `seen`.
+    interleaved on the same batches, with the sets as a run has them after each count of tokens in `seen`; and the
+    merge the gated update ran per set and round (`examples.merge_tier`).
 
     Each neuron fires on its own share of tokens (1-70%). The sets are brought to a count by merging random batches
     (windows numbered on); each timed round then merges one more batch from the same state with both variants and
@@ -59,34 +60,37 @@ def update_cost(seen=(0, 16_384, 1_048_576), ffn: int = 3072, seq_len: int = 512
     from analyses.collection import examples as ex
 
     counted, fc1 = _random_layer(ffn, seq_len, batch, seed)
-    steps = {gated: jax.jit(lambda sets, x, w, gated=gated: ex.update(sets, 0, jnp.int32(3), x, counted, w, k, gated))
+    steps = {gated: jax.jit(lambda sets, x, w, gated=gated: ex.update(sets, 0, jnp.int32(3), x, counted, w, k, gated,
+                                                                      return_tiers=True))
              for gated in (True, False)}
+    tier_names = {ex.LATE: "late", ex.LATE_WIDE: "late_wide", ex.MIDDLE: "middle", ex.EARLY: "early"}
     tokens = batch * seq_len
     sets, windows = ex.zero_sets(1, ffn, k), 0
     rows = []
     for count in seen:
         while windows * seq_len < count:
-            sets, windows = steps[True](sets, fc1(), jnp.int32(windows)), windows + batch
-        times, changed = {"gated": [], "every": []}, []
+            sets, windows = steps[True](sets, fc1(), jnp.int32(windows))[0], windows + batch
+        times, changed, tiers = {"gated": [], "every": []}, [], []
         for r in range(rounds + 1):  # round 0 compiles
             x = fc1()
             order = (True, False) if r % 2 else (False, True)
             for gated in order:
                 start = time.perf_counter()
-                out = jax.block_until_ready(steps[gated](sets, x, jnp.int32(windows)))
+                out, tier = jax.block_until_ready(steps[gated](sets, x, jnp.int32(windows)))
                 if r:
                     times["gated" if gated else "every"].append(time.perf_counter() - start)
                 if gated:
                     new = out
+                    tiers.append("/".join(tier_names[int(tier[kind])] for kind in ex.KINDS))
             changed.append(int(sum(np.any(np.asarray(new[kind]["window"]) != np.asarray(sets[kind]["window"]), -1).sum()
                                    for kind in ex.KINDS)))
             sets, windows = new, windows + batch
         row = {"tokens_seen": count, "ffn": ffn, "tokens_per_batch": tokens, "k": k,
-               "neurons_changed_top_plus_random": changed[1:],
+               "neurons_changed_top_plus_random": changed[1:], "merges_top_random": tiers[1:],
                "gated_ms": float(np.median(times["gated"])) * 1000, "every_ms": float(np.median(times["every"])) * 1000}
         row["speedup"] = row["every_ms"] / row["gated_ms"]
         log(f"after {count} tokens: gated {row['gated_ms']:.1f} ms, every neuron {row['every_ms']:.1f} ms, "
-            f"{row['speedup']:.2f}x; neurons changed {changed[1:]}")
+            f"{row['speedup']:.2f}x; neurons changed {changed[1:]}; merges (top/random) {tiers[1:]}")
         rows.append(row)
     return rows
 

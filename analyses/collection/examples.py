@@ -33,9 +33,11 @@ cut into blocks of `c` consecutive ones, the k blocks with the largest maxima ho
 tokens are ranked. The ranking keys are float32, for which `lax.top_k` is fast on every backend: the
 value itself for `top`, and for `random` the positive normal float whose bits are 0x40800000 - rank
 (larger key = smaller rank); -inf where the neuron did not fire. Both sets' block maxima come from one pass over
-the fc1 output (`_block_maxima`), and they also gate the merge: a neuron whose largest block maximum does not beat
-its set's k-th key keeps its set, and once few neurons change (about k / a of a neuron's activations enter after a
-of them) only those are merged (`update`).
+the fc1 output (`_block_maxima`), and they also gate the merge. Only a block whose maximum beats a neuron's k-th
+key can hold a token that enters its set, and after a of a neuron's activations about k / a of the next ones do:
+from the second or third batch on most neurons have such a block in at most a quarter of the k blocks, so ranking
+that many (`_few_blocks`) is exact for them, and only the neurons with more are merged on all k (`merge_tier`:
+every neuron on few blocks, then the few with more); once few neurons have any, only those are merged (`update`).
 """
 
 from __future__ import annotations
@@ -159,52 +161,77 @@ def _block_maxima(fc1, counted, token_h, neuron_h, c: int) -> dict:
 
 
 def _budget(ffn: int) -> int:
-    """Neurons merged by the gated path of `update` (a static size): an eighth of a layer's."""
+    """Neurons merged by the gated paths of `update` (a static size): an eighth of a layer's."""
     return max(1, ffn // 8)
 
 
-def _merge_neurons(kind: str, running: dict, running_keys, block_max, fc1, counted, window, position, token_h,
-                   neuron_h, neurons, k: int, c: int) -> dict:
-    """The k best of `neurons`' running sets and their batch's tokens: {field: [m, k]}.
+def _few_blocks(kb: int) -> int:
+    """Blocks ranked per neuron by the cheap merges of `update`: a quarter of the full merge's kb."""
+    return max(1, kb // 4)
+
+
+def _merge_neurons(kind: str, running: dict, running_keys, block_max, fc1, counted, first_window, seq_len: int,
+                   token_h, neuron_h, neurons, blocks: int, k: int, c: int) -> dict:
+    """The k best of `neurons`' running sets and the batch's tokens in their `blocks` blocks with the largest
+    maxima: {field: [m, k]}.
 
     running {field: [n, k]} and running_keys [n, k] (the layer's sets), block_max [t / c, n] (`_block_maxima`), fc1
-    [t, n], counted bool [t], window, position int32 [t], token_h uint32 [t], neuron_h uint32 [n], neurons int32 [m]
-    (any layer neurons, repeats allowed: merging a neuron is always exact). The batch's best kb = min(k, t) tokens of
-    a neuron lie in its kb blocks with the largest maxima (a block outside them has kb blocks, each with a token
-    ahead of all of its own), so only those kb * c tokens are ranked."""
-    m, kb = neurons.shape[0], min(k, fc1.shape[0])
-    _, blocks = lax.top_k(block_max[:, neurons].T, kb)  # [m, kb]
-    blocks = _sort_small(blocks)  # [m, kb]: in token order, so that equal keys keep the lower token first
-    rows = (blocks[:, :, None] * c + jnp.arange(c)).reshape(m, kb * c)  # [m, kb * c]
+    [t, n], counted bool [t], first_window int32 (the window of token 0; token j is at window first_window + j //
+    seq_len, position j % seq_len), token_h uint32 [t], neuron_h uint32 [n], neurons int32 [m] (any layer neurons,
+    repeats allowed). Exact for a neuron when every block holding a token that beats its k-th key is among those
+    ranked: always with blocks = min(k, t / c) (a block outside the kb best has kb blocks, each with a token ahead of
+    all of its own), and with fewer where fewer blocks beat the k-th key (`update` checks which). The running set
+    and the candidates (in token order) are ranked in one top-k: the running set holds earlier tokens than the
+    batch, so equal keys keep it first, as the total order does."""
+    m = neurons.shape[0]
+    _, picked = lax.top_k(block_max[:, neurons].T, blocks)  # [m, blocks]
+    picked = _sort_small(picked)  # [m, blocks]: in token order, so that equal keys keep the lower token first
+    rows = (picked[:, :, None] * c + jnp.arange(c)).reshape(m, blocks * c)  # [m, blocks * c]
     t, n = fc1.shape
     if t * n < 2**31:  # one flat index per element (2-D gather indices are built whole inside a `lax.cond`)
-        values = jnp.take(fc1.reshape(t * n), rows * n + neurons[:, None])  # [m, kb * c]
+        values = jnp.take(fc1.reshape(t * n), rows * n + neurons[:, None])  # [m, blocks * c]
     else:
-        values = fc1[rows, neurons[:, None]]  # [m, kb * c]
-    nh = neuron_h[neurons, None]  # [m, 1]
-    keys = _keys(kind, values, counted[rows] & (values > 0), token_h[rows], nh)  # [m, kb * c]
-    best, at = lax.top_k(keys, kb)  # [m, kb]: sorted, ties to the lower token
-    tokens = jnp.take_along_axis(rows, at, axis=1)  # [m, kb]
-    fired = best > -jnp.inf  # [m, kb]
-    new = {"window": jnp.where(fired, window[tokens], EMPTY), "position": jnp.where(fired, position[tokens], EMPTY),
-           "value": jnp.where(fired, jnp.take_along_axis(values, at, axis=1).astype(jnp.float32), 0.0)}  # [m, kb]
-    # The running set holds earlier tokens than the batch, so ties keep it first, as the total order does.
-    both = {f: jnp.concatenate([running[f][neurons], new[f]], axis=1) for f in FIELDS}  # [m, k + kb]
-    _, pick = lax.top_k(jnp.concatenate([running_keys[neurons], best], axis=1), k)  # [m, k]
-    return {f: jnp.take_along_axis(both[f], pick, axis=1) for f in FIELDS}  # [m, k]
+        values = fc1[rows, neurons[:, None]]  # [m, blocks * c]
+    keys = _keys(kind, values, counted[rows] & (values > 0), token_h[rows], neuron_h[neurons, None])  # [m, blocks*c]
+    best, pick = lax.top_k(jnp.concatenate([running_keys[neurons], keys], axis=1), k)  # [m, k]
+    kept = pick < k  # [m, k]: from the running set
+    at = jnp.maximum(pick - k, 0)  # [m, k]: the candidate, where from the batch
+    token = jnp.take_along_axis(rows, at, axis=1)  # [m, k]
+    ran = {f: jnp.take_along_axis(running[f][neurons], jnp.minimum(pick, k - 1), axis=1) for f in FIELDS}  # [m, k]
+    fired = best > -jnp.inf  # [m, k]: an empty running slot is picked before any batch token that did not fire
+    batch = {"window": jnp.where(fired, first_window + token // seq_len, EMPTY),
+             "position": jnp.where(fired, token % seq_len, EMPTY),
+             "value": jnp.where(fired, jnp.take_along_axis(values, at, axis=1).astype(jnp.float32), 0.0)}  # [m, k]
+    return {f: jnp.where(kept, ran[f], batch[f]) for f in FIELDS}  # [m, k]
 
 
-def update(sets: dict, i, layer, fc1, counted, first_window, k: int, gated: bool = True) -> dict:
+LATE, LATE_WIDE, MIDDLE, EARLY = range(4)  # the merge `update` runs for a set, by the batch's candidates
+
+
+def merge_tier(count, budget: int, few: int):
+    """Which merge a set's batch needs (int32 scalar), from count [n] (per neuron, the blocks whose maximum beats
+    its k-th key): LATE when at most `budget` neurons have a candidate, each in at most `few` blocks (only those
+    neurons, few blocks each); LATE_WIDE when at most `budget` have one (only those, every block a merge ranks);
+    MIDDLE when at most `budget` have candidates in more than `few` blocks (every neuron on few blocks, then those
+    on all); else EARLY (every neuron on all)."""
+    entering, wide = jnp.sum(count > 0), jnp.sum(count > few)
+    return jnp.where(entering <= budget, jnp.where(wide == 0, LATE, LATE_WIDE),
+                     jnp.where(wide <= budget, MIDDLE, EARLY)).astype(jnp.int32)
+
+
+def update(sets: dict, i, layer, fc1, counted, first_window, k: int, gated: bool = True,
+           return_tiers: bool = False) -> dict | tuple[dict, dict]:
     """Merge one layer's batch into row i of the group's running sets ({kind: {field: [g, n, k]}}).
 
     fc1 [b, s, n] (the layer's fc1 output), counted bool [b, s] (real, non-BOS), layer the model's layer
     index, first_window the window index of the batch's row 0 (int32 scalars, traced).
 
-    Gated by threshold: a neuron's set changes only if a token of the batch beats its k-th key (its largest block
-    maximum does), which after the first batches few neurons have; when at most `_budget` of them do, only those are
-    merged (gathered, then scattered back), else every neuron is. Either way each merged neuron gets the exact k
-    best, so the sets are those of merging every neuron, whichever branch ran. `gated=False` always merges every
-    neuron (the benchmark's baseline).
+    Gated by threshold: only a block whose maximum beats a neuron's k-th key can change its set, and after the first
+    batches few do. `merge_tier` picks, per set, a merge that is exact for every neuron from how many of a
+    neuron's blocks beat it and how many neurons have such blocks: the LATE merges gather only those neurons (then
+    scatter them back), the cheap ones rank only `_few_blocks` blocks of a neuron, the rest all kb. Whichever runs,
+    each neuron gets the exact k best, so the sets are those of merging every neuron on all blocks. `gated=False`
+    always does that (the benchmark's baseline). `return_tiers` also returns {kind: the `merge_tier` that ran}.
     """
     b, s, n = fc1.shape
     t = b * s
@@ -213,28 +240,33 @@ def update(sets: dict, i, layer, fc1, counted, first_window, k: int, gated: bool
     position = jnp.arange(t, dtype=jnp.int32) % s  # [t]
     token_h = token_hash(jnp, window, position)  # [t]
     neuron_h = neuron_hash(jnp, layer, jnp.arange(n))  # [n]
-    c = block_tokens(s, b, min(k, t))
+    kb = min(k, t)
+    c = block_tokens(s, b, kb)
+    few = _few_blocks(kb)
     block_max = _block_maxima(flat, tokens_counted, token_h, neuron_h, c)  # {kind: [t / c, n]}
     budget = _budget(n)
-    out = {}
+    out, tiers = {}, {}
     for kind in KINDS:  # the quantile set, when kept, is merged by `update_quantile`
         running = {f: sets[kind][f][i] for f in FIELDS}  # [n, k] each
         running_keys = _running_keys(kind, running, neuron_h)  # [n, k]
-        enters = block_max[kind].max(axis=0) > running_keys.min(axis=1)  # [n]: a batch token beats the k-th
+        count = jnp.sum(block_max[kind] > running_keys.min(axis=1), axis=0)  # [n]: blocks beating the k-th key
         merge = functools.partial(_merge_neurons, kind, running, running_keys, block_max[kind], flat, tokens_counted,
-                                  window, position, token_h, neuron_h, k=k, c=c)
+                                  jnp.asarray(first_window, jnp.int32), s, token_h, neuron_h, k=k, c=c)
+        every = jnp.arange(n, dtype=jnp.int32)  # [n]
 
-        def some(running=running, merge=merge, enters=enters):  # only the neurons a token enters, padded with 0
-            neurons = jnp.nonzero(enters, size=budget, fill_value=0)[0].astype(jnp.int32)  # [budget]
-            merged = merge(neurons)  # [budget, k] each
-            return {f: running[f].at[neurons].set(merged[f]) for f in FIELDS}  # [n, k]
+        def some(flags, blocks, base, merge=merge):  # the flagged neurons (at most `budget`) merged into `base`
+            neurons = jnp.nonzero(flags, size=budget, fill_value=0)[0].astype(jnp.int32)  # [budget], padded with 0
+            merged = merge(neurons, blocks)  # [budget, k] each: neuron 0, padding or not, is merged exactly too
+            return {f: base[f].at[neurons].set(merged[f]) for f in FIELDS}  # [n, k]
 
-        def every(merge=merge):
-            return merge(jnp.arange(n, dtype=jnp.int32))  # [n, k] each
-
-        merged = lax.cond(jnp.sum(enters) <= budget, some, every) if gated else every()
+        branches = [lambda running=running, count=count, some=some: some(count > 0, few, running),
+                    lambda running=running, count=count, some=some: some(count > 0, kb, running),
+                    lambda count=count, some=some, merge=merge: some(count > few, kb, merge(every, few)),
+                    lambda merge=merge: merge(every, kb)]
+        tiers[kind] = merge_tier(count, budget, few) if gated else jnp.int32(EARLY)
+        merged = lax.switch(tiers[kind], branches) if gated else branches[EARLY]()
         out[kind] = {f: sets[kind][f].at[i].set(merged[f]) for f in FIELDS}
-    return out
+    return (out, tiers) if return_tiers else out
 
 
 # The quantile set: the `random` order restricted to each bin of the value histogram (`values.py`).

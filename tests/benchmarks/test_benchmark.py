@@ -380,3 +380,13 @@ def test_block_cost_compares_block_sizes_on_equal_sets():
     rows = block_cost(sizes=(8, 4), seen=(0, 256), ffn=64, seq_len=16, batch=2, k=4, rounds=2, log=lambda m: None)
     assert [r["tokens_seen"] for r in rows] == [0, 256] and all(set(r["ms"]) == {8, 4} for r in rows)
     assert ex._MAX_BLOCK == kept, "the module's block size is restored"
+
+
+def test_update_cost_names_the_merge_each_round_ran():
+    from benchmarks.examples_cost import update_cost
+
+    rows = update_cost(seen=(0, 4096), ffn=64, seq_len=16, batch=4, k=4, rounds=2, log=lambda m: None)
+    assert [r["tokens_seen"] for r in rows] == [0, 4096]
+    assert [len(r["merges_top_random"]) for r in rows] == [2, 2]
+    # The second batch of 64 tokens changes most of the 64 neurons' sets; after 4096 tokens few tokens enter them.
+    assert "early" in rows[0]["merges_top_random"][0] and "early" not in "/".join(rows[1]["merges_top_random"])

@@ -233,11 +233,14 @@ def test_windows_grow_commit_by_commit_and_untouched_chunks_are_linked(tmp_path,
 
 
 def _device_update_against_the_host_merge(b, s, n, k, seed):
-    """Five batches merged into one layer's sets on the device (`ex.update`) against the host merge of every
-    batch's activations (`ex.merge_sets`, numpy). Batch 1 fills every neuron's sets (`update` merges every neuron);
-    in batches 2-4 only a few planted neurons fire, drawn as in batch 1, so some of their tokens enter the sets and
-    some do not (the gated path merges only those neurons); batch 5 is dense again, with values rounded so that
-    equal keys occur."""
+    """Batches merged into one layer's sets on the device (`ex.update`) against the host merge of every batch's
+    activations (`ex.merge_sets`, numpy), each batch drawn so that the `top` set takes a chosen merge
+    (`ex.merge_tier`). Batch 1 fills every neuron's sets (EARLY: every neuron on all blocks); in batch 2 only a few
+    planted neurons fire, drawn as in batch 1, so some of their tokens enter the sets and some do not; in batch 3
+    one planted neuron has one new best token (LATE: one neuron, few blocks); in batch 4 the planted neurons have
+    new best tokens in more blocks than the cheap merges rank (LATE_WIDE); in batch 5 every neuron has one new best
+    token and the planted ones have them in many blocks (MIDDLE: every neuron on few blocks, the planted on all);
+    batch 6 is dense again, with values rounded so that equal keys occur (EARLY)."""
     rng = np.random.default_rng(seed)
     layer = 3
     counted = np.ones((b, s), bool)
@@ -245,19 +248,38 @@ def _device_update_against_the_host_merge(b, s, n, k, seed):
     counted[-1, s // 2:] = False  # padding
     planted = rng.choice(n, max(1, ex._budget(n) // 2), replace=False)
     shift = rng.uniform(-1.5, 0.5, n).astype(np.float32)
+    kb = min(k, b * s)
+    c, few = ex.block_tokens(s, b, kb), ex._few_blocks(kb)
+    assert few < kb, "the cheap merges rank fewer blocks than the full one"
+    spread = np.arange(few + 1) * c + 1  # [few + 1]: a counted token in each of the first few + 1 blocks
+
+    def quiet():  # [b, s, n]
+        return -np.abs(rng.standard_normal((b, s, n))).astype(np.float32)
+
+    def at_tokens(x, tokens, neurons, value):  # x with `value` at the flat tokens of the neurons
+        x = x.reshape(b * s, n)
+        x[np.asarray(tokens)[:, None], np.asarray(neurons)[None, :]] = value
+        return x.reshape(b, s, n)
+
     batches = [rng.standard_normal((b, s, n)).astype(np.float32) + shift]
-    for _ in range(3):
-        quiet = -np.abs(rng.standard_normal((b, s, n))).astype(np.float32)
-        quiet[:, :, planted] = rng.standard_normal((b, s, len(planted))).astype(np.float32) + shift[planted]
-        batches.append(quiet)
+    drawn = quiet()
+    drawn[:, :, planted] = rng.standard_normal((b, s, len(planted))).astype(np.float32) + shift[planted]
+    batches.append(drawn)
+    batches.append(at_tokens(quiet(), [spread[0]], planted[:1], 100.0))
+    batches.append(at_tokens(quiet(), spread, planted, 200.0))
+    counted_tokens = np.flatnonzero(counted.reshape(-1))
+    middle = quiet().reshape(b * s, n)
+    middle[counted_tokens[np.arange(n) % len(counted_tokens)], np.arange(n)] = 300.0  # every neuron once
+    batches.append(at_tokens(middle.reshape(b, s, n), spread, planted, 400.0))
     batches.append(np.round(rng.standard_normal((b, s, n)) + 0.5, 1).astype(np.float32))
-    update = jax.jit(lambda sets, x, w: ex.update(sets, 0, layer, x, counted, w, k))
+    update = jax.jit(lambda sets, x, w: ex.update(sets, 0, layer, x, counted, w, k, return_tiers=True))
     device = ex.zero_sets(1, n, k)
     host = {kind: ex.empty_sets(n, k) for kind in ex.KINDS}
-    changed = []
+    changed, tiers = [], []
     for j, x in enumerate(batches):
         before = {kind: np.asarray(device[kind]["window"][0]) for kind in ex.KINDS}
-        device = update(device, x, np.int32(j * b))
+        device, tier = update(device, x, np.int32(j * b))
+        tiers.append({kind: int(t) for kind, t in tier.items()})
         fired = counted[..., None] & (x > 0)  # [b, s, n]
         window = np.broadcast_to((j * b + np.arange(b))[:, None, None], x.shape)  # [b, s, n]
         position = np.broadcast_to(np.arange(s)[None, :, None], x.shape)  # [b, s, n]
@@ -271,9 +293,12 @@ def _device_update_against_the_host_merge(b, s, n, k, seed):
                 np.testing.assert_array_equal(np.asarray(device[kind][f][0]), host[kind][f], err_msg=(j, kind, f))
             rows |= set(np.nonzero((before[kind] != host[kind]["window"]).any(axis=1))[0].tolist())
         changed.append(rows)
-    quiet = changed[1] | changed[2] | changed[3]
-    assert quiet and quiet <= set(planted.tolist()), "batches 2-4 change only planted neurons"
-    assert len(changed[0]) > ex._budget(n) and len(changed[4]) > ex._budget(n), "batches 1 and 5 change most"
+    top = [t["top"] for t in tiers]
+    assert top[1] in (ex.LATE, ex.LATE_WIDE) and top[:1] + top[2:] == [ex.EARLY, ex.LATE, ex.LATE_WIDE, ex.MIDDLE,
+                                                                         ex.EARLY], tiers
+    assert changed[1] and changed[1] <= set(planted.tolist()), "batch 2 changes only planted neurons"
+    assert changed[2] == {int(planted[0])} and changed[3] == set(planted.tolist())
+    assert len(changed[0]) > ex._budget(n) and len(changed[4]) == n and len(changed[5]) > ex._budget(n)
 
 
 def test_device_update_by_threshold_is_the_host_merge():
