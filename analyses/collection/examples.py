@@ -56,7 +56,7 @@ RANDOM = "random"
 FIELDS = ("window", "position", "value")
 EMPTY = -1  # window and position of an empty slot
 _KEY_BITS = 0x40800000  # bits of 4.0: 0x40800000 - rank for rank < 2^30 is a positive normal float32
-_MAX_BLOCK = 16  # tokens per block of the device's first pass: 16 measured ahead of 32 and 8 (BENCHMARKS.md)
+_MAX_BLOCK = 16  # tokens per block of the first pass: 16 and 32 alike, 8 behind (BENCHMARKS.md, 2026-12-07)
 
 
 # The rank of the random sample: a murmur3-style mix in uint32, the same in numpy (host) and jax.numpy (device).
