@@ -2,8 +2,10 @@
 torch's fused `scaled_dot_product_attention`, every layer of the model's shape over one batch, interleaved round by
 round (`benchmarks.floor.Attention`; `scripts/benchmark.py --attention_cost`).
 
-Each round times one batch of each kernel, the order rotating; the ratio ours / SDPA is taken within each round,
-so that a shared machine's load, which changes between rounds, hits both alike, and its median is reported.
+Each kernel runs in a process of its own (`benchmarks.isolated`: in one process, torch and JAX change each other's
+step times). Each round times one batch of each kernel, the order rotating; the ratio ours / SDPA is taken within
+each round, so that a shared machine's load, which changes between rounds, hits both alike, and its median is
+reported.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ import numpy as np
 
 from benchmarks.cpu import _default_log, batch_size_for, time_interleaved
 from benchmarks.floor import Attention
+from benchmarks.isolated import Worker, variants
 from opt_jax.config import OPTConfig
+
+
+def _build(kernel: str, *args) -> dict:
+    """A worker's variant (`benchmarks.isolated`): one kernel's `floor.Attention`."""
+    return {kernel: Attention(kernel, *args)}
 
 
 def attention_cost(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4096, batches: int = 8,
@@ -26,14 +34,16 @@ def attention_cost(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: in
     heads, head_dim = config.num_attention_heads, config.head_dim
     for seq_len in seq_lens:
         batch_size = batch_size_for(seq_len, tokens_per_batch)
-        variants = {kernel: Attention(kernel, config.num_hidden_layers, batch_size, seq_len, heads, head_dim, seed)
-                    for kernel in ("torch", "xla")}
+        workers = [Worker(_build, kernel, config.num_hidden_layers, batch_size, seq_len, heads, head_dim, seed)
+                   for kernel in ("torch", "xla")]
         log(f"attention: seq {seq_len} x batch {batch_size}, {config.num_hidden_layers} layers of {heads} heads x "
-            f"{head_dim}, {batches} rounds")
+            f"{head_dim}, {batches} rounds, each kernel in a process of its own")
         data = [(None, np.ones((batch_size, seq_len), bool))] * (warmup + batches)  # the kernels ignore the tokens
-        timed = time_interleaved(variants, data, warmup, log=log)
-        for v in variants.values():
-            v.close()
+        try:
+            timed = time_interleaved(variants(workers), data, warmup, log=log)
+        finally:
+            for w in workers:
+                w.close()
         sdpa, ours = (np.array(timed[k]["step_seconds"]) for k in ("torch", "xla"))
         rows.append({"seq_len": seq_len, "batch_size": batch_size, "layers": config.num_hidden_layers,
                      "heads": heads, "head_dim": head_dim, "rounds": batches,

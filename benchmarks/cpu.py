@@ -36,6 +36,7 @@ from analyses.collection import values
 from benchmarks import floor
 from benchmarks.conversion import peak_rss
 from benchmarks.isolated import Worker
+from benchmarks.isolated import variants as worker_variants
 from opt_jax.config import OPTConfig
 from opt_jax.errors import InputError
 from opt_jax.model import param_shapes
@@ -478,7 +479,7 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
                        Worker(_build_floor, models.hf_dir, b, seq_len, seed)]
             resident = workers[0]
             try:
-                side = {name: w.variant(name) for w in workers for name in w.names()}
+                side = worker_variants(workers)
                 say(f"  side by side: warm-up ({warmup} batch each), then {batches} timed batches, the {len(side)} "
                     "variants interleaved batch by batch, one numpy matmul sample per round ...")
                 timed = time_interleaved(side, data, warmup, matmul_n, log=lambda m: say("  " + m))
@@ -489,7 +490,7 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
                                             offload=True, group_size=group_size, chunk_batches=chunk_batches)]
                 say(f"  streamed against resident: {batches} more batches, interleaved in rounds of "
                     f"{chunk_batches} ...")
-                pair = time_interleaved({name: w.variant(name) for w in workers for name in w.names()},
+                pair = time_interleaved(worker_variants(workers),
                                         make_batches(config, seq_len, b, warmup + batches, seed + 1), warmup,
                                         log=lambda m: say("  " + m))
                 commit = resident.call("ours_resident", _commit_variant, os.path.join(tmp, f"commit-{seq_len}"))

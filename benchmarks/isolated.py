@@ -8,7 +8,7 @@ suite's process and 6.9-7.7 s in smaller ones, ours 6.3-7.1 s; which process hel
 steps on request, so each side runs as it does in a researcher's process of its own, while `cpu.time_interleaved`
 still gives them the same batches in alternating order.
 
-The proxies (`Worker.variant`) have what `cpu.time_interleaved` uses: `chunk`, `info`, `step(batches) -> seconds`.
+The proxies (`Worker.variant`; `variants(workers)` gives all of them) have what `cpu.time_interleaved` uses: `chunk`, `info`, `step(batches) -> seconds`.
 `Worker.call(name, fn, *args)` runs `fn(variant, *args)` in the worker (e.g. a commit of its runner). An error in the
 worker is raised here as a `WorkerError` carrying the worker's traceback.
 """
@@ -117,6 +117,18 @@ class Worker:
         if status == "error":
             raise WorkerError(f"in the worker process:\n{value}")
         return value
+
+
+def variants(workers: list[Worker]) -> dict:
+    """Every variant of the workers, {name: proxy}, in the workers' order (what `cpu.time_interleaved` takes); a
+    name two workers share is refused (one would hide the other)."""
+    out = {}
+    for w in workers:
+        for name in w.names():
+            if name in out:
+                raise ValueError(f"two workers have a variant named {name!r}")
+            out[name] = w.variant(name)
+    return out
 
 
 class _Proxy:

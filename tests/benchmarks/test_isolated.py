@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from benchmarks.isolated import Worker, WorkerError
+from benchmarks.isolated import Worker, WorkerError, variants
 
 
 class Counting:
@@ -63,3 +63,20 @@ def test_a_failed_build_is_raised_with_its_traceback():
     finally:
         worker.close()
     assert not worker.process.is_alive()
+
+
+def only(name):
+    return {name: Counting()}
+
+
+def test_variants_gathers_every_workers_variants_in_order():
+    first, second, again = Worker(only, "x"), Worker(build), Worker(only, "a")
+    try:
+        found = variants([first, second])
+        assert list(found) == ["x", "a", "b"]
+        assert found["x"].info["pid"] != found["a"].info["pid"] == found["b"].info["pid"]
+        with pytest.raises(ValueError, match="two workers have a variant named 'a'"):
+            variants([second, again])
+    finally:
+        for w in (first, second, again):
+            w.close()
