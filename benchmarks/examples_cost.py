@@ -61,11 +61,11 @@ def update_cost(seen=(0, 16_384, 1_048_576), ffn: int = 3072, seq_len: int = 512
     from analyses.collection import examples as ex
 
     counted, fc1 = _random_layer(ffn, seq_len, batch, seed)
+
     def step(gated):
         return jax.jit(lambda sets, x, w: ex.update(sets, 0, jnp.int32(3), x, counted, w, k, gated, return_tiers=True))
 
     steps = {gated: step(gated) for gated in (True, False)}
-    tier_names = {ex.LATE: "late", ex.LATE_WIDE: "late_wide", ex.MIDDLE: "middle", ex.EARLY: "early"}
     tokens = batch * seq_len
     sets, windows = ex.zero_sets(1, ffn, k), 0
     rows = []
@@ -83,7 +83,7 @@ def update_cost(seen=(0, 16_384, 1_048_576), ffn: int = 3072, seq_len: int = 512
                     times["gated" if gated else "every"].append(time.perf_counter() - start)
                 if gated:
                     new = out
-                    tiers.append("/".join(tier_names[int(tier[kind])] for kind in ex.KINDS))
+                    tiers.append("/".join(ex.TIERS[int(tier[kind])] for kind in ex.KINDS))
             changed.append(int(sum(np.any(np.asarray(new[kind]["window"]) != np.asarray(sets[kind]["window"]), -1).sum()
                                    for kind in ex.KINDS)))
             sets, windows = new, windows + batch

@@ -8,9 +8,10 @@ suite's process and 6.9-7.7 s in smaller ones, ours 6.3-7.1 s; which process hel
 steps on request, so each side runs as it does in a researcher's process of its own, while `cpu.time_interleaved`
 still gives them the same batches in alternating order.
 
-The proxies (`Worker.variant`; `variants(workers)` gives all of them) have what `cpu.time_interleaved` uses: `chunk`, `info`, `step(batches) -> seconds`.
-`Worker.call(name, fn, *args)` runs `fn(variant, *args)` in the worker (e.g. a commit of its runner). An error in the
-worker is raised here as a `WorkerError` carrying the worker's traceback.
+The proxies (`Worker.variant`; `variants(workers)` gives all of them) have what `cpu.time_interleaved` uses:
+`chunk`, `info`, `step(batches) -> seconds`. `Worker.call(name, fn, *args)` runs `fn(variant, *args)` in the worker
+(e.g. a commit of its runner). An error in the worker is raised here as a `WorkerError` carrying the worker's
+traceback.
 """
 
 from __future__ import annotations

@@ -169,19 +169,18 @@ def _few_blocks(kb: int) -> int:
     return max(1, kb // 4)
 
 
-def _merge_neurons(kind: str, running: dict, running_keys, block_max, fc1, counted, first_window, seq_len: int,
-                   token_h, neuron_h, neurons, blocks: int, k: int, c: int) -> dict:
+def _merge_neurons(kind: str, running: dict, running_keys, block_max, fc1, counted, window, position, token_h,
+                   neuron_h, neurons, blocks: int, k: int, c: int) -> dict:
     """The k best of `neurons`' running sets and the batch's tokens in their `blocks` blocks with the largest
     maxima: {field: [m, k]}.
 
     running {field: [n, k]} and running_keys [n, k] (the layer's sets), block_max [t / c, n] (`_block_maxima`), fc1
-    [t, n], counted bool [t], first_window int32 (the window of token 0; token j is at window first_window + j //
-    seq_len, position j % seq_len), token_h uint32 [t], neuron_h uint32 [n], neurons int32 [m] (any layer neurons,
-    repeats allowed). Exact for a neuron when every block holding a token that beats its k-th key is among those
-    ranked: always with blocks = min(k, t / c) (a block outside the kb best has kb blocks, each with a token ahead of
-    all of its own), and with fewer where fewer blocks beat the k-th key (`update` checks which). The running set
-    and the candidates (in token order) are ranked in one top-k: the running set holds earlier tokens than the
-    batch, so equal keys keep it first, as the total order does."""
+    [t, n], counted bool [t], window, position int32 [t], token_h uint32 [t], neuron_h uint32 [n], neurons int32 [m]
+    (any layer neurons, repeats allowed). Exact for a neuron when every block holding a token that beats its k-th
+    key is among those ranked: always with blocks = min(k, t / c) (a block outside the kb best has kb blocks, each
+    with a token ahead of all of its own), and with fewer where fewer blocks beat the k-th key (`update` checks
+    which). The running set and the candidates (in token order) are ranked in one top-k: the running set holds
+    earlier tokens than the batch, so equal keys keep it first, as the total order does."""
     m = neurons.shape[0]
     _, picked = lax.top_k(block_max[:, neurons].T, blocks)  # [m, blocks]
     picked = _sort_small(picked)  # [m, blocks]: in token order, so that equal keys keep the lower token first
@@ -198,13 +197,13 @@ def _merge_neurons(kind: str, running: dict, running_keys, block_max, fc1, count
     token = jnp.take_along_axis(rows, at, axis=1)  # [m, k]
     ran = {f: jnp.take_along_axis(running[f][neurons], jnp.minimum(pick, k - 1), axis=1) for f in FIELDS}  # [m, k]
     fired = best > -jnp.inf  # [m, k]: an empty running slot is picked before any batch token that did not fire
-    batch = {"window": jnp.where(fired, first_window + token // seq_len, EMPTY),
-             "position": jnp.where(fired, token % seq_len, EMPTY),
+    batch = {"window": jnp.where(fired, window[token], EMPTY), "position": jnp.where(fired, position[token], EMPTY),
              "value": jnp.where(fired, jnp.take_along_axis(values, at, axis=1).astype(jnp.float32), 0.0)}  # [m, k]
     return {f: jnp.where(kept, ran[f], batch[f]) for f in FIELDS}  # [m, k]
 
 
-LATE, LATE_WIDE, MIDDLE, EARLY = range(4)  # the merge `update` runs for a set, by the batch's candidates
+TIERS = ("late", "late_wide", "middle", "early")  # the merges `update` runs for a set, by the batch's candidates
+LATE, LATE_WIDE, MIDDLE, EARLY = range(len(TIERS))
 
 
 def merge_tier(count, budget: int, few: int):
@@ -250,7 +249,7 @@ def update(sets: dict, i, layer, fc1, counted, first_window, k: int, gated: bool
         running_keys = _running_keys(kind, running, neuron_h)  # [n, k]
         count = jnp.sum(block_max[kind] > running_keys.min(axis=1), axis=0)  # [n]: blocks beating the k-th key
         merge = functools.partial(_merge_neurons, kind, running, running_keys, block_max[kind], flat, tokens_counted,
-                                  jnp.asarray(first_window, jnp.int32), s, token_h, neuron_h, k=k, c=c)
+                                  window, position, token_h, neuron_h, k=k, c=c)
         every = jnp.arange(n, dtype=jnp.int32)  # [n]
 
         def some(flags, blocks, base, merge=merge):  # the flagged neurons (at most `budget`) merged into `base`
@@ -262,8 +261,11 @@ def update(sets: dict, i, layer, fc1, counted, first_window, k: int, gated: bool
                     lambda running=running, count=count, some=some: some(count > 0, kb, running),
                     lambda count=count, some=some, merge=merge: some(count > few, kb, merge(every, few)),
                     lambda merge=merge: merge(every, kb)]
-        tiers[kind] = merge_tier(count, budget, few) if gated else jnp.int32(EARLY)
-        merged = lax.switch(tiers[kind], branches) if gated else branches[EARLY]()
+        if gated:
+            tiers[kind] = merge_tier(count, budget, few)
+            merged = lax.switch(tiers[kind], branches)
+        else:
+            tiers[kind], merged = jnp.int32(EARLY), branches[EARLY]()
         out[kind] = {f: sets[kind][f].at[i].set(merged[f]) for f in FIELDS}
     return (out, tiers) if return_tiers else out
 
