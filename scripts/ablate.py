@@ -34,6 +34,7 @@ flags.DEFINE_string("stats", None, "statistics whose alive neurons random:/match
 flags.DEFINE_string("text_key", "text", cli.TEXT_KEY_HELP)
 
 cli.define_lock_flag()
+cli.define_heap_flag()
 
 
 def main(argv):
@@ -47,7 +48,7 @@ def main(argv):
         skip_windows=FLAGS.skip_windows, alive_from=FLAGS.stats, text_key=FLAGS.text_key,
         full_length_only=FLAGS.full_length_only,
         group_size=FLAGS.group_size, mesh=FLAGS.mesh, wait_for_lock=FLAGS.wait_for_lock), lambda r: _summary(r, FLAGS.out),
-        devices=FLAGS.model)
+        devices=FLAGS.model, keep_freed_memory=FLAGS.keep_freed_memory)
 
 
 def _summary(result: dict, out: str) -> str:

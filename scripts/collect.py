@@ -60,6 +60,7 @@ flags.DEFINE_integer("num_processes", 1, "number of processes in a multi-host ru
 flags.DEFINE_integer("process_id", 0, "this process's index in a multi-host run")
 
 cli.define_lock_flag()
+cli.define_heap_flag()
 
 
 def main(argv):
@@ -87,7 +88,7 @@ def main(argv):
             flush_every_batches=FLAGS.flush_every_batches, background_commits=FLAGS.background_commits,
             background_ngrams=FLAGS.background_ngrams, overwrite=FLAGS.overwrite, mesh=FLAGS.mesh,
             process_index=FLAGS.process_id, process_count=FLAGS.num_processes, wait_for_lock=FLAGS.wait_for_lock),
-        lambda path: f"statistics: {path}", devices=FLAGS.model)
+        lambda path: f"statistics: {path}", devices=FLAGS.model, keep_freed_memory=FLAGS.keep_freed_memory)
 
 
 if __name__ == "__main__":

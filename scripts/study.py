@@ -48,6 +48,7 @@ flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "compute dt
 flags.DEFINE_float("flush_every_s", 300.0, "commit statistics at least this often (seconds)")
 
 cli.define_lock_flag()
+cli.define_heap_flag()
 
 
 def main(argv):
@@ -69,7 +70,7 @@ def main(argv):
                    lambda result: f"{report.summary(result)}\n{example_contexts(result)}\n"
                                   f"report, figures and tables: {FLAGS.out}/report/"
                                   + (f"\natlas: {FLAGS.out}/atlas/index.html" if FLAGS.atlas else ""),
-                   devices=True)
+                   devices=True, keep_freed_memory=FLAGS.keep_freed_memory)
 
 
 if __name__ == "__main__":
