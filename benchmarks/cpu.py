@@ -37,6 +37,7 @@ from benchmarks import floor
 from benchmarks.conversion import peak_rss
 from benchmarks.isolated import Worker
 from benchmarks.isolated import variants as worker_variants
+from opt_jax import heap
 from opt_jax.config import OPTConfig
 from opt_jax.errors import InputError
 from opt_jax.model import param_shapes
@@ -401,21 +402,35 @@ VARIANTS = ("ours_resident", "ours_no_examples", "ours_streamed", "hf_full", "hf
 FLOOR_PARTS = (*(f"floor_products_{k}" for k in floor.KERNELS), "floor_attention_torch", "floor_attention_xla")
 
 
-def _build_ours(converted_dir: str, config: OPTConfig, shape: tuple[int, int], name: str, **options) -> dict:
+def _allocator(keep_freed_memory: bool) -> None:
+    """A worker's malloc setting, made before it builds anything: freed memory kept (`opt_jax.heap`, the step-loop
+    scripts' default on the CPU) or glibc's default. Every side of the suite gets the same, so that the allocator
+    is not what differs (BENCHMARKS.md, "Freed memory kept")."""
+    if keep_freed_memory:
+        why_not = heap.keep_freed_memory()
+        if why_not:
+            raise InputError(f"--keep_freed_memory: {why_not}; run the suite with --nokeep_freed_memory")
+
+
+def _build_ours(converted_dir: str, config: OPTConfig, shape: tuple[int, int], name: str,
+                keep_freed_memory: bool = True, **options) -> dict:
     """A worker's variants (`benchmarks.isolated`): one `Ours` runner."""
+    _allocator(keep_freed_memory)
     return {name: Ours(converted_dir, config, shape, **options)}
 
 
-def _build_hf(hf_dir: str, seq_len: int, token_layers: tuple[int, ...]) -> dict:
+def _build_hf(hf_dir: str, seq_len: int, token_layers: tuple[int, ...], keep_freed_memory: bool = True) -> dict:
     """A worker's variants: HF full and HF decoder, hooked, counting into one `HFCounter`."""
+    _allocator(keep_freed_memory)
     model = load_hf(hf_dir)
     counter = HFCounter(model, seq_len, token_layers)
     return {"hf_full": HF(model, seq_len, decoder_only=False, counter=counter),
             "hf_decoder": HF(model, seq_len, decoder_only=True, counter=counter)}
 
 
-def _build_floor(hf_dir: str, batch: int, seq_len: int, seed: int) -> dict:
+def _build_floor(hf_dir: str, batch: int, seq_len: int, seed: int, keep_freed_memory: bool = True) -> dict:
     """A worker's variants: the floor's timed parts (`benchmarks.floor.variants`)."""
+    _allocator(keep_freed_memory)
     return floor.variants(load_hf(hf_dir), batch, seq_len, seed)
 
 
@@ -429,13 +444,15 @@ def _peak_rss(variant) -> int:
 
 def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4096, batches: int = 6,
               warmup: int = 1, group_size: int = 4, chunk_batches: int = 2, workdir: str | None = None,
-              seed: int = 0, matmul_n: int = 2048, emit: Callable[[dict], None] | None = _default_emit,
+              seed: int = 0, matmul_n: int = 2048, keep_freed_memory: bool = True,
+              emit: Callable[[dict], None] | None = _default_emit,
               log: Callable[[str], None] | None = _default_log) -> list[dict]:
     """The cpu suite: one record per measurement, one row per seq_len.
 
     Per seq_len, two phases: the side by side (ours resident and without examples, HF full and decoder, the floor's
     kernels) interleaved batch by batch on the same batches; then ours streamed against the same resident runner
-    on fresh batches, in rounds of `chunk_batches`."""
+    on fresh batches, in rounds of `chunk_batches`. Every worker keeps freed memory (`keep_freed_memory`, as the
+    collection script does on the CPU) or none does."""
     if batches < 1 or warmup < 0:
         raise InputError(f"need batches >= 1 and warmup >= 0, got batches={batches}, warmup={warmup}")
     import torch
@@ -473,10 +490,13 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
             # Each side in a process of its own (`benchmarks.isolated`): in one process the two sides' allocator
             # state, memory and threads changed each other's step times by 10-25% (BENCHMARKS.md, 2026-12-07).
             shape = (b, seq_len)
-            workers = [Worker(_build_ours, models.converted_dir, config, shape, name="ours_resident"),
-                       Worker(_build_ours, models.converted_dir, config, shape, name="ours_no_examples", examples=0),
-                       Worker(_build_hf, models.hf_dir, seq_len, token_layers),
-                       Worker(_build_floor, models.hf_dir, b, seq_len, seed)]
+            kept = keep_freed_memory
+            workers = [Worker(_build_ours, models.converted_dir, config, shape, name="ours_resident",
+                              keep_freed_memory=kept),
+                       Worker(_build_ours, models.converted_dir, config, shape, name="ours_no_examples", examples=0,
+                              keep_freed_memory=kept),
+                       Worker(_build_hf, models.hf_dir, seq_len, token_layers, keep_freed_memory=kept),
+                       Worker(_build_floor, models.hf_dir, b, seq_len, seed, keep_freed_memory=kept)]
             resident = workers[0]
             try:
                 side = worker_variants(workers)
@@ -487,7 +507,8 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
                 for w in workers[1:]:
                     w.close()
                 workers = [resident, Worker(_build_ours, models.converted_dir, config, shape, name="ours_streamed",
-                                            offload=True, group_size=group_size, chunk_batches=chunk_batches)]
+                                            offload=True, group_size=group_size, chunk_batches=chunk_batches,
+                                            keep_freed_memory=kept)]
                 say(f"  streamed against resident: {batches} more batches, interleaved in rounds of "
                     f"{chunk_batches} ...")
                 pair = time_interleaved(worker_variants(workers),
@@ -528,7 +549,7 @@ def run_suite(config: OPTConfig, seq_lens=(512, 2048), tokens_per_batch: int = 4
             flops = model_flops_per_token(config, seq_len)
             rows.append({
                 "seq_len": seq_len, "batch_size": b, "timed_batches": batches, "flops_per_token": flops,
-                "token_layers": list(token_layers),
+                "token_layers": list(token_layers), "keep_freed_memory": keep_freed_memory,
                 **{f"{name}_tok_s": timed[name]["tokens_per_s"] for name in VARIANTS},
                 "commit_s": commit, "batch_s": float(np.median(timed["ours_resident"]["step_seconds"])),
                 "act_agreement": agree["act_agreement"], "pos_act_agreement": agree["pos_act_agreement"],
@@ -606,7 +627,11 @@ def markdown_table(rows: list[dict]) -> str:
                                                      for r in rows) + "). Ours also keeps the example sets (16 top and "
             "16 sampled activations per neuron, its default), which the baseline does not; 'no examples' is ours "
             "without them. HF decoder calls `model.model.decoder` (no LM head, the like-for-like comparison), HF full "
-            "the usual `model(ids, mask)` (logits too). Commit: one synchronous commit of the resident runner's "
+            "the usual `model(ids, mask)` (logits too). Each side ran in a process of its own, "
+            + ("every one keeping freed memory (`opt_jax.heap`: the collection script's default on the CPU; "
+               "HF and the floor given the same malloc setting). " if rows[0]["keep_freed_memory"] else
+               "every one with glibc's default malloc settings (--nokeep_freed_memory). ")
+            + "Commit: one synchronous commit of the resident runner's "
             "counters into a fresh store, in seconds and in batches of ours. Median round: the median over the timed "
             "batches of HF decoder's seconds over ours' on the same batch. 'Ours streamed' ran in a second phase, "
             "interleaved with the resident runner on fresh batches (its rate there gives streamed / resident), so "

@@ -50,6 +50,9 @@ flags.DEFINE_bool("attention_cost", False, "cpu: measure only causal attention (
                   "torch's fused SDPA, interleaved, at each --seq_lens value")
 flags.DEFINE_bool("ablation_cost", False, "cpu: measure only an ablation pass (base + 300 neurons zeroed: losses and "
                   "KL) against HF + hooks doing the same, at each --seq_lens value")
+flags.DEFINE_bool("keep_freed_memory", True, "cpu suite: every side (ours, HF, the floor) keeps freed host memory "
+                  "(opt_jax.heap, the collection script's default on the CPU); --nokeep_freed_memory: glibc's default "
+                  "for all")
 flags.DEFINE_string("workdir", None, "cpu: where the temporary checkpoints go (default: the system temp dir)")
 flags.DEFINE_list("sizes", None, "gpu: OPT sizes measured (default 1.3b,6.7b,30b,66b)")
 flags.DEFINE_list("resident_sizes", None, "gpu: sizes also measured resident (default 1.3b,6.7b)")
@@ -142,7 +145,7 @@ def main(argv):
     def suite():
         return cpu.run_suite(
             opt_jax.for_size(FLAGS.size), seq_lens=[int(s) for s in FLAGS.seq_lens],
-            tokens_per_batch=FLAGS.tokens_per_batch, workdir=FLAGS.workdir,
+            tokens_per_batch=FLAGS.tokens_per_batch, workdir=FLAGS.workdir, keep_freed_memory=FLAGS.keep_freed_memory,
             **common, **_set(group_size=FLAGS.group_size, chunk_batches=FLAGS.chunk_batches,
                              matmul_n=FLAGS.matmul_n))
 

@@ -9,6 +9,7 @@ import opt_jax
 from analyses.collection import values
 from benchmarks import cpu, device, ngram_cost, sources
 from benchmarks import conversion as bench
+from opt_jax.errors import InputError
 from helpers import offline_env, run_script
 
 TINY = opt_jax.OPTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, ffn_dim=256,
@@ -78,6 +79,15 @@ def test_suite_on_a_tiny_model(tmp_path):
     assert table[0].startswith("| seq len |") and table[1].startswith("|---")
     assert table[2].startswith(f"| {SEQ} | 2 |") and table[2].count("|") == table[0].count("|")
     assert any("GFLOP/s" in line for line in table[3:]) and any("Peak RSS" in line for line in table[3:])
+    # every side kept freed memory (the collection script's default on the CPU), and the notes say so
+    assert row["keep_freed_memory"] is True and any("every one keeping freed memory" in line for line in table)
+
+
+def test_a_suite_that_cannot_keep_freed_memory_says_what_to_do(monkeypatch):
+    monkeypatch.setattr(cpu.heap, "keep_freed_memory", lambda: "the C library is not glibc")
+    with pytest.raises(InputError, match="not glibc.*--nokeep_freed_memory"):
+        cpu._allocator(True)
+    cpu._allocator(False)  # glibc's defaults: nothing to set
 
 
 def test_counts_agree_with_a_hand_count(tmp_path):
