@@ -13,6 +13,10 @@ so it is a script's choice (`--keep_freed_memory`, `opt_jax.cli.define_heap_flag
 a library function; `auto` keeps freed memory when jax runs on the CPU, where the step's buffers live in the
 host's memory, and leaves a GPU run's host allocations (checkpoint reads, commits) as glibc does them.
 
+The memory held free that way is this process's to reuse, but the system no longer counts it as available: the
+memory checks that run before a collection, a contexts pass, an ablation or an attribution read `host_available()`,
+the system's available memory plus what this process holds free (a study runs several collections in one process).
+
 Only glibc has these settings (Linux); elsewhere `keep_freed_memory` changes nothing and says so.
 """
 
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+
+import psutil
 
 from opt_jax.errors import InputError
 
@@ -30,6 +36,14 @@ M_MMAP_MAX = -4
 # Heap growth asked of the kernel beyond each request (glibc's default: 128 KiB): fewer, larger brk calls.
 TOP_PAD_BYTES = 256 * 2**20
 CHOICES = ("auto", "yes", "no")
+_kept = {"top_pad": None}  # set by keep_freed_memory: the top pad it asked for
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's `struct mallinfo2` (2.33 and later), every field a size_t."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
 def _libc():
@@ -58,7 +72,25 @@ def keep_freed_memory(top_pad_bytes: int = TOP_PAD_BYTES) -> str | None:
     for param, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_TOP_PAD, top_pad_bytes)):
         if libc.mallopt(param, value) != 1:
             return f"glibc refused mallopt({param}, {value})"
+    _kept["top_pad"] = top_pad_bytes
     return None
+
+
+def free_held_bytes() -> int:
+    """Memory this process's malloc holds free for reuse since `keep_freed_memory` (0 when it was not called, or
+    without glibc 2.33's `mallinfo2`): its free bytes less the top pad, which may never have been touched and is
+    then still counted by the system as available."""
+    libc = _libc() if _kept["top_pad"] is not None else None
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return 0
+    libc.mallinfo2.restype = _MallInfo2
+    return max(0, int(libc.mallinfo2().fordblks) - _kept["top_pad"])
+
+
+def host_available() -> int:
+    """Host memory a run of this process may still use: the system's available memory (`psutil`) plus what this
+    process's malloc holds free (`free_held_bytes`)."""
+    return psutil.virtual_memory().available + free_held_bytes()
 
 
 def apply_choice(choice: str, backend: str) -> tuple[bool, str | None]:

@@ -48,7 +48,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import psutil
 from jax.sharding import NamedSharding, PartitionSpec
 
 from analyses.collection.plan import (RUNTIME_BYTES, Options, device_weights, free_memory, group_layers, mesh_shape,
@@ -57,7 +56,7 @@ from analyses.collection.runner import Weights
 from analyses.collection.statistics import Plan, embed_step
 from analyses.collection.store import (CHUNK_CELLS, Stats, StatsStore, context_name, example_name, example_slots,
                                        open_stats)
-from opt_jax import checkpoint as ckpt
+from opt_jax import checkpoint as ckpt, heap
 from opt_jax import lock
 from opt_jax.errors import StatsError
 from opt_jax.model import decoder_layers, embed
@@ -129,7 +128,7 @@ def check_memory(use: MemoryUse, host_available: int | None = None) -> None:
                          f"({use.weights / 1e9:.1f} GB) and a step's temporaries ({use.working / 1e9:.1f} GB) need "
                          f"{use.needed / 1e9:.1f} GB; {use.free / 1e9:.1f} GB are free. Stream the weights (--offload "
                          "--group_size), a smaller --batch_size, or a shorter span (--before, --after)")
-    available = psutil.virtual_memory().available if host_available is None else host_available
+    available = heap.host_available() if host_available is None else host_available
     if use.host > available and not use.where.endswith("with the device)"):
         raise StatsError(f"host memory: the groups read ahead and a commit's blocks need {use.host / 1e9:.1f} GB; "
                          f"{available / 1e9:.1f} GB are available. Use a smaller --group_size")

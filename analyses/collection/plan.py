@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import psutil
 
 from analyses.collection import examples as ex
 from analyses.collection import statistics as st
@@ -13,7 +12,7 @@ from analyses.collection import values
 from analyses.collection.store import CHUNK_CELLS, WRITES_IN_FLIGHT
 from opt_jax.errors import StatsError
 from opt_jax.sharding import parse_mesh
-from opt_jax import streaming
+from opt_jax import heap, streaming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +161,7 @@ def memory_use(plan: st.Plan, groups: list[range], layer_bytes: int, options: Op
     if masks and options.offload:
         host += (2 if options.background_ngrams else 1) * options.chunk_batches * masks  # the chunks' masks
     if host_available is None:
-        host_available = psutil.virtual_memory().available
+        host_available = heap.host_available()
     free, where = free_memory(device, split, host_available)
     if on_host:
         # Loading the weights holds one group twice (read, then copied) before the counters exist.
@@ -207,9 +206,9 @@ def device_weights(config, num_layers: int, group: int, layer_bytes: int, stream
 def free_memory(device, split: int = 1, host_available: int | None = None) -> tuple[int, str]:
     """(bytes free, where in words) for a run's arrays on `device`: an accelerator's free memory (each device of a
     neurons axis of `split` when > 1), or on the CPU the host's available memory (`host_available`, default
-    `psutil`'s)."""
+    `opt_jax.heap.host_available()`)."""
     if shares_host(device):
-        available = psutil.virtual_memory().available if host_available is None else host_available
+        available = heap.host_available() if host_available is None else host_available
         return available, f"{device} (host memory, shared with the device)"
     stats = device.memory_stats()
     return stats["bytes_limit"] - stats.get("bytes_in_use", 0), \
@@ -238,8 +237,8 @@ def check_memory(plan: st.Plan, groups: list[range], layer_bytes: int, options: 
 
     On an accelerator: the counters, the weights on the device and a step's temporaries against its free
     memory, and the layer groups read ahead plus a commit's blocks against the host's. On the CPU the device
-    is the host: all of it against the available host memory (`psutil`), where a run that does not fit
-    would otherwise be killed by the kernel. With `options.background_commits`, a second set of counters
+    is the host: all of it against the available host memory (`opt_jax.heap.host_available`), where a run that
+    does not fit would otherwise be killed by the kernel. With `options.background_commits`, a second set of counters
     (without the n-gram masks) is then placed where it still fits, the device first: a commit writes that
     snapshot while the run counts into fresh counters. With n-grams counted in the background
     (`options.background_ngrams`), the masks of the batches being counted come on top: on the device when

@@ -22,11 +22,10 @@ import os
 
 import jax
 import numpy as np
-import psutil
 
 from analyses.interventions import spec as specs
 from analyses.interventions.passes import Model, Pass
-from opt_jax import atomic
+from opt_jax import atomic, heap
 from opt_jax import lock
 from opt_jax import checkpoint as ckpt
 from opt_jax.corpus import limited_batches, model_corpus
@@ -191,7 +190,7 @@ def check_memory(config, num_sets: int, batch_size: int, seq_len: int, gathered:
                          f"batch's arrays {(needed - weights) / 1e9:.1f} GB); {free / 1e9:.1f} GB are free. Use a "
                          "smaller --batch_size, fewer --neurons per call, a 16-bit --dtype, --offload, or with several "
                          "devices --mesh neurons=B")
-    host = psutil.virtual_memory().available if available is None else available
+    host = heap.host_available() if available is None else available
     if not on_host and read > host:
         raise InputError(f"host memory: the weights read before they move to the devices need {read / 1e9:.1f} GB; "
                          f"{host / 1e9:.1f} GB are available. Use --offload (with a smaller --group_size)")

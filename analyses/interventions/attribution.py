@@ -38,12 +38,11 @@ from collections.abc import Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import psutil
 import tensorstore as ts
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from analyses.collection.plan import RUNTIME_BYTES
-from opt_jax import atomic
+from opt_jax import atomic, heap
 from opt_jax import lock
 from opt_jax import checkpoint as ckpt
 from opt_jax.config import OPTConfig
@@ -307,7 +306,7 @@ def check_memory(config: OPTConfig, groups: list[range], layer_bytes: int, batch
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if not stats or "bytes_limit" not in stats:
         needed += RUNTIME_BYTES + (2 * largest * layer_bytes if streamed else 0)
-        free = psutil.virtual_memory().available if host_available is None else host_available
+        free = heap.host_available() if host_available is None else host_available
         where = f"{device} (host memory, shared with the device)"
     else:
         free, where = stats["bytes_limit"] - stats.get("bytes_in_use", 0), str(device)

@@ -78,3 +78,30 @@ def test_without_glibc_nothing_changes_and_the_log_says_so(monkeypatch):
     assert not kept and "not glibc" in warning
     with pytest.raises(InputError, match="top_pad_bytes"):
         heap.keep_freed_memory(2**31)
+
+
+# After keeping freed memory, 512 MB allocated and freed: the process holds it free, and counts it as available.
+_HELD = """
+import json
+import numpy as np
+import psutil
+from opt_jax import heap
+assert heap.free_held_bytes() == 0  # nothing kept yet
+assert heap.keep_freed_memory() is None
+buffer = np.ones(2**26)  # 512 MB
+held_while_used = heap.free_held_bytes()
+del buffer
+freed, system, available = heap.free_held_bytes(), psutil.virtual_memory().available, heap.host_available()
+print(json.dumps({"used": held_while_used, "freed": freed, "above_system": available - system}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or heap._libc() is None, reason="glibc's malloc only")
+def test_memory_held_free_counts_as_available():
+    result = run_script("-c", _HELD)
+    assert result.returncode == 0, result.stderr
+    held = json.loads(result.stdout)
+    assert held["used"] < 2**26  # the buffer in use is not free
+    assert 0.9 * 2**29 <= held["freed"] <= 2**29 + 2**26, held  # freed: held for reuse, less the untouched top pad
+    # host_available: the system's available memory plus the held bytes (the two read a moment apart)
+    assert abs(held["above_system"] - held["freed"]) < 2**26, held
