@@ -78,7 +78,7 @@ def test_rejects_sequences_longer_than_positions(pair):
         model.forward(too_long)
 
 
-@pytest.mark.parametrize("attention, block", [("blocked", 4), ("blocked", 256), ("fused", 256)])
+@pytest.mark.parametrize("attention, block", [("blocked", 4), ("blocked", 128), ("blocked", 256), ("fused", 128)])
 def test_each_attention_implementation_matches_torch(pair, attention, block):
     """Both attention paths; blocks of 4 make sequences span several query blocks. Padding left and right."""
     from opt_jax import model as model_module
