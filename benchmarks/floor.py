@@ -140,10 +140,11 @@ class Attention(_Part):
 
             self.attend = jax.jit(layers)
 
-    def run(self) -> list:
-        """Every layer's attention once: each layer's output ([b, h, s, k] torch, [b, s, h, k] ours)."""
+    def run(self):
+        """Every layer's attention once: each layer's output, a list of [b, h, s, k] (torch) or one [l, b, s, h, k]
+        array (ours: as the scan returns it; splitting it into layers would add copies to the timing)."""
         if self.kernel == "xla":
-            return list(jax.block_until_ready(self.attend(*self.qkv)))
+            return jax.block_until_ready(self.attend(*self.qkv))
         import torch
 
         q, k, v = self.qkv
