@@ -18,12 +18,13 @@ TEXT_KEY_HELP = "the text's key in JSON lines, its column in parquet and Arrow f
 
 
 def run(action: Callable[[], object], done: Callable[[object], str], devices: bool | str = False,
-        keep_freed_memory: str | None = None) -> int:
+        keep_freed_memory: str | None = None, streamed: bool = False) -> int:
     """Exit status of `action()`: 0 after printing `done(result)`; 1 after printing an `OptJaxError`.
 
     `devices`: first say which backend and devices the work runs on (`opt_jax.env.announce`), with a warning
     where a GPU goes unused or a large model (a converted checkpoint's path, when given) would run on the CPU.
-    `keep_freed_memory`: the script's `--keep_freed_memory` (`define_heap_flag`), applied before the work."""
+    `keep_freed_memory`: the script's `--keep_freed_memory` (`define_heap_flag`), applied before the work, for a
+    run whose weights are `streamed` (`--offload`) or resident (`opt_jax.heap.apply_choice`)."""
     env.quiet_backend_probe()
     try:
         if devices:
@@ -31,7 +32,7 @@ def run(action: Callable[[], object], done: Callable[[object], str], devices: bo
         if keep_freed_memory is not None:
             import jax
 
-            _, warning = heap.apply_choice(keep_freed_memory, jax.default_backend())
+            _, warning = heap.apply_choice(keep_freed_memory, jax.default_backend(), streamed)
             if warning:
                 print(warning, file=sys.stderr, flush=True)
         result = action()
@@ -63,4 +64,4 @@ def define_heap_flag() -> None:
 
     flags.DEFINE_enum("keep_freed_memory", "auto", list(heap.CHOICES), "keep the host memory each step frees "
                       "mapped for the next (glibc): on the CPU about 5% faster steps for a few % more peak memory; "
-                      "auto: when jax runs on the CPU (opt_jax/heap.py)")
+                      "auto: when jax runs on the CPU, the weights resident (opt_jax/heap.py)")

@@ -10,8 +10,10 @@ system time per 4096-token step of OPT-125m on 2 cores, 5-6% of the step (BENCHM
 pages stay mapped and the next step reuses them. The cost is memory: the process holds on to its peak heap (the
 collection's peak RSS grew 3-7% in the measurement). The setting is the whole process's and lasts until it exits,
 so it is a script's choice (`--keep_freed_memory`, `opt_jax.cli.define_heap_flag`), never made on import or by
-a library function; `auto` keeps freed memory when jax runs on the CPU, where the step's buffers live in the
-host's memory, and leaves a GPU run's host allocations (checkpoint reads, commits) as glibc does them.
+a library function; `auto` keeps freed memory when jax runs on the CPU with the weights resident, where the step's
+buffers live in the host's memory, and leaves a GPU run's host allocations (checkpoint reads, commits) as glibc
+does them, and a streamed run's too (`--offload`: each layer group read, used and freed, gigabytes at 66b widths,
+would stay in the heap; a 66b-width streamed collection was killed on a 24 GB machine with it).
 
 The memory held free that way is this process's to reuse, but the system no longer counts it as available: the
 memory checks that run before a collection, a contexts pass, an ablation or an attribution read `host_available()`,
@@ -93,13 +95,13 @@ def host_available() -> int:
     return psutil.virtual_memory().available + free_held_bytes()
 
 
-def apply_choice(choice: str, backend: str) -> tuple[bool, str | None]:
-    """A script's `--keep_freed_memory` (`auto`, `yes`, `no`) on a run whose jax backend is `backend`: keep freed
-    memory for `yes`, and for `auto` when `backend` is "cpu". Returns whether it is kept and, when it was asked
-    for but could not be, a warning for the log."""
+def apply_choice(choice: str, backend: str, streamed: bool = False) -> tuple[bool, str | None]:
+    """A script's `--keep_freed_memory` (`auto`, `yes`, `no`) on a run whose jax backend is `backend`, its weights
+    `streamed` or resident: keep freed memory for `yes`, and for `auto` when `backend` is "cpu" and the weights are
+    resident. Returns whether it is kept and, when it was asked for but could not be, a warning for the log."""
     if choice not in CHOICES:
         raise InputError(f"--keep_freed_memory must be one of {', '.join(CHOICES)}, got {choice!r}")
-    if choice == "no" or (choice == "auto" and backend != "cpu"):
+    if choice == "no" or (choice == "auto" and (backend != "cpu" or streamed)):
         return False, None
     why_not = keep_freed_memory()
     return why_not is None, (f"warning: --keep_freed_memory={choice}: {why_not}" if why_not else None)

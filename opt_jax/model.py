@@ -69,7 +69,7 @@ def layer_norm(config: OPTConfig, param_dtype, name: str) -> LayerNorm:
 
 
 def causal_attention(q, key, value, token_mask, kind: str = "auto",
-                     query_block: int = 128):  # [b, q, h, k], [b, t, h, k], [b, t, h, k], [b, t]
+                     query_block: int = 256):  # [b, q, h, k], [b, t, h, k], [b, t, h, k], [b, t]
     """Softmax attention of each query over the real keys at or before it: [batch, seq, heads, head_dim].
 
     `kind` (static, `OPTConfig.attention`): "fused" is `jax.nn.dot_product_attention`, which an

@@ -48,7 +48,8 @@ def main(argv):
         skip_windows=FLAGS.skip_windows, alive_from=FLAGS.stats, text_key=FLAGS.text_key,
         full_length_only=FLAGS.full_length_only,
         group_size=FLAGS.group_size, mesh=FLAGS.mesh, wait_for_lock=FLAGS.wait_for_lock), lambda r: _summary(r, FLAGS.out),
-        devices=FLAGS.model, keep_freed_memory=FLAGS.keep_freed_memory)
+        devices=FLAGS.model, keep_freed_memory=FLAGS.keep_freed_memory,
+        streamed=FLAGS.offload)
 
 
 def _summary(result: dict, out: str) -> str:

@@ -37,7 +37,8 @@ def main(argv):
             FLAGS.model, FLAGS.corpus, FLAGS.out, seq_len=FLAGS.seq_len, batch_size=FLAGS.batch_size,
             max_tokens=FLAGS.max_tokens, dtype=FLAGS.dtype, offload=FLAGS.offload, group_size=FLAGS.group_size,
             chunk_batches=FLAGS.chunk_batches, text_key=FLAGS.text_key, wait_for_lock=FLAGS.wait_for_lock),
-        lambda path: f"attribution: {path}", devices=FLAGS.model, keep_freed_memory=FLAGS.keep_freed_memory)
+        lambda path: f"attribution: {path}", devices=FLAGS.model, keep_freed_memory=FLAGS.keep_freed_memory,
+        streamed=FLAGS.offload)
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ def main(argv):
             flush_every_batches=FLAGS.flush_every_batches, background_commits=FLAGS.background_commits,
             background_ngrams=FLAGS.background_ngrams, overwrite=FLAGS.overwrite, mesh=FLAGS.mesh,
             process_index=FLAGS.process_id, process_count=FLAGS.num_processes, wait_for_lock=FLAGS.wait_for_lock),
-        lambda path: f"statistics: {path}", devices=FLAGS.model, keep_freed_memory=FLAGS.keep_freed_memory)
+        lambda path: f"statistics: {path}", devices=FLAGS.model, keep_freed_memory=FLAGS.keep_freed_memory,
+        streamed=FLAGS.offload)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def main(argv):
         FLAGS.stats, model=FLAGS.model, before=FLAGS.before, after=FLAGS.after, offload=FLAGS.offload,
         group_size=FLAGS.group_size, batch_size=FLAGS.batch_size, chunk_batches=FLAGS.chunk_batches,
         flush_every_s=FLAGS.flush_every_s, mesh=FLAGS.mesh, wait_for_lock=FLAGS.wait_for_lock), _summary,
-        devices=FLAGS.model or _model_of(FLAGS.stats), keep_freed_memory=FLAGS.keep_freed_memory)
+        devices=FLAGS.model or _model_of(FLAGS.stats), keep_freed_memory=FLAGS.keep_freed_memory,
+        streamed=FLAGS.offload)
 
 
 def _model_of(stats: str) -> str | None:

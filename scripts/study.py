@@ -70,7 +70,7 @@ def main(argv):
                    lambda result: f"{report.summary(result)}\n{example_contexts(result)}\n"
                                   f"report, figures and tables: {FLAGS.out}/report/"
                                   + (f"\natlas: {FLAGS.out}/atlas/index.html" if FLAGS.atlas else ""),
-                   devices=True, keep_freed_memory=FLAGS.keep_freed_memory)
+                   devices=True, keep_freed_memory=FLAGS.keep_freed_memory, streamed=FLAGS.offload)
 
 
 if __name__ == "__main__":

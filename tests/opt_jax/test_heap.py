@@ -52,6 +52,9 @@ def test_apply_choice_keeps_memory_only_where_asked(monkeypatch):
     assert not calls
     assert heap.apply_choice("auto", "cpu") == (True, None) and len(calls) == 1
     assert heap.apply_choice("yes", "gpu") == (True, None) and len(calls) == 2
+    # streamed weights (--offload): each group read and freed would stay in the heap, so auto leaves malloc alone
+    assert heap.apply_choice("auto", "cpu", streamed=True) == (False, None) and len(calls) == 2
+    assert heap.apply_choice("yes", "cpu", streamed=True) == (True, None) and len(calls) == 3
     with pytest.raises(InputError, match="one of auto, yes, no"):
         heap.apply_choice("always", "cpu")
 
@@ -65,7 +68,8 @@ def test_scripts_apply_their_flag_before_the_work(monkeypatch, capsys):
     monkeypatch.setattr(heap, "keep_freed_memory", lambda: order.append("kept"))
     assert cli.run(lambda: order.append("work"), lambda r: "done", keep_freed_memory="auto") == 0
     assert cli.run(lambda: order.append("work"), lambda r: "done", keep_freed_memory="no") == 0
-    assert order == ["kept", "work", "work"]
+    assert cli.run(lambda: order.append("work"), lambda r: "done", keep_freed_memory="auto", streamed=True) == 0
+    assert order == ["kept", "work", "work", "work"]
     monkeypatch.setattr(heap, "keep_freed_memory", lambda: "the C library is not glibc")
     assert cli.run(lambda: None, lambda r: "done", keep_freed_memory="yes") == 0
     assert "warning: --keep_freed_memory=yes: the C library is not glibc" in capsys.readouterr().err
