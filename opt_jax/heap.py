@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 import psutil
 
@@ -48,8 +49,10 @@ class _MallInfo2(ctypes.Structure):
                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
+@functools.cache
 def _libc():
-    """The C library's handle when it is glibc (has `mallopt` and `gnu_get_libc_version`), else None."""
+    """The C library's handle when it is glibc (has `mallopt` and `gnu_get_libc_version`), else None; loaded once,
+    its functions' signatures set there."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
@@ -58,6 +61,8 @@ def _libc():
         return None
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     libc.mallopt.restype = ctypes.c_int
+    if hasattr(libc, "mallinfo2"):  # glibc 2.33 and later
+        libc.mallinfo2.restype = _MallInfo2
     return libc
 
 
@@ -85,7 +90,6 @@ def free_held_bytes() -> int:
     libc = _libc() if _kept["top_pad"] is not None else None
     if libc is None or not hasattr(libc, "mallinfo2"):
         return 0
-    libc.mallinfo2.restype = _MallInfo2
     return max(0, int(libc.mallinfo2().fordblks) - _kept["top_pad"])
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-
 from analyses.collection import examples as ex
 from analyses.collection import statistics as st
 from analyses.collection import values
