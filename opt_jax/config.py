@@ -53,7 +53,7 @@ class OPTConfig:
     # How the model runs, not what it is (never stored, never compared; a static jit argument like the rest,
     # so a config with other values compiles its own trace):
     attention: str = "auto"  # "blocked" (query blocks, for the CPU), "fused" (jax.nn.dot_product_attention), or "auto"
-    query_block: int = 256  # query positions per block of the blocked attention
+    query_block: int = 128  # query positions per block of the blocked attention (BENCHMARKS.md)
 
     def __post_init__(self):
         for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", "ffn_dim",

@@ -69,7 +69,7 @@ def layer_norm(config: OPTConfig, param_dtype, name: str) -> LayerNorm:
 
 
 def causal_attention(q, key, value, token_mask, kind: str = "auto",
-                     query_block: int = 256):  # [b, q, h, k], [b, t, h, k], [b, t, h, k], [b, t]
+                     query_block: int = 128):  # [b, q, h, k], [b, t, h, k], [b, t, h, k], [b, t]
     """Softmax attention of each query over the real keys at or before it: [batch, seq, heads, head_dim].
 
     `kind` (static, `OPTConfig.attention`): "fused" is `jax.nn.dot_product_attention`, which an
@@ -138,6 +138,9 @@ class Attention(nn.Module):
         q = project("q_proj") * (k ** -0.5)  # [b, q, h, k]
         context = causal_attention(q, project("k_proj"), project("v_proj"), token_mask, c.attention,
                                    c.query_block)  # [b, q, h, k]
+        # [b, q, h, k]: computed in q, k, v's split by head; without this XLA may split the query blocks by token
+        # instead, which rounded differently from data parallelism (`opt_jax.sharding`, "Heads")
+        context = constrain(context, "data", None, "neurons", None)
         context = constrain(context, "data", "neurons", None, None)  # [b, q, h, k]: back to split by token
         out_bias = (d,) if c.enable_bias else None
         out = Linear("bqhk,dhk->bqd", (d, h, k), out_bias, self.param_dtype, name="o_proj")(context)  # [b, q, d]

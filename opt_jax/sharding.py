@@ -17,7 +17,9 @@ on one device for some of the tokens, never for some of its outputs or some of i
   output rows, or by column, is 1 float32 ulp away from one device's (BENCHMARKS.md), which moves masks and
   example values.
 - Heads: attention runs split by head (q, k, v resplit from tokens to heads; the context back to tokens);
-  when B does not divide the heads (OPT-125m's 12 on 8), every device runs every head of its batch rows.
+  when B does not divide the heads (OPT-125m's 12 on 8), every device runs every head of its batch rows. The
+  context is pinned to the heads' split before it goes back to tokens: left free, XLA's partitioner pushed the
+  token split into the query blocks at neurons=8, which was exact only when a device's positions were one block.
 - Neurons: fc1's output is resplit from tokens to neurons (an all-to-all) for the counters, which are split
   by neuron (`analyses.collection.statistics`).
 
