@@ -1,6 +1,7 @@
 """What the example sets cost: resident collection with `--examples 16` and with none, interleaved on the same
 batches (`scripts/benchmark.py --examples_cost`); one layer's update with the sets as a long run has them
-(`update_cost`); and the whole collection step likewise, late in a run (`late_cost`, `--whole`)."""
+(`update_cost`); the update over a run with commits, its sets kept across them or emptied at each (`commit_cost`,
+`--commit_every`); and the whole collection step late in a run (`late_cost`, `--whole`)."""
 
 from __future__ import annotations
 
@@ -95,6 +96,54 @@ def update_cost(seen=(0, 16_384, 1_048_576), ffn: int = 3072, seq_len: int = 512
             f"{row['speedup']:.2f}x; neurons changed {changed[1:]}; merges (top/random) {tiers[1:]}")
         rows.append(row)
     return rows
+
+
+def commit_cost(batches: int = 200, commit_every: int = 48, ffn: int = 3072, seq_len: int = 512, batch: int = 8,
+                k: int = 16, seed: int = 0, log: Callable = _default_log) -> dict:
+    """Milliseconds of one layer's gated `examples.update` (top and random sets) over a run of `batches` batches
+    with a commit every `commit_every`: the sets kept across commits (a run's since 2026-12-07) against emptied at
+    each commit (before: every commit handed the run fresh sets), the two interleaved batch by batch on the same
+    random fc1 outputs (`_random_layer`, each neuron firing on its own 1-70% of tokens), the order alternating.
+    48 batches is what the default `--flush_every_s 300` is at 125m widths on the 2-core CPU (about 6 s a batch)."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from analyses.collection import examples as ex
+
+    counted, fc1 = _random_layer(ffn, seq_len, batch, seed)
+    step = jax.jit(lambda sets, x, w: ex.update(sets, 0, jnp.int32(3), x, counted, w, k, return_tiers=True))
+    empty = ex.zero_sets(1, ffn, k)
+    jax.block_until_ready(step(empty, fc1(), jnp.int32(0)))  # compiled
+    sets = {"kept": empty, "emptied": empty}
+    times = {name: [] for name in sets}
+    tiers = {name: [] for name in sets}
+    for b in range(batches):
+        if b and b % commit_every == 0:
+            sets["emptied"] = empty
+        x, w = fc1(), jnp.int32(b * batch)
+        for name in (("kept", "emptied") if b % 2 else ("emptied", "kept")):
+            start = time.perf_counter()
+            sets[name], tier = jax.block_until_ready(step(sets[name], x, w))
+            times[name].append(time.perf_counter() - start)
+            tiers[name].append("/".join(ex.TIERS[int(tier[kind])] for kind in ex.KINDS))
+        if (b + 1) % commit_every == 0 or b + 1 == batches:
+            first = b // commit_every * commit_every
+            log(f"batches {first}-{b}: kept {1000 * np.mean(times['kept'][first:]):.1f} ms, emptied "
+                f"{1000 * np.mean(times['emptied'][first:]):.1f} ms a batch")
+    out = {"batches": batches, "commit_every": commit_every, "ffn": ffn, "tokens_per_batch": batch * seq_len, "k": k}
+    for name in sets:
+        counts = {tier: sum(t.count(tier) for t in tiers[name]) for tier in ex.TIERS}  # of 2 * batches set merges
+        out[name] = {"mean_ms": 1000 * float(np.mean(times[name])),
+                     "last_commit_mean_ms": 1000 * float(np.mean(times[name][-commit_every:])),
+                     "merges": counts}
+    out["emptied_over_kept"] = out["emptied"]["mean_ms"] / out["kept"]["mean_ms"]
+    log(f"over {batches} batches: kept {out['kept']['mean_ms']:.1f} ms, emptied {out['emptied']['mean_ms']:.1f} ms a "
+        f"batch ({out['emptied_over_kept']:.2f}x); merges kept {out['kept']['merges']}, emptied "
+        f"{out['emptied']['merges']}")
+    return out
 
 
 def block_cost(sizes=(32, 16, 8), seen=(0, 16_384, 131_072), ffn: int = 3072, seq_len: int = 512, batch: int = 8,
@@ -226,11 +275,17 @@ if __name__ == "__main__":
                              "with the sets and without, instead of one layer's update")
     parser.add_argument("--layers", type=int, default=12, help="--whole: decoder layers of the 125m-width model")
     parser.add_argument("--workdir", default=None, help="--whole: where the random checkpoint goes")
+    parser.add_argument("--commit_every", type=int, default=None,
+                        help="time one layer's update over a run of --batches batches with a commit every this many, "
+                             "the sets kept across commits against emptied at each (commit_cost) instead")
+    parser.add_argument("--batches", type=int, default=200, help="--commit_every: batches of the run")
     parser.add_argument("--blocks", type=int, nargs="+", default=None,
                         help="time one layer's update with blocks of at most these many tokens (the first the "
                              "reference the others must equal) instead")
     args = parser.parse_args()
-    if args.blocks:
+    if args.commit_every:
+        results = [commit_cost(args.batches, args.commit_every, args.ffn, args.seq_len, args.batch)]
+    elif args.blocks:
         results = block_cost(tuple(args.blocks), tuple(args.seen), args.ffn, args.seq_len, args.batch,
                              rounds=args.rounds)
     elif args.whole:

@@ -113,6 +113,8 @@ def collect(model_path: str, corpus_paths, out_dir: str, **flags) -> str:
     counting = options.ngram_orders and plan.token_layers
     ngrams = open_stats(store.root).ngram_table(options.ngram_max_pairs) if counting else None
     runner = Runner(model_path, plan, options, ngrams=ngrams, ngram_neurons=tracked if counting else None)
+    if plan.examples and store.manifest["tokens"]:
+        runner.prime_examples(stored_examples(store))  # the run's sets go on from the last commit's
     _say(options, "devices: " + ", ".join(f"{axis}={size}" for axis, size in runner.mesh.shape.items())
          + ("" if options.mesh else " (--mesh data=A,neurons=B splits the neurons)"))
     _say(options, _commit_mode(runner))
@@ -255,11 +257,12 @@ def _flush(runner: Runner, store: StatsStore, commits: Behind, host: dict, curso
 def _commit(store: StatsStore, counters, host: dict, cursor: dict, complete: bool, ngrams: dict | None) -> None:
     """Write old totals + `counters` (a `Counters`) + host counts as the store's next generation, with `cursor`.
 
-    Example sets are merged with the committed ones (the k best of both), the batches' windows appended."""
+    Example sets are written as the device holds them (the run's sets since the store's first batch: a resumed run
+    starts from the committed ones, `Runner.prime_examples`), the batches' windows appended."""
     deltas = counters.deltas() | {"pos_tokens": host["pos_tokens"], "token_occ": host["token_occ"]}
     values, shapes = {}, {}
     if counters.plan.examples:
-        values = example_merges([stored_examples(store), counters.example_sets], store.manifest)
+        values = example_merges([counters.example_sets], store.manifest)
         values["windows"], shapes["windows"] = appended_windows(store.array("windows"), host["windows"])
     m = store.manifest
     store.commit(deltas, {

@@ -17,8 +17,9 @@ output in float32.
   (a band is a run of whole bins, so its K smallest ranks are among its bins' samples).
 
 All are "the k best of a total order" (the quantile set bin by bin), so the set over a union is the k best of the
-sets of its parts: the device merges each batch into its running sets (`update`, inside the jitted scan), and a
-commit or `merge_stats` merges stored sets with new ones on the host (`merge_sets`) by the same order.
+sets of its parts: the device merges each batch into its running sets (`update`, inside the jitted scan), which a
+run keeps across its commits (a resumed run starts from the stored ones), and `merge_stats` merges stores' sets on
+the host (`merge_sets`) by the same order.
 A neuron with fewer than k activations keeps all of them; the empty slots hold window and position
 `EMPTY` and value 0, after the examples.
 

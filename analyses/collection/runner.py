@@ -12,7 +12,8 @@ run (`Options.background_ngrams`; `settle()` waits for it).
 A commit reads the counters as `Counters`: the live ones (`Runner.counters`), or a snapshot taken with
 `take_counters()`, which hands the run fresh counters at once so that the commit can be written behind it
 (`Runner.snapshot` says where the snapshot lives: on the device, copied to the host, or nowhere when
-neither has room for a second set; see `check_memory`).
+neither has room for a second set; see `check_memory`). Fresh counters are zero, except the running example
+sets: those are the run's since the store's first batch (`prime_examples` on a resume), carried across commits.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ class Runner:
         self.snapshot = check_memory(plan, self.groups, self.layers.layer_bytes, options, devices[0])
         self.counting = Behind("ngrams")
         self.executor = Streamed(self) if options.offload else Resident(self)
+        self.accs: list[dict] = []
         self.reset()
 
     @property
@@ -153,14 +155,33 @@ class Runner:
         then split the work, `opt_jax.sharding`); without, none (the steps as they always were)."""
         return within(None if self.options.mesh is None else self.mesh)
 
-    def reset(self) -> None:
-        """Empty the device counters (after a commit)."""
+    def reset(self, examples: list | None = None) -> None:
+        """Empty the device counters (after a commit); the running example sets go on as they are, or as
+        `examples` (one per group) gives them: they are not counts of the batches since a commit but the run's
+        sets, which a commit writes whole (`prime_examples`)."""
         batch = self.options.batch_size if self.options.ngram_orders and self.plan.token_layers else None
+        if examples is None and self.plan.examples and self.accs:
+            examples = [acc["examples"] for acc in self.accs]
         self.accs = []  # the old counters go first, unless a snapshot holds them (`take_counters`)
-        for g in self.groups:
-            acc = st.zero_accumulators(self.plan, g, batch)
+        for gi, g in enumerate(self.groups):
+            acc = st.zero_accumulators(self.plan, g, batch, with_examples=examples is None)
             sharding = self.replicated if self.options.mesh is None else st.counter_shardings(self.mesh, acc)
-            self.accs.append(jax.device_put(acc, sharding))
+            acc = jax.device_put(acc, sharding)
+            if examples is not None:
+                acc["examples"] = examples[gi]
+            self.accs.append(acc)
+
+    def prime_examples(self, stored) -> None:
+        """Start the running example sets from a store's committed ones (`store.stored_examples`): a function of a
+        layer giving {kind: {window, position, value: [ffn, slots]}}. A resumed run then goes on with the sets
+        and thresholds it had (few tokens of a late batch enter them, `analyses.collection.examples`), and its
+        sets hold every example since the store's first batch, which is what a commit writes."""
+        for gi, g in enumerate(self.groups):
+            live = self.accs[gi]["examples"]
+            layers = [stored(layer) for layer in g]
+            sets = {kind: {f: np.stack([layer[kind][f] for layer in layers]) for f in fields}
+                    for kind, fields in live.items()}  # [g, ffn, slots]
+            self.accs[gi]["examples"] = jax.device_put(sets, jax.tree.map(lambda a: a.sharding, live))
 
     @property
     def counters(self) -> "Counters":
@@ -178,7 +199,10 @@ class Runner:
         kept = [{name: a for name, a in acc.items() if name != "masks"} for acc in self.accs]
         if self.snapshot == "host":
             kept = jax.device_get(kept)
-        self.reset()
+            self.reset()
+        else:  # the run goes on with copies of the sets: each step donates the arrays it is given
+            self.reset([jax.tree.map(lambda a: a.copy(), acc["examples"]) for acc in kept] if self.plan.examples
+                       else None)
         return Counters(kept, self.groups, self.plan)
 
     def run(self, chunk: list[tuple[np.ndarray, np.ndarray]], first_windows: list[int] | None = None) -> None:

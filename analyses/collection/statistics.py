@@ -65,10 +65,11 @@ class Plan:
         return group.start in self.token_layers
 
 
-def zero_accumulators(plan: Plan, group: range, masks_for_batch: int | None = None) -> dict[str, jax.Array]:
+def zero_accumulators(plan: Plan, group: range, masks_for_batch: int | None = None,
+                      with_examples: bool = True) -> dict[str, jax.Array]:
     """Device counters of one layer group: act [g, ffn], pos_act [g, seq, ffn], tok_act [g, vocab, ffn],
-    with value bins value_hist [g, ffn, bins], and with examples the running example sets
-    {kind: {field: [g, ffn, k]}}.
+    with value bins value_hist [g, ffn, bins], and with examples (unless `with_examples` is False: the caller
+    has them) the running example sets {kind: {field: [g, ffn, k]}}.
 
     With `masks_for_batch`, token groups also get `masks` [g, batch, seq, ffn / 8]: the packed masks of
     the last batch, which the host needs for n-gram counts.
@@ -78,7 +79,7 @@ def zero_accumulators(plan: Plan, group: range, masks_for_batch: int | None = No
            "pos_act": jnp.zeros((g, plan.seq_len, plan.ffn), jnp.int32)}  # [g, p, n]
     if plan.value_bins:
         acc["value_hist"] = jnp.zeros((g, plan.ffn, values.num_bins(plan.value_bins)), jnp.int32)  # [g, n, bins]
-    if plan.examples:
+    if plan.examples and with_examples:
         slots = plan.quantile * values.num_bins(plan.value_bins) if plan.quantile else 0
         acc["examples"] = ex.zero_sets(g, plan.ffn, plan.examples, slots)  # {kind: {field: [g, n, k or bins * K]}}
     if plan.has_tokens(group):

@@ -400,3 +400,15 @@ def test_update_cost_names_the_merge_each_round_ran():
     assert [len(r["merges_top_random"]) for r in rows] == [2, 2]
     # The second batch of 64 tokens changes most of the 64 neurons' sets; after 4096 tokens few tokens enter them.
     assert "early" in rows[0]["merges_top_random"][0] and "early" not in "/".join(rows[1]["merges_top_random"])
+
+
+def test_commit_cost_empties_only_one_variants_sets_at_each_commit():
+    from benchmarks.examples_cost import commit_cost
+
+    out = commit_cost(batches=12, commit_every=4, ffn=64, seq_len=16, batch=4, k=4, log=lambda m: None)
+    kept, emptied = out["kept"]["merges"], out["emptied"]["merges"]
+    assert sum(kept.values()) == sum(emptied.values()) == 2 * 12  # two sets a batch
+    # Every commit sends the emptied sets back to the first batches' merge (all of a batch's neurons change); the
+    # kept sets took it in batch 0 only.
+    assert emptied["early"] >= 2 * 3 and kept["early"] < emptied["early"], (kept, emptied)
+    assert out["emptied_over_kept"] == pytest.approx(out["emptied"]["mean_ms"] / out["kept"]["mean_ms"])

@@ -6,6 +6,7 @@ same sets bit for bit; `test_collect_runs.py` checks 4 simulated devices, 2 proc
 killed and resumed against a resident run the same way.
 """
 
+import importlib
 import json
 import os
 import shutil
@@ -203,6 +204,47 @@ def test_bad_requests_are_clear_errors(resident, tiny_model, tiny_corpus, tmp_pa
         analyses.open_stats(broken).examples(0, 0)
     with pytest.raises(StatsError, match=r"examples must be 0"):
         analyses.collect(tiny_model, [tiny_corpus], str(tmp_path / "neg"), seq_len=SEQ, examples=-1, verbose=False)
+
+
+@pytest.mark.parametrize("snapshot", ["device", "host", None])
+def test_the_running_sets_go_on_across_commits_and_a_resume(resident, tiny_model, tiny_corpus, tmp_path, monkeypatch,
+                                                            snapshot):
+    """The device's sets are the run's, not the batches' since the last commit: each commit writes them as they
+    stand, the next batches merge into them (so their thresholds go on rising), and a resumed run starts from the
+    committed ones (`Runner.prime_examples`). Every commit's device sets hold examples from before the previous
+    commit (the first run's) or before the resume (the second's), and the store ends equal to one plain run."""
+    from analyses.collection.runner import Runner
+
+    collect_module = importlib.import_module("analyses.collection.collect")
+    seen = []  # per commit: the newest batch it covers and the oldest window in its device sets
+    commit = collect_module._commit
+
+    def recording(store, counters, host, cursor, complete, ngrams):
+        windows = np.concatenate([counters.example_sets(layer)[kind]["window"].ravel()
+                                  for layer in range(store.manifest["layers"]) for kind in ex.KINDS])
+        seen.append((cursor["next_batch"], int(windows[windows != ex.EMPTY].min())))
+        return commit(store, counters, host, cursor, complete, ngrams)
+
+    monkeypatch.setattr(collect_module, "_commit", recording)
+    init = Runner.__init__
+
+    def placing(self, *args, **kwargs):  # the snapshot where the parameter says (None: commits in the step loop)
+        init(self, *args, **kwargs)
+        self.snapshot = snapshot
+
+    monkeypatch.setattr(Runner, "__init__", placing)
+    out = str(tmp_path / "s")
+    half = resident.tokens // 2
+    _collect(tiny_model, tiny_corpus, out, flush_every_batches=1, max_tokens=half)
+    first_run = len(seen)
+    stats = _collect(tiny_model, tiny_corpus, out, flush_every_batches=1)
+    assert first_run >= 2 and len(seen) >= first_run + 2, seen
+    # Window 0 (batch 0) enters some set in batch 0; it stays in the device's sets at every later commit.
+    assert all(oldest < 4 for _, oldest in seen[1:]), seen
+    assert seen[first_run][1] < 4 * seen[first_run - 1][0], seen  # the resumed run's first commit
+    for name in example_layouts(1, 1, 1, 2):
+        np.testing.assert_array_equal(np.asarray(stats.array(name).read().result()),
+                                      np.asarray(resident.array(name).read().result()), err_msg=name)
 
 
 def test_windows_grow_commit_by_commit_and_untouched_chunks_are_linked(tmp_path, monkeypatch):
