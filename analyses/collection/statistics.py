@@ -118,8 +118,12 @@ def _probe(input_ids, counted_for_tokens, first_layer, first_window, value_bins)
     flat_ids = input_ids.reshape(-1)  # [b*s]
 
     def probe(active, i, acc, fc1=None):  # [b, s, n], layer index in the group, {name: [g, ...]}, [b, s, n]
-        out = {"act": acc["act"].at[i].add(jnp.sum(active, axis=(0, 1), dtype=jnp.int32)),  # [g, n]
-               "pos_act": acc["pos_act"].at[i].add(jnp.sum(active, axis=0, dtype=jnp.int32))}  # [g, p, n]
+        # act from pos_act's delta: one pass over the batch, not two. The barrier keeps XLA from folding the two sums
+        # back into one over (batch, position), which XLA:CPU runs as a slow reduce-window (18 ms a layer at 125m
+        # widths and 4096 tokens, BENCHMARKS.md).
+        by_position = jax.lax.optimization_barrier(jnp.sum(active, axis=0, dtype=jnp.int32))  # [p, n]
+        out = {"act": acc["act"].at[i].add(jnp.sum(by_position, axis=0)),  # [g, n]
+               "pos_act": acc["pos_act"].at[i].add(by_position)}  # [g, p, n]
         if "tok_act" in acc:
             rows = (active & counted_for_tokens[:, :, None]).astype(jnp.int32)  # [b, s, n]
             out["tok_act"] = acc["tok_act"].at[i, flat_ids].add(rows.reshape(-1, rows.shape[-1]))  # [g, v, n]
