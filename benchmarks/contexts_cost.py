@@ -94,7 +94,7 @@ def contexts_cost(config: OPTConfig, seq_len: int = 2048, batch_size: int = 2, b
         for i, batch in enumerate(data):
             collection.runner.run([batch], [i * batch_size])
         places = _places(collection.runner, config.num_hidden_layers)
-        collection.runner.reset()
+        collection.runner.reset(fresh=True)  # collection timed as a new run's, its sets empty
         variants = {"collection": collection,
                     "contexts": Contexts(models.converted_dir, config, places, data, before, after)}
         result = time_interleaved(variants, data, warmup, log=log)

@@ -155,12 +155,12 @@ class Runner:
         then split the work, `opt_jax.sharding`); without, none (the steps as they always were)."""
         return within(None if self.options.mesh is None else self.mesh)
 
-    def reset(self, examples: list | None = None) -> None:
+    def reset(self, examples: list | None = None, fresh: bool = False) -> None:
         """Empty the device counters (after a commit); the running example sets go on as they are, or as
         `examples` (one per group) gives them: they are not counts of the batches since a commit but the run's
-        sets, which a commit writes whole (`prime_examples`)."""
+        sets, which a commit writes whole (`prime_examples`). `fresh`: empty sets too, as a new run's."""
         batch = self.options.batch_size if self.options.ngram_orders and self.plan.token_layers else None
-        if examples is None and self.plan.examples and self.accs:
+        if examples is None and not fresh and self.plan.examples and self.accs:
             examples = [acc["examples"] for acc in self.accs]
         self.accs = []  # the old counters go first, unless a snapshot holds them (`take_counters`)
         for gi, g in enumerate(self.groups):
