@@ -134,10 +134,11 @@ def commit_cost(batches: int = 200, commit_every: int = 48, ffn: int = 3072, seq
             log(f"batches {first}-{b}: kept {1000 * np.mean(times['kept'][first:]):.1f} ms, emptied "
                 f"{1000 * np.mean(times['emptied'][first:]):.1f} ms a batch")
     out = {"batches": batches, "commit_every": commit_every, "ffn": ffn, "tokens_per_batch": batch * seq_len, "k": k}
+    last_commit = (batches - 1) // commit_every * commit_every  # the first batch after the run's last commit
     for name in sets:
         counts = {tier: sum(t.count(tier) for t in tiers[name]) for tier in ex.TIERS}  # of 2 * batches set merges
         out[name] = {"mean_ms": 1000 * float(np.mean(times[name])),
-                     "last_commit_mean_ms": 1000 * float(np.mean(times[name][-commit_every:])),
+                     "last_commit_mean_ms": 1000 * float(np.mean(times[name][last_commit:])),  # since it
                      "merges": counts}
     out["emptied_over_kept"] = out["emptied"]["mean_ms"] / out["kept"]["mean_ms"]
     log(f"over {batches} batches: kept {out['kept']['mean_ms']:.1f} ms, emptied {out['emptied']['mean_ms']:.1f} ms a "
